@@ -20,7 +20,9 @@ const EXTENT_WORDS: usize = size_of::<fiemap_extent>() / WORD;
 
 // The buffer is a `Vec<u64>`: both structures must be a whole number of 8-byte words and need
 // no more than 8-byte alignment for the casts in `header`/`extents` to be sound.
-const _: () = assert!(size_of::<fiemap>() % WORD == 0 && size_of::<fiemap_extent>() % WORD == 0);
+const _: () = assert!(
+    size_of::<fiemap>().is_multiple_of(WORD) && size_of::<fiemap_extent>().is_multiple_of(WORD)
+);
 const _: () = assert!(align_of::<fiemap>() <= WORD && align_of::<fiemap_extent>() <= WORD);
 
 /// An owned FIEMAP request: a [`fiemap`] header followed by room for a fixed number of

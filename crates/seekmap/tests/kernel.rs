@@ -1,6 +1,8 @@
 //! The walk against the kernel: files with known layouts in `$TMPDIR`, whatever filesystem
 //! that is. Where it only has the SEEK_DATA stub (everything is data), the test says so.
 
+#![allow(clippy::print_stderr)] // skipped cases say why on the test output
+
 use std::os::unix::fs::FileExt;
 
 use seekmap::{DataSegments, seek_data, seek_hole};

@@ -1,0 +1,249 @@
+//! The FIEMAP walk: batched, streaming, clipped, and honest about doubtful extents.
+//!
+//! The walk asks for a whole window in calls of up to [`crate::MapOptions::fiemap_batch`]
+//! extents. After each call it continues from the end of the last extent returned, so a
+//! full buffer without the LAST flag just means "ask again"; LAST (which some filesystems set
+//! on the last extent of the range asked, not of the file) or an empty answer ends it. If a
+//! filesystem ever answers without moving forward, the rest of the window is settled with
+//! SEEK_DATA instead of looping or guessing.
+//!
+//! Extents may start before the window and run past it and past the end of the file (XFS
+//! speculative preallocation, `fallocate --keep-size`, btrfs inline extents of a whole block
+//! for a 5-byte file): everything is clipped to the window, which the caller clipped to the
+//! file's size. Nothing assumes block alignment.
+//!
+//! ## The one rule
+//! A range reported as a hole must read back as zeros *now*. FIEMAP without
+//! `FIEMAP_FLAG_SYNC` describes the on-disk state plus delayed allocations, so an extent marked
+//! `UNWRITTEN` may hold data written since the preallocation that is still in the page cache
+//! (ext4 and xfs report the whole preallocated extent as unwritten until write-back converts
+//! it). Those extents, and only those, are doubtful: each is walked with SEEK_DATA/SEEK_HOLE,
+//! which consults the page cache. `DELALLOC`, `UNKNOWN`, `ENCODED`, inline and ordinary
+//! extents are data as they stand. No sync, no write-back: a preallocated file that was
+//! never written costs one extra `lseek` per unwritten extent.
+
+use std::ops::Range;
+use std::os::fd::BorrowedFd;
+use std::path::Path;
+
+use fiemap_sys::{
+    FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_UNWRITTEN, FIEMAP_MAX_OFFSET, FiemapBuffer, fiemap_ioctl,
+};
+use rustix::io::Errno;
+use seekmap::DataSegments;
+use tracing::{debug, trace};
+
+use crate::Extent;
+use crate::error::{Error, Result};
+use crate::ranges::clip;
+
+/// Checks that FIEMAP works on `fd` with the cheapest request there is: count the extents of
+/// the first byte.
+pub(crate) fn probe(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    let mut buf = FiemapBuffer::new(0);
+    buf.set_request(0, 1, 0);
+    fiemap_ioctl(fd, &mut buf)
+}
+
+/// What the raw walk yields: an extent the kernel returned, or a stretch the kernel would not
+/// describe (no forward progress) that must be settled another way.
+#[derive(Debug)]
+pub(crate) enum Piece {
+    Extent(Extent),
+    Unsettled(Range<u64>),
+}
+
+/// The raw extents overlapping `[next, end)`, in the kernel's order, batch by batch.
+#[derive(Debug)]
+pub(crate) struct ExtentWalk<'a> {
+    fd: BorrowedFd<'a>,
+    path: &'a Path,
+    buf: FiemapBuffer,
+    /// Where the next call starts.
+    next: u64,
+    end: u64,
+    /// Index of the next extent of the current batch to hand out.
+    idx: usize,
+    /// No more calls to make.
+    exhausted: bool,
+}
+
+impl<'a> ExtentWalk<'a> {
+    pub(crate) fn new(fd: BorrowedFd<'a>, path: &'a Path, window: Range<u64>, batch: u32) -> Self {
+        ExtentWalk {
+            fd,
+            path,
+            buf: FiemapBuffer::new(batch.max(1)),
+            next: window.start,
+            end: window.end,
+            idx: 0,
+            exhausted: window.start >= window.end,
+        }
+    }
+
+    /// Runs the next FIEMAP call; `Ok(false)` when the walk is over.
+    fn refill(&mut self) -> Result<bool> {
+        if self.exhausted || self.next >= self.end {
+            self.exhausted = true;
+            return Ok(false);
+        }
+        let length = if self.end == u64::MAX {
+            FIEMAP_MAX_OFFSET
+        } else {
+            self.end - self.next
+        };
+        self.buf.set_request(self.next, length, 0);
+        fiemap_ioctl(self.fd, &mut self.buf).map_err(|e| Error::Fiemap {
+            path: self.path.to_owned(),
+            offset: self.next,
+            source: e.into(),
+        })?;
+        self.idx = 0;
+        let extents = self.buf.extents();
+        trace!(
+            start = self.next,
+            length,
+            mapped = extents.len(),
+            "FIEMAP call"
+        );
+        let Some(last) = extents.last() else {
+            self.exhausted = true;
+            return Ok(false);
+        };
+        let last_end = last.fe_logical.saturating_add(last.fe_length);
+        if last.fe_flags & FIEMAP_EXTENT_LAST != 0 || last_end >= self.end {
+            self.exhausted = true;
+        } else if last_end <= self.next {
+            // No forward progress: never loop, never guess. Hand the batch out, then the rest
+            // of the window as unsettled.
+            debug!(
+                next = self.next,
+                last_end, "FIEMAP made no progress; settling the rest by SEEK"
+            );
+            self.exhausted = true;
+        } else {
+            self.next = last_end;
+        }
+        Ok(true)
+    }
+
+    pub(crate) fn next_piece(&mut self) -> Option<Result<Piece>> {
+        loop {
+            if let Some(e) = self.buf.extents().get(self.idx) {
+                self.idx += 1;
+                return Some(Ok(Piece::Extent(Extent::from_raw(e))));
+            }
+            if self.exhausted {
+                // A walk that stopped short without the kernel saying so leaves the rest to SEEK.
+                let rest = self.next..self.end;
+                self.next = self.end;
+                return self.stopped_short(rest).map(|r| Ok(Piece::Unsettled(r)));
+            }
+            match self.refill() {
+                Ok(true) => continue,
+                Ok(false) => return None,
+                Err(e) => {
+                    self.exhausted = true;
+                    self.next = self.end;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+
+    /// After the last batch: the stretch the kernel never described, if the walk ended for
+    /// lack of progress rather than by LAST, an empty answer or reaching the end.
+    fn stopped_short(&self, rest: Range<u64>) -> Option<Range<u64>> {
+        let last_end = self
+            .buf
+            .extents()
+            .last()
+            .map(|e| e.fe_logical.saturating_add(e.fe_length));
+        let ended_cleanly = match (self.buf.extents().last(), last_end) {
+            (None, _) => true,
+            (Some(e), Some(end)) => e.fe_flags & FIEMAP_EXTENT_LAST != 0 || end >= self.end,
+            _ => true,
+        };
+        let rest = last_end.map_or(rest.start, |e| e.max(rest.start))..rest.end;
+        (!ended_cleanly && rest.start < rest.end).then_some(rest)
+    }
+}
+
+/// The data ranges of a window by FIEMAP, unmerged, with doubtful extents settled.
+#[derive(Debug)]
+pub(crate) struct FiemapData<'a> {
+    walk: ExtentWalk<'a>,
+    window: Range<u64>,
+    granule: u64,
+    /// The SEEK walk over a doubtful extent, when one is under way.
+    settling: Option<DataSegments<BorrowedFd<'a>>>,
+    settling_end: u64,
+}
+
+impl<'a> FiemapData<'a> {
+    pub(crate) fn new(walk: ExtentWalk<'a>, window: Range<u64>, granule: u64) -> Self {
+        FiemapData {
+            walk,
+            window,
+            granule,
+            settling: None,
+            settling_end: 0,
+        }
+    }
+
+    fn settle(&mut self, range: Range<u64>) {
+        trace!(?range, "settling a doubtful extent with SEEK_DATA");
+        self.settling_end = range.end;
+        self.settling = Some(DataSegments::with_granule(
+            self.walk.fd,
+            range,
+            self.granule,
+        ));
+    }
+}
+
+impl Iterator for FiemapData<'_> {
+    type Item = Result<Range<u64>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(segments) = &mut self.settling {
+                match segments.next() {
+                    Some(Ok(r)) => return Some(Ok(r)),
+                    None => self.settling = None,
+                    Some(Err(seekmap::Error::Unsupported { offset, .. })) => {
+                        // No SEEK_DATA to tell: the doubtful rest counts as data.
+                        debug!(
+                            offset,
+                            "SEEK_DATA unsupported while settling; counting as data"
+                        );
+                        self.settling = None;
+                        return Some(Ok(offset..self.settling_end));
+                    }
+                    Some(Err(source)) => {
+                        self.settling = None;
+                        return Some(Err(Error::Seek {
+                            path: self.walk.path.to_owned(),
+                            source,
+                        }));
+                    }
+                }
+            }
+            match self.walk.next_piece()? {
+                Err(e) => return Some(Err(e)),
+                Ok(Piece::Unsettled(r)) => self.settle(r),
+                Ok(Piece::Extent(e)) => {
+                    let Some(r) = clip(e.logical.clone(), &self.window) else {
+                        continue;
+                    };
+                    trace!(?r, flags = e.flags, "extent");
+                    if e.flags & FIEMAP_EXTENT_UNWRITTEN != 0 {
+                        self.settle(r);
+                    } else {
+                        return Some(Ok(r));
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! `blockmap`: where a file's data lives and where its holes are, and sparse copies that move
+//! only data.
+//!
+//! This binary is a thin shell: argument parsing ([`cli`]), one module per command, and the
+//! error policy of SPEC section 5 — every failure is one line on stderr naming the path and the
+//! cause, exit status 2 for usage errors and 1 for the rest, never a panic.
+
+// A command-line tool writes to its terminal; the libraries below it never do.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod cli;
+mod map;
+
+use std::io::{self, IsTerminal, Write};
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
+    init_tracing(cli.verbose);
+    let result = match cli.command {
+        Command::Map(args) => map::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`blockmap map big.img | head`): nothing more to say.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Our error messages already carry their causes; print the top one only.
+            let _ = writeln!(io::stderr(), "blockmap: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Help and version go to stdout with status 0; a usage error becomes one line and status 2.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    if !e.use_stderr() {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let text = e.to_string();
+    let message: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")
+        })
+        .map(|l| l.strip_prefix("error: ").unwrap_or(l))
+        .collect();
+    let _ = writeln!(
+        io::stderr(),
+        "blockmap: {} (see 'blockmap --help')",
+        message.join(" ")
+    );
+    ExitCode::from(2)
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<io::Error>())
+        .any(|e| e.kind() == io::ErrorKind::BrokenPipe)
+}
+
+/// `-v` shows the libraries' debug events, `-vv` their trace events; `RUST_LOG` overrides.
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .with_ansi(io::stderr().is_terminal())
+        .with_target(true)
+        .without_time()
+        .init();
+}

@@ -1,0 +1,170 @@
+//! `blockmap map`: the block map of one file, as a table or as the stable JSON of SPEC
+//! section 3.
+//!
+//! The table streams (one walk, constant memory, whatever the number of extents). The JSON
+//! holds the data ranges once, to derive the holes without mapping the file twice, then
+//! streams the raw extents.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::ops::Range;
+
+use anyhow::{Context, Result};
+use blockmap_core::ranges::RangeIterExt;
+use blockmap_core::{BlockMap, MapOptions};
+use serde::Serialize;
+
+use crate::cli::MapArgs;
+
+pub(crate) fn run(args: &MapArgs) -> Result<()> {
+    let options = MapOptions {
+        backend: args.backend,
+        sync: args.sync,
+        ..MapOptions::default()
+    };
+    let map = BlockMap::open(&args.file, options)?;
+    let mut out = BufWriter::with_capacity(1 << 16, io::stdout().lock());
+    if args.json {
+        write_json(&map, &args.file.to_string_lossy(), &mut out)?;
+    } else {
+        write_table(&map, &args.file.to_string_lossy(), args.holes, &mut out)?;
+    }
+    out.flush().context("writing to stdout")?;
+    Ok(())
+}
+
+/// One raw extent in the JSON output.
+#[derive(Serialize)]
+struct JsonExtent<'a> {
+    start: u64,
+    end: u64,
+    physical: u64,
+    flags: Vec<&'a str>,
+}
+
+fn write_json(map: &BlockMap<File>, path: &str, out: &mut impl Write) -> Result<()> {
+    let size = map.size();
+    let data: Vec<Range<u64>> = map.data(0..size).collect::<Result<_, _>>()?;
+    let holes = data
+        .iter()
+        .cloned()
+        .map(Ok::<_, std::convert::Infallible>)
+        .inverted(0..size);
+
+    write!(out, "{{\"path\":")?;
+    serde_json::to_writer(&mut *out, path)?;
+    write!(
+        out,
+        ",\"size\":{size},\"block_size\":{},\"backend\":\"{}\",\"data\":",
+        map.block_size(),
+        map.backend()
+    )?;
+    write_ranges(out, data.iter().cloned())?;
+    write!(out, ",\"holes\":")?;
+    write_ranges(out, holes.map(|h| h.unwrap_or_else(|e| match e {})))?;
+    write!(out, ",\"extents\":[")?;
+    for (i, e) in map.extents(0..size).enumerate() {
+        let e = e?;
+        if i > 0 {
+            out.write_all(b",")?;
+        }
+        let json = JsonExtent {
+            start: e.logical.start,
+            end: e.logical.end,
+            physical: e.physical,
+            flags: e.flag_names().collect(),
+        };
+        serde_json::to_writer(&mut *out, &json)?;
+    }
+    writeln!(out, "]}}")?;
+    Ok(())
+}
+
+fn write_ranges(out: &mut impl Write, ranges: impl Iterator<Item = Range<u64>>) -> io::Result<()> {
+    out.write_all(b"[")?;
+    for (i, r) in ranges.enumerate() {
+        let sep = if i > 0 { "," } else { "" };
+        write!(out, "{sep}[{},{}]", r.start, r.end)?;
+    }
+    out.write_all(b"]")
+}
+
+fn write_table(map: &BlockMap<File>, path: &str, holes: bool, out: &mut impl Write) -> Result<()> {
+    let size = map.size();
+    writeln!(
+        out,
+        "{path}: size {size} ({}), block size {}, backend {}",
+        human(size),
+        map.block_size(),
+        map.backend()
+    )?;
+    let kind = if holes { "hole" } else { "data" };
+    writeln!(
+        out,
+        "{:<5} {:>20} {:>20} {:>20}",
+        "kind", "start", "end", "length"
+    )?;
+    let (mut count, mut total) = (0u64, 0u64);
+    let mut row = |out: &mut dyn Write, r: Range<u64>| -> io::Result<()> {
+        count += 1;
+        total += r.end - r.start;
+        writeln!(
+            out,
+            "{kind:<5} {:>20} {:>20} {:>20}",
+            r.start,
+            r.end,
+            r.end - r.start
+        )
+    };
+    if holes {
+        for r in map.holes(0..size) {
+            row(out, r?)?;
+        }
+    } else {
+        for r in map.data(0..size) {
+            row(out, r?)?;
+        }
+    }
+    let (data, hole) = if holes {
+        (size - total, total)
+    } else {
+        (total, size - total)
+    };
+    writeln!(
+        out,
+        "{count} {kind} range{}: {data} bytes of data ({}), {hole} bytes of holes ({})",
+        if count == 1 { "" } else { "s" },
+        human(data),
+        human(hole)
+    )?;
+    Ok(())
+}
+
+/// `1536` → `"1.5 KiB"`: sizes in powers of 1024, as `ls -lh` and `du -h` print them.
+pub(crate) fn human(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human;
+
+    #[test]
+    fn human_sizes_use_powers_of_1024() {
+        assert_eq!(human(0), "0 B");
+        assert_eq!(human(1023), "1023 B");
+        assert_eq!(human(1536), "1.5 KiB");
+        assert_eq!(human(4 << 30), "4.0 GiB");
+        assert_eq!(human(u64::MAX), "16.0 EiB");
+    }
+}

@@ -20,7 +20,8 @@
 //! - `BLOCKMAP_FS_TEST_TINY`: the mount point of the 4 MiB tmpfs;
 //! - `BLOCKMAP_FS_TEST_BLOCKDEV`: the spare loop device, e.g. `/dev/loop7`;
 //! - `BLOCKMAP_FS_TEST_REPORT`: a file to which the tests append `fs=<name> test=<test>
-//!   cases=<n>` lines (`fs=<a>-><b>` for a test on a pair), see [`crate::report`].
+//!   cases=<n>` lines (`fs=<a>-><b>` for a test on a pair; `tiny` and `blockdev` are names
+//!   too), see [`crate::report`].
 //!
 //! Afterwards it prints the cases per filesystem and test, writes the same table to
 //! `target/fs-test-report.txt`, and fails if the tests failed or if any mounted filesystem ran
@@ -204,6 +205,8 @@ pub fn run(args: &Args) -> Result<Outcome> {
             .into_iter()
             .map(|p| format!("cleanup: {p}")),
     );
+    // A command stopped by the signal fails in its own way; say what really happened.
+    cleanup::check_interrupted()?;
     result?;
     if !problems.is_empty() {
         for problem in &problems {
@@ -391,9 +394,6 @@ fn set_up_and_test(
             out,
             "note: the report names {name}, which fs-test did not mount"
         );
-    }
-    for (test, missing) in report.partial_tests(&names) {
-        let _ = writeln!(out, "note: {test} ran no case on {}", missing.join(", "));
     }
     for name in report.unexercised(&names) {
         let problem = format!("no test case ran on {name}: the tests skipped a mounted filesystem");

@@ -9,6 +9,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
+/// The names of fs-test's other targets, which tests may report too: the small tmpfs and the
+/// spare block device. They are columns of the table when reported, never required.
+pub const EXTRA_TARGETS: &[&str] = &["tiny", "blockdev"];
+
 /// One line of the report.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
@@ -102,33 +106,9 @@ impl Report {
             .collect()
     }
 
-    /// Tests that ran on some mounted filesystems but not on others, with those others: not
-    /// a failure (a test may apply to some filesystems only), but worth a look.
-    pub fn partial_tests<'a>(&self, mounted: &[&'a str]) -> Vec<(String, Vec<&'a str>)> {
-        let mut per_test: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-        for entry in self
-            .entries
-            .iter()
-            .filter(|e| e.pair().is_none() && e.cases > 0)
-        {
-            per_test.entry(&entry.test).or_default().insert(&entry.fs);
-        }
-        per_test
-            .into_iter()
-            .filter_map(|(test, ran)| {
-                let missing: Vec<&str> = mounted
-                    .iter()
-                    .copied()
-                    .filter(|fs| !ran.contains(fs))
-                    .collect();
-                (!missing.is_empty()).then(|| (test.to_owned(), missing))
-            })
-            .collect()
-    }
-
-    /// Names in the report that are not among the mounted filesystems.
+    /// Names in the report that are neither mounted filesystems nor [`EXTRA_TARGETS`].
     pub fn unknown_filesystems(&self, mounted: &[&str]) -> Vec<String> {
-        let known: BTreeSet<&str> = mounted.iter().copied().collect();
+        let known: BTreeSet<&str> = mounted.iter().chain(EXTRA_TARGETS).copied().collect();
         let unknown: BTreeSet<&str> = self
             .entries
             .iter()
@@ -146,7 +126,14 @@ impl Report {
     /// for each pair test its cases per source and destination. `-` marks a test that reported nothing for a filesystem, `0` one
     /// that reported zero cases.
     pub fn render(&self, mounted: &[&str]) -> String {
+        let per_fs = self.cases_per_fs();
         let mut columns: Vec<String> = mounted.iter().map(|s| (*s).to_owned()).collect();
+        columns.extend(
+            EXTRA_TARGETS
+                .iter()
+                .filter(|name| per_fs.contains_key(*name))
+                .map(|name| (*name).to_owned()),
+        );
         columns.extend(self.unknown_filesystems(mounted));
 
         // (is a pair test, test) -> (fs -> cases, cases of the test)
@@ -176,7 +163,6 @@ impl Report {
             row.push(test_total.to_string());
             table.push(row);
         }
-        let per_fs = self.cases_per_fs();
         let mut total = vec!["total".to_owned()];
         total.extend(
             columns
@@ -313,16 +299,22 @@ mod tests {
         assert_eq!(report.unexercised(MOUNTED), ["tmpfs"]);
         assert_eq!(parse("").unexercised(MOUNTED), MOUNTED);
         assert_eq!(report.total_cases(), 7);
-        assert_eq!(
-            report.partial_tests(MOUNTED),
-            [("map".to_owned(), vec!["xfs", "tmpfs"])]
-        );
     }
 
     #[test]
-    fn unknown_names_are_reported() {
-        let report = parse("fs=ext4->vfat test=copy cases=1\nfs=tiny test=enospc cases=1\n");
-        assert_eq!(report.unknown_filesystems(MOUNTED), ["tiny", "vfat"]);
+    fn unknown_names_are_reported_and_extra_targets_known() {
+        let report = parse(
+            "fs=ext4->vfat test=copy cases=1\n\
+             fs=tiny test=enospc cases=1\n\
+             fs=blockdev test=dev cases=2\n",
+        );
+        assert_eq!(report.unknown_filesystems(MOUNTED), ["vfat"]);
+        let table = report.render(MOUNTED);
+        assert!(
+            table.contains("test          ext4  xfs  tmpfs  tiny  blockdev  vfat  total\n"),
+            "{table}"
+        );
+        assert!(report.unexercised(MOUNTED).contains(&"xfs"));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //!   and tmpfs on loop devices in a temporary directory, runs blockmap-cli's `tests/fs_*.rs`
 //!   against them, prints how many cases ran where, and undoes every mount and loop device it
 //!   made. Without root it says so and skips. See [`fs_test`].
+//! - `cargo xtask demo`: the main job on a sample it makes itself (see [`demo`]).
 //! - `cargo xtask ci`: `cargo fmt --check`, `cargo clippy -D warnings`, `cargo test
 //!   --workspace`, then `fs-test`; the command `.ci/run` runs and the README's "run every test".
 //!   See [`ci`].
@@ -21,6 +22,7 @@
 mod ci;
 mod cleanup;
 mod cmd;
+mod demo;
 mod fs_test;
 mod report;
 #[cfg(test)]
@@ -49,6 +51,9 @@ enum Task {
     /// Run blockmap-cli's filesystem tests (tests/fs_*.rs) on loop-mounted ext4, xfs, btrfs
     /// and tmpfs. Needs root; without it, says so and skips.
     FsTest(fs_test::Args),
+    /// The main job on a sample made on the spot: build blockmap, make a sparse 1 GiB image
+    /// under target/demo/ and map it.
+    Demo,
     /// Run every check in order and stop at the first failure: cargo fmt --check, cargo clippy
     /// -D warnings, cargo test --workspace, fs-test.
     Ci,
@@ -59,6 +64,7 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::FsTest(args) => fs_test::run(&args).map(|_| ()),
         Task::Ci => ci::run(),
+        Task::Demo => demo::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,1 +1,245 @@
-//! placeholder
+//! Copies a byte window of one file into another, touching only the data.
+//!
+//! The semantics are those of `dd bs=1 skip=S seek=K count=L conv=notrunc`, done sparsely:
+//! the window `SRC[skip, skip + length)` lands at `DST[seek, seek + length)`
+//! ([`Window`]); inside it DST ends up equal to SRC byte for byte, outside it DST is not
+//! touched. SRC's holes are never read nor written; its data goes by the fastest way that
+//! works ([`Options`]); a [`Report`] says what was done and how.
+//!
+//! # The window
+//! - `length` defaults to the rest of SRC and is cut at SRC's end. `skip` past SRC's end is
+//!   an error ([`Error::SkipPastEnd`]; dd only warns), `skip` at SRC's end is an empty copy.
+//!   An end of either window beyond `i64::MAX` (a file offset) is [`Error::Overflow`].
+//! - An empty window writes nothing and, as dd, does not extend DST (it is still created if
+//!   absent: a file of size 0).
+//!
+//! # The destination
+//! - **Absent**: created (mode `0644` less the umask), `seek + length` bytes long, with holes
+//!   wherever SRC has holes: it never gets more blocks than the data copied into it.
+//! - **A regular file**: never truncated; grown to `seek + length` if shorter. Where SRC has
+//!   a hole and DST had data, a hole is punched (`fallocate(PUNCH_HOLE)`, only over DST's own
+//!   data ranges, found by mapping DST), or zeros are written where punching is not
+//!   supported. A file given open ([`Copier::copy_files`]) is treated as existing.
+//! - **A block device**: data is written; holes are left as they are unless
+//!   [`Options::zero_holes`]; its size never changes, and a window that does not fit is an
+//!   error before anything is written ([`Error::DeviceTooSmall`]).
+//! - SRC and DST the same file (by device and inode, through any symbolic or hard link, or
+//!   two nodes of one block device) is an error before anything is written. SRC is opened
+//!   read-only and never written.
+//!
+//! # How data moves
+//! Per data range, best first:
+//! 1. **Reflink** (`FICLONERANGE`): the whole blocks of the range are shared with SRC when
+//!    both are regular files, `skip - seek` is a multiple of DST's block size, and the range
+//!    holds at least [`Options::reflink_min`] bytes of whole blocks (64 KiB by default:
+//!    sharing many small extents costs more than copying them, four times more on xfs for
+//!    a file of 131072 4 KiB extents). Partial blocks at the edges are copied.
+//! 2. **`copy_file_range`**, looping on short copies. Skipped for small ranges (and for all
+//!    ranges under [`Reflink::Never`]) on filesystems whose `copy_file_range` shares extents
+//!    itself (xfs, btrfs, …), for the same reasons.
+//! 3. **read/write** through one reused buffer ([`Options::buffer_size`], 1 MiB): small
+//!    ranges close to each other share one `pread` (the holes between them are read, never
+//!    written), each range gets its own `pwrite`.
+//!
+//! A method that the kernel refuses with EXDEV, EOPNOTSUPP, EINVAL, ENOSYS (and, for the
+//! kernel copies, EBADF or ETXTBSY) is dropped for the rest of the copy, with a `debug`
+//! event; a real I/O error (EIO, ENOSPC, …) is never a reason to fall back and ends the copy.
+//! [`Reflink::Always`] and [`Method`] force a path and turn a refusal into an error.
+//!
+//! Memory is bounded whatever the number of extents: one buffer and a bounded batch of
+//! pending ranges; the block maps stream.
+//!
+//! # Example
+//! ```
+//! use std::os::unix::fs::FileExt;
+//! use sparsecopy::{Copier, Options, Window};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let (src, dst) = (dir.path().join("disk.img"), dir.path().join("copy.img"));
+//! let file = std::fs::File::create(&src)?;
+//! file.write_all_at(b"boot", 0)?;
+//! file.write_all_at(b"root", 8 << 20)?;
+//! file.set_len(64 << 20)?; // 64 MiB, nearly all holes
+//!
+//! // Copy everything after the first MiB to offset 4096 of a new file.
+//! let mut calls = 0;
+//! let mut progress = |_: sparsecopy::Progress| calls += 1;
+//! let report = Copier::new(Window::new().skip(1 << 20).seek(4096), Options::new())
+//!     .progress(&mut progress)
+//!     .copy_paths(&src, &dst)?;
+//! assert_eq!(report.length, 63 << 20);
+//! assert!(report.data_bytes < 1 << 20 && report.hole_bytes > 62 << 20);
+//!
+//! let copy = std::fs::File::open(&dst)?;
+//! assert_eq!(copy.metadata()?.len(), 4096 + (63 << 20));
+//! let mut buf = [0; 4];
+//! copy.read_exact_at(&mut buf, 4096 + (7 << 20))?;
+//! assert_eq!(&buf, b"root");
+//! println!("{report}"); // copied 4.0 KiB of data, skipped 63.0 MiB of holes (…) in …
+//! # assert!(calls > 0);
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+mod clone;
+mod dest;
+mod engine;
+mod error;
+mod options;
+mod plan;
+mod report;
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use blockmap_core::{BlockMap, MapOptions};
+use tracing::debug_span;
+
+pub use error::{Error, Result};
+pub use options::{Method, Options, Progress, Reflink, Window};
+pub use report::{Report, Syscalls, Transfer};
+
+/// One copy to make: the window, the options, and an optional progress callback.
+///
+/// ```no_run
+/// # use sparsecopy::{Copier, Options, Reflink, Window};
+/// # fn main() -> sparsecopy::Result<()> {
+/// let report = Copier::new(Window::new().seek(1 << 20), Options::new().reflink(Reflink::Never))
+///     .copy_paths("disk.img", "/dev/sdX")?;
+/// # Ok(()) }
+/// ```
+pub struct Copier<'p> {
+    window: Window,
+    options: Options,
+    progress: Option<&'p mut dyn FnMut(Progress)>,
+}
+
+impl std::fmt::Debug for Copier<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Copier")
+            .field("window", &self.window)
+            .field("options", &self.options)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
+}
+
+impl<'p> Copier<'p> {
+    /// A copy of `window` made with `options`.
+    pub fn new(window: Window, options: Options) -> Self {
+        Copier {
+            window,
+            options,
+            progress: None,
+        }
+    }
+
+    /// Calls `f` as the copy advances (at most once per MiB of the window, and once at the
+    /// end with `done == total`).
+    #[must_use]
+    pub fn progress(mut self, f: &'p mut dyn FnMut(Progress)) -> Self {
+        self.progress = Some(f);
+        self
+    }
+
+    /// Copies between two paths: SRC is opened read-only, DST is opened for writing without
+    /// truncation, or created.
+    pub fn copy_paths(self, src: impl AsRef<Path>, dst: impl AsRef<Path>) -> Result<Report> {
+        self.copy_paths_inner(src.as_ref(), dst.as_ref())
+    }
+
+    fn copy_paths_inner(self, src: &Path, dst: &Path) -> Result<Report> {
+        let _span = debug_span!("copy", src = %src.display(), dst = %dst.display()).entered();
+        let started = Instant::now();
+        self.options.check()?;
+        let src_file = blockmap_core::open_readable(src)?;
+        let src_map = BlockMap::with_path(src_file.as_fd(), src, self.map_options())?;
+        let window = self.window.resolve(src_map.size(), src)?;
+        let (dst_fd, created) = dest::open_or_create(dst)?;
+        engine::run(engine::Job {
+            src_map: &src_map,
+            dst: dst_fd.as_fd(),
+            dst_path: dst,
+            created,
+            window,
+            options: &self.options,
+            progress: self.progress,
+            started,
+        })
+    }
+
+    /// Copies between two open files, named `<fd N>` in errors. SRC needs read access, DST
+    /// write access without `O_APPEND`; DST is treated as an existing file.
+    pub fn copy_files(self, src: impl AsFd, dst: impl AsFd) -> Result<Report> {
+        let (src, dst) = (src.as_fd(), dst.as_fd());
+        let src_name = fd_name(src);
+        let dst_name = fd_name(dst);
+        self.copy_named_inner(src, &src_name, dst, &dst_name)
+    }
+
+    /// As [`Copier::copy_files`], naming the files in errors.
+    pub fn copy_named(
+        self,
+        src: impl AsFd,
+        src_path: impl AsRef<Path>,
+        dst: impl AsFd,
+        dst_path: impl AsRef<Path>,
+    ) -> Result<Report> {
+        self.copy_named_inner(
+            src.as_fd(),
+            src_path.as_ref(),
+            dst.as_fd(),
+            dst_path.as_ref(),
+        )
+    }
+
+    fn copy_named_inner(
+        self,
+        src: BorrowedFd<'_>,
+        src_path: &Path,
+        dst: BorrowedFd<'_>,
+        dst_path: &Path,
+    ) -> Result<Report> {
+        let _span =
+            debug_span!("copy", src = %src_path.display(), dst = %dst_path.display()).entered();
+        let started = Instant::now();
+        self.options.check()?;
+        let src_map = BlockMap::with_path(src, src_path, self.map_options())?;
+        let window = self.window.resolve(src_map.size(), src_path)?;
+        engine::run(engine::Job {
+            src_map: &src_map,
+            dst,
+            dst_path,
+            created: false,
+            window,
+            options: &self.options,
+            progress: self.progress,
+            started,
+        })
+    }
+
+    fn map_options(&self) -> MapOptions {
+        MapOptions {
+            backend: self.options.backend,
+            ..MapOptions::default()
+        }
+    }
+}
+
+fn fd_name(fd: BorrowedFd<'_>) -> PathBuf {
+    PathBuf::from(format!("<fd {}>", fd.as_raw_fd()))
+}
+
+/// Copies `window` of `src` into `dst` with `options`, without progress reports: short for
+/// `Copier::new(window, options.clone()).copy_paths(src, dst)`.
+pub fn copy(
+    src: impl AsRef<Path>,
+    dst: impl AsRef<Path>,
+    window: Window,
+    options: &Options,
+) -> Result<Report> {
+    Copier::new(window, options.clone()).copy_paths(src, dst)
+}

@@ -1,0 +1,185 @@
+//! Opening, creating and validating the destination, and telling whether two descriptors
+//! are the same file.
+
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use rustix::fs::{FileType, Mode, OFlags, SeekFrom, Stat};
+use rustix::io::Errno;
+
+use crate::error::{Error, Result};
+
+/// What DST is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Regular,
+    BlockDevice,
+}
+
+/// DST as found before anything is written to it.
+#[derive(Debug)]
+pub(crate) struct Dest {
+    pub kind: Kind,
+    /// `st_size`, or the device's capacity.
+    pub size: u64,
+    pub stat: Stat,
+}
+
+/// The name of a file type in messages.
+fn kind_name(kind: FileType) -> &'static str {
+    match kind {
+        FileType::RegularFile => "regular file",
+        FileType::BlockDevice => "block device",
+        FileType::Directory => "directory",
+        FileType::Fifo => "FIFO",
+        FileType::Socket => "socket",
+        FileType::CharacterDevice => "character device",
+        FileType::Symlink => "symbolic link",
+        FileType::Unknown => "file of unknown type",
+    }
+}
+
+/// Opens DST for writing, never truncating it, or creates it (mode `0644` less the umask, as
+/// `cp` creates files) when it does not exist. Returns the descriptor and whether it was
+/// created.
+///
+/// The open is non-blocking, so a FIFO without a reader fails at once instead of hanging; it
+/// and every other kind that is neither a regular file nor a block device is refused by
+/// [`inspect`] or here, by name.
+pub(crate) fn open_or_create(path: &Path) -> Result<(OwnedFd, bool)> {
+    let flags = OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+    // Two rounds: the file may appear between our two opens (another creator); a path that
+    // is still neither openable nor creatable after that is a dangling symbolic link.
+    for _ in 0..2 {
+        match rustix::fs::open(path, flags, Mode::empty()) {
+            Ok(fd) => return Ok((fd, false)),
+            Err(Errno::NOENT) => {}
+            Err(e) => return Err(open_error(path, e)),
+        }
+        let mode = Mode::from_raw_mode(0o644);
+        match rustix::fs::open(path, flags | OFlags::CREATE | OFlags::EXCL, mode) {
+            Ok(fd) => {
+                tracing::debug!(path = %path.display(), "destination created");
+                return Ok((fd, true));
+            }
+            Err(Errno::EXIST) => continue,
+            Err(Errno::NOENT) => {
+                let dir = match path.parent() {
+                    Some(d) if !d.as_os_str().is_empty() => d,
+                    _ => Path::new("."),
+                };
+                if !dir.is_dir() {
+                    return Err(Error::DestDirMissing {
+                        path: path.to_owned(),
+                        dir: dir.to_owned(),
+                    });
+                }
+                return Err(open_error(path, Errno::NOENT));
+            }
+            Err(e) => return Err(open_error(path, e)),
+        }
+    }
+    Err(Error::OpenDest {
+        path: path.to_owned(),
+        source: io::Error::new(
+            io::ErrorKind::NotFound,
+            "a dangling symbolic link (not written through)",
+        ),
+    })
+}
+
+/// An open failure, named by the kind of file when that is the real reason (a directory
+/// answers EISDIR, a FIFO without reader or a socket ENXIO).
+fn open_error(path: &Path, e: Errno) -> Error {
+    if let Ok(st) = rustix::fs::stat(path) {
+        let kind = FileType::from_raw_mode(st.st_mode);
+        if !matches!(kind, FileType::RegularFile | FileType::BlockDevice) {
+            return Error::DestKind {
+                path: path.to_owned(),
+                kind: kind_name(kind),
+            };
+        }
+    }
+    Error::OpenDest {
+        path: path.to_owned(),
+        source: e.into(),
+    }
+}
+
+/// Checks that DST is a regular file or a block device open for positioned writes, and reads
+/// its size.
+pub(crate) fn inspect(fd: BorrowedFd<'_>, path: &Path) -> Result<Dest> {
+    let stat_err = |e: Errno| Error::StatDest {
+        path: path.to_owned(),
+        source: e.into(),
+    };
+    let stat = rustix::fs::fstat(fd).map_err(stat_err)?;
+    let (kind, size) = match FileType::from_raw_mode(stat.st_mode) {
+        FileType::RegularFile => (Kind::Regular, stat.st_size as u64),
+        FileType::BlockDevice => {
+            let size = rustix::fs::seek(fd, SeekFrom::End(0)).map_err(stat_err)?;
+            (Kind::BlockDevice, size)
+        }
+        other => {
+            return Err(Error::DestKind {
+                path: path.to_owned(),
+                kind: kind_name(other),
+            });
+        }
+    };
+    let flags = rustix::fs::fcntl_getfl(fd).map_err(stat_err)?;
+    if flags.contains(OFlags::APPEND) {
+        return Err(Error::OpenDest {
+            path: path.to_owned(),
+            source: io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "open in append mode, where every write lands at the end",
+            ),
+        });
+    }
+    if flags & OFlags::RWMODE == OFlags::RDONLY {
+        return Err(Error::OpenDest {
+            path: path.to_owned(),
+            source: Errno::BADF.into(),
+        });
+    }
+    Ok(Dest { kind, size, stat })
+}
+
+/// Whether two stats are of one file: the same inode on the same device, or two device nodes
+/// of the same block device.
+pub(crate) fn same_file(a: &Stat, b: &Stat) -> bool {
+    let is_block = |s: &Stat| FileType::from_raw_mode(s.st_mode) == FileType::BlockDevice;
+    (a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+        || (is_block(a) && is_block(b) && a.st_rdev == b.st_rdev)
+}
+
+/// Grows a regular DST to `size` bytes (a hole at the end; nothing is allocated).
+pub(crate) fn grow(fd: BorrowedFd<'_>, path: &Path, size: u64) -> Result<()> {
+    rustix::fs::ftruncate(fd, size).map_err(|e| Error::Resize {
+        path: path.to_owned(),
+        size,
+        source: e.into(),
+    })
+}
+
+/// Filesystems whose `copy_file_range` shares extents (it calls `remap_file_range` first):
+/// a "copy" there is a reflink in disguise.
+pub(crate) fn copy_may_share(fd: BorrowedFd<'_>) -> bool {
+    const XFS: i64 = 0x5846_5342;
+    const BTRFS: i64 = 0x9123_683e;
+    const BCACHEFS: i64 = 0xca45_1a4e;
+    const OCFS2: i64 = 0x7461_636f;
+    const NFS: i64 = 0x6969;
+    const SMB2: i64 = 0xfe53_4d42;
+    const CIFS: i64 = 0xff53_4d42;
+    match rustix::fs::fstatfs(fd) {
+        #[allow(clippy::unnecessary_cast)] // f_type is i64 on x86_64, other widths elsewhere
+        Ok(st) => {
+            let magic = st.f_type as i64 & 0xffff_ffff;
+            [XFS, BTRFS, BCACHEFS, OCFS2, NFS, SMB2, CIFS].contains(&magic)
+        }
+        Err(_) => false,
+    }
+}

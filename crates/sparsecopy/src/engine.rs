@@ -1,0 +1,821 @@
+//! The copy itself: walks the window's steps in order and carries each out by the best method
+//! that works, falling back (once, for the rest of the copy) when the kernel says a method is
+//! not supported, never on a real I/O error.
+//!
+//! Order matters in one place: the destination's own map is read as one forward walk
+//! ([`DstCursor`]) and every question asked of it ("where does DST hold data in this range
+//! that must read as zeros?") comes in ascending order. Only ranges that the walk has not
+//! written yet are asked about, so the answers stay true while the copy writes behind them.
+
+use std::io::{self, IoSlice};
+use std::ops::Range;
+use std::os::fd::BorrowedFd;
+use std::path::Path;
+use std::time::Instant;
+
+use blockmap_core::ranges::round_in;
+use blockmap_core::{BlockMap, DataRanges};
+use rustix::fs::FallocateFlags;
+use rustix::io::Errno;
+use tracing::{debug, trace};
+
+use crate::clone::ficlonerange;
+use crate::dest::{self, Kind};
+use crate::error::{Error, Result};
+use crate::options::{Method, Options, Progress, Reflink, Resolved};
+use crate::plan::{Step, Steps, ZeroRuns, blocks_line_up, cut};
+use crate::report::{Report, Transfer};
+
+/// Small data ranges closer than this to each other are read with one `pread` (the gap, a
+/// hole of SRC, is read as zeros and not written): many small extents cost few reads.
+const MAX_GAP: u64 = 32 << 10;
+/// At most this many steps wait in a batch.
+const MAX_BATCH: usize = 4096;
+/// `copy_file_range` and `FICLONERANGE` calls are cut to this size, so progress moves.
+const KERNEL_CHUNK: u64 = 1 << 30;
+/// The progress callback is called at most once per this many bytes (and at the end).
+const PROGRESS_EVERY: u64 = 1 << 20;
+/// Zeros for filling where a hole cannot be punched.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+
+/// Everything a copy needs, opened and checked by the caller: SRC mapped, the window
+/// resolved against SRC's size, DST open for writing.
+pub(crate) struct Job<'a, 'p> {
+    pub src_map: &'a BlockMap<BorrowedFd<'a>>,
+    pub dst: BorrowedFd<'a>,
+    pub dst_path: &'a Path,
+    pub created: bool,
+    pub window: Resolved,
+    pub options: &'a Options,
+    pub progress: Option<&'p mut dyn FnMut(Progress)>,
+    pub started: Instant,
+}
+
+/// Runs a copy. Nothing is written to DST before every check has passed: same file, device
+/// size, reflink feasibility (with [`Reflink::Always`], the first reflink is made before
+/// anything else, so a filesystem that cannot share fails the copy untouched).
+pub(crate) fn run(job: Job<'_, '_>) -> Result<Report> {
+    let Job {
+        src_map,
+        dst,
+        dst_path,
+        created,
+        window,
+        options,
+        progress,
+        started,
+    } = job;
+    let src = *src_map.file();
+    let src_path = src_map.path();
+
+    let src_stat = rustix::fs::fstat(src).map_err(|e| blockmap_core::Error::Stat {
+        path: src_path.to_owned(),
+        source: e.into(),
+    })?;
+    let dest = dest::inspect(dst, dst_path)?;
+    if dest::same_file(&src_stat, &dest.stat) {
+        return Err(Error::SameFile {
+            src: src_path.to_owned(),
+            dst: dst_path.to_owned(),
+        });
+    }
+    let block_device = dest.kind == Kind::BlockDevice;
+    let end = window.seek + window.length;
+    if block_device && end > dest.size {
+        return Err(Error::DeviceTooSmall {
+            path: dst_path.to_owned(),
+            end,
+            size: dest.size,
+        });
+    }
+    let bs = u64::from(blockmap_core::block_size_of(dst));
+    let lines_up = blocks_line_up(window.skip, window.seek, bs);
+    if options.reflink == Reflink::Always && window.length > 0 {
+        if block_device {
+            return Err(Error::ReflinkToDevice {
+                path: dst_path.to_owned(),
+            });
+        }
+        if !lines_up {
+            return Err(Error::ReflinkMisaligned {
+                skip: window.skip,
+                seek: window.seek,
+                block_size: bs,
+            });
+        }
+    }
+
+    let mut report = Report::new(src_map.backend());
+    report.skip = window.skip;
+    report.seek = window.seek;
+    report.length = window.length;
+    report.block_size = bs;
+    report.created = created;
+    report.block_device = block_device;
+
+    let both_regular = src_map.is_regular() && !block_device;
+    let reflink = options.reflink != Reflink::Never && both_regular && lines_up;
+    if options.reflink == Reflink::Auto && !reflink {
+        debug!(
+            both_regular,
+            lines_up, "no reflink: needs two regular files whose blocks line up"
+        );
+    }
+    let cfr = match options.method {
+        Method::ReadWrite => false,
+        Method::CopyFileRange => true,
+        Method::Auto => both_regular,
+    };
+    let copy_shares = cfr && dest::copy_may_share(dst);
+    let buf_len = (options.buffer_size.max(1) as u64).div_ceil(bs) * bs;
+
+    let dst_map;
+    let mut engine = Engine {
+        src,
+        src_path,
+        dst,
+        dst_path,
+        window,
+        block_device,
+        bs,
+        options,
+        reflink,
+        cfr,
+        copy_shares,
+        punch: true,
+        device_punch: true,
+        device_zero: true,
+        prelinked: None,
+        cursor: DstCursor::empty(),
+        buf: Vec::new(),
+        buf_len: buf_len as usize,
+        batch: Batch::default(),
+        report,
+        progress,
+        done: 0,
+        reported: None,
+    };
+
+    if options.reflink == Reflink::Always && window.length > 0 {
+        engine.prelink(src_map)?;
+    }
+    if !block_device && window.length > 0 && dest.size < end {
+        engine.report.syscalls.ftruncate += 1;
+        dest::grow(dst, dst_path, end)?;
+    }
+    // DST's data matters only where it existed before: inside the window, below its old
+    // size. A file just created has none.
+    let old_data = window.seek..end.min(dest.size);
+    if !block_device && !created && !old_data.is_empty() {
+        dst_map = BlockMap::with_path(dst, dst_path, blockmap_core::MapOptions::default())?;
+        debug!(backend = %dst_map.backend(), range = ?old_data, "destination mapped");
+        engine.cursor = DstCursor::new(dst_map.data(old_data));
+    }
+
+    for step in Steps::new(src_map.data(window.src()), window.src()) {
+        match step? {
+            Step::Data(r) => engine.data(r)?,
+            Step::Hole(r) => engine.hole(r)?,
+        }
+    }
+    engine.flush()?;
+    if options.sync {
+        engine.report.syscalls.fsync += 1;
+        rustix::fs::fsync(dst).map_err(|e| Error::Sync {
+            path: dst_path.to_owned(),
+            source: e.into(),
+        })?;
+    }
+    engine.tell_progress(true);
+    let mut report = engine.report;
+    report.elapsed = started.elapsed();
+    debug!(%report, "copy done");
+    Ok(report)
+}
+
+/// Small steps waiting to be carried out together: one `pread` of `span` serves every data
+/// step in it; holes between them wait too, so DST's map is still asked in order.
+#[derive(Debug, Default)]
+struct Batch {
+    /// SRC offsets read at once.
+    span: Range<u64>,
+    steps: Vec<Step>,
+}
+
+/// A forward walk over DST's data ranges, answering "which parts of this range hold data"
+/// for ranges asked in ascending order.
+struct DstCursor<'m> {
+    ranges: Option<DataRanges<'m>>,
+    /// The data range under the cursor, kept while it may overlap later questions.
+    current: Option<Range<u64>>,
+    /// Everything before it has been answered.
+    pos: u64,
+    /// The start of the last range asked about (questions come in ascending order).
+    asked: u64,
+}
+
+impl<'m> DstCursor<'m> {
+    /// A destination with no data to care about.
+    fn empty() -> Self {
+        DstCursor {
+            ranges: None,
+            current: None,
+            pos: 0,
+            asked: 0,
+        }
+    }
+
+    fn new(ranges: DataRanges<'m>) -> Self {
+        DstCursor {
+            ranges: Some(ranges),
+            current: None,
+            pos: 0,
+            asked: 0,
+        }
+    }
+
+    /// The next piece of DST's data inside `range`, or `None` when there is no more. Call it
+    /// until `None`; later calls must ask about later ranges.
+    fn next_data(&mut self, range: &Range<u64>) -> Result<Option<Range<u64>>> {
+        debug_assert!(range.start >= self.asked, "DST map asked out of order");
+        self.asked = range.start;
+        let start = range.start.max(self.pos);
+        if start >= range.end {
+            return Ok(None);
+        }
+        loop {
+            let current = match self.current.take() {
+                Some(c) => c,
+                None => match self.ranges.as_mut().and_then(Iterator::next) {
+                    None => {
+                        self.ranges = None;
+                        return Ok(None);
+                    }
+                    Some(r) => r?,
+                },
+            };
+            if current.end <= start {
+                continue;
+            }
+            if current.start >= range.end {
+                self.current = Some(current);
+                return Ok(None);
+            }
+            let piece = current.start.max(start)..current.end.min(range.end);
+            self.pos = piece.end;
+            self.current = Some(current);
+            return Ok(Some(piece));
+        }
+    }
+}
+
+/// Whether an errno from `FICLONERANGE` means "cannot share these" rather than an I/O error.
+fn reflink_unsupported(e: Errno) -> bool {
+    // EBADF: the source filesystem cannot share (older kernels); ETXTBSY: a swap file.
+    matches!(
+        e,
+        Errno::XDEV
+            | Errno::OPNOTSUPP
+            | Errno::INVAL
+            | Errno::NOSYS
+            | Errno::NOTTY
+            | Errno::BADF
+            | Errno::TXTBSY
+    )
+}
+
+/// Whether an errno from `copy_file_range` means "not for these files" rather than an I/O
+/// error.
+fn copy_unsupported(e: Errno) -> bool {
+    // EBADF: a descriptor the kernel will not copy with (e.g. O_APPEND); ETXTBSY: a swap file.
+    matches!(
+        e,
+        Errno::XDEV | Errno::OPNOTSUPP | Errno::INVAL | Errno::NOSYS | Errno::BADF | Errno::TXTBSY
+    )
+}
+
+/// Whether an errno from `fallocate` means "this mode is not supported here".
+fn fallocate_unsupported(e: Errno) -> bool {
+    matches!(
+        e,
+        Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL | Errno::NODEV
+    )
+}
+
+struct Engine<'a, 'p> {
+    src: BorrowedFd<'a>,
+    src_path: &'a Path,
+    dst: BorrowedFd<'a>,
+    dst_path: &'a Path,
+    window: Resolved,
+    block_device: bool,
+    /// DST's block size: reflink alignment, zero detection granularity.
+    bs: u64,
+    options: &'a Options,
+    /// Methods still worth trying; each turns off for good at its first "not supported".
+    reflink: bool,
+    cfr: bool,
+    /// DST's filesystem shares extents inside `copy_file_range`.
+    copy_shares: bool,
+    punch: bool,
+    device_punch: bool,
+    device_zero: bool,
+    /// The blocks already reflinked by [`Engine::prelink`], in SRC offsets.
+    prelinked: Option<Range<u64>>,
+    cursor: DstCursor<'a>,
+    /// The read/write buffer, allocated at first use.
+    buf: Vec<u8>,
+    buf_len: usize,
+    batch: Batch,
+    report: Report,
+    progress: Option<&'p mut dyn FnMut(Progress)>,
+    /// Bytes of the window done.
+    done: u64,
+    /// What the callback was last told.
+    reported: Option<u64>,
+}
+
+impl Engine<'_, '_> {
+    fn dst_range(&self, src: &Range<u64>) -> Range<u64> {
+        self.window.dst_offset(src.start)..self.window.dst_offset(src.end)
+    }
+
+    fn advance(&mut self, bytes: u64) {
+        self.done += bytes;
+        self.tell_progress(false);
+    }
+
+    fn tell_progress(&mut self, last: bool) {
+        let Some(f) = self.progress.as_mut() else {
+            return;
+        };
+        let due = match self.reported {
+            None => true,
+            Some(r) => self.done >= r + PROGRESS_EVERY || (last && r != self.done),
+        };
+        if due {
+            self.reported = Some(self.done);
+            f(Progress {
+                done: self.done,
+                total: self.window.length,
+            });
+        }
+    }
+
+    fn transferred(&mut self, how: Transfer, bytes: u64) {
+        self.report.transferred(how, bytes);
+        self.advance(bytes);
+    }
+
+    fn hole(&mut self, src: Range<u64>) -> Result<()> {
+        trace!(?src, "hole");
+        let len = src.end - src.start;
+        self.report.hole_bytes += len;
+        self.report.hole_ranges += 1;
+        if self.batch.steps.is_empty() {
+            self.clear(self.dst_range(&src))?;
+        } else {
+            self.batch.steps.push(Step::Hole(src));
+            if self.batch.steps.len() >= MAX_BATCH {
+                self.flush()?;
+            }
+        }
+        self.advance(len);
+        Ok(())
+    }
+
+    fn data(&mut self, src: Range<u64>) -> Result<()> {
+        trace!(?src, "data");
+        self.report.data_bytes += src.end - src.start;
+        self.report.data_ranges += 1;
+        if self.reflink {
+            let cut = cut(src.clone(), self.bs);
+            let blocks = cut.blocks.end - cut.blocks.start;
+            if blocks > 0
+                && (self.options.reflink == Reflink::Always || blocks >= self.options.reflink_min)
+            {
+                self.copy(cut.head)?;
+                self.reflink_blocks(cut.blocks)?;
+                return self.copy(cut.tail);
+            }
+        }
+        self.copy(src)
+    }
+
+    /// With [`Reflink::Always`]: reflinks the first whole blocks of data before anything is
+    /// written, so that a filesystem that cannot share fails the copy with DST untouched.
+    fn prelink(&mut self, src_map: &BlockMap<BorrowedFd<'_>>) -> Result<()> {
+        for r in src_map.data(self.window.src()) {
+            let blocks = cut(r?, self.bs).blocks;
+            if !blocks.is_empty() {
+                let blocks = blocks.start..blocks.end.min(blocks.start + KERNEL_CHUNK);
+                self.ficlonerange(&blocks)?;
+                debug!(?blocks, "reflink works here");
+                self.prelinked = Some(blocks);
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// One `FICLONERANGE`; "not supported" is an error under [`Reflink::Always`] and
+    /// `Ok(false)` otherwise.
+    fn ficlonerange(&mut self, src: &Range<u64>) -> Result<bool> {
+        let dst = self.dst_range(src);
+        loop {
+            self.report.syscalls.ficlonerange += 1;
+            let e = match ficlonerange(
+                self.src,
+                src.start,
+                self.dst,
+                dst.start,
+                src.end - src.start,
+            ) {
+                Ok(()) => return Ok(true),
+                Err(Errno::INTR) => continue,
+                Err(e) => e,
+            };
+            if !reflink_unsupported(e) {
+                return Err(Error::Reflink {
+                    src: self.src_path.to_owned(),
+                    dst: self.dst_path.to_owned(),
+                    offset: dst.start,
+                    source: e.into(),
+                });
+            }
+            if self.options.reflink == Reflink::Always {
+                return Err(Error::ReflinkUnsupported {
+                    src: self.src_path.to_owned(),
+                    dst: self.dst_path.to_owned(),
+                    source: e.into(),
+                });
+            }
+            debug!(errno = %e, "FICLONERANGE not supported here; copying instead");
+            self.reflink = false;
+            return Ok(false);
+        }
+    }
+
+    /// Reflinks whole blocks (SRC offsets, aligned), copying whatever cannot be shared.
+    fn reflink_blocks(&mut self, src: Range<u64>) -> Result<()> {
+        self.flush()?;
+        let mut at = src.start;
+        while at < src.end {
+            let piece = at..src.end.min(at + KERNEL_CHUNK);
+            if self.prelinked.as_ref() == Some(&piece) {
+                self.prelinked = None;
+            } else if !self.reflink || !self.ficlonerange(&piece)? {
+                return self.copy(at..src.end);
+            }
+            trace!(?piece, "reflinked");
+            self.transferred(Transfer::Reflink, piece.end - piece.start);
+            at = piece.end;
+        }
+        Ok(())
+    }
+
+    /// Copies a data range (SRC offsets) by `copy_file_range` where that is wanted and
+    /// works, else through user space.
+    fn copy(&mut self, src: Range<u64>) -> Result<()> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        let src = if self.cfr && self.wants_copy_file_range(src.end - src.start) {
+            match self.copy_file_range(src)? {
+                None => return Ok(()),
+                Some(rest) => rest,
+            }
+        } else {
+            src
+        };
+        self.read_write(src)
+    }
+
+    /// The choice between the kernel's copy and user space, for a range of `len` bytes.
+    fn wants_copy_file_range(&self, len: u64) -> bool {
+        match self.options.method {
+            Method::CopyFileRange => true,
+            Method::ReadWrite => false,
+            // Zero detection needs the bytes. Where copy_file_range shares extents, it is a
+            // reflink: refused with Reflink::Never, and not worth it for small ranges.
+            Method::Auto => {
+                !self.options.detect_zeros
+                    && !(self.copy_shares
+                        && (self.options.reflink == Reflink::Never
+                            || len < self.options.reflink_min))
+            }
+        }
+    }
+
+    /// `copy_file_range` over a whole range, looping on short copies. Returns the part left
+    /// to copy another way when the kernel refuses (and the method was not forced).
+    fn copy_file_range(&mut self, src: Range<u64>) -> Result<Option<Range<u64>>> {
+        self.flush()?;
+        let mut src_off = src.start;
+        let mut dst_off = self.window.dst_offset(src.start);
+        while src_off < src.end {
+            let want = (src.end - src_off).min(KERNEL_CHUNK) as usize;
+            self.report.syscalls.copy_file_range += 1;
+            let at = dst_off;
+            match rustix::fs::copy_file_range(
+                self.src,
+                Some(&mut src_off),
+                self.dst,
+                Some(&mut dst_off),
+                want,
+            ) {
+                Ok(0) => {
+                    return Err(Error::SourceShrank {
+                        path: self.src_path.to_owned(),
+                        offset: src_off,
+                    });
+                }
+                Ok(n) => self.transferred(Transfer::CopyFileRange, n as u64),
+                Err(Errno::INTR) => {}
+                Err(e) if copy_unsupported(e) => {
+                    if self.options.method == Method::CopyFileRange {
+                        return Err(Error::MethodUnsupported {
+                            method: "copy_file_range",
+                            src: self.src_path.to_owned(),
+                            dst: self.dst_path.to_owned(),
+                            source: e.into(),
+                        });
+                    }
+                    debug!(errno = %e, "copy_file_range not supported here; using read/write");
+                    self.cfr = false;
+                    return Ok(Some(src_off..src.end));
+                }
+                Err(e) => {
+                    return Err(Error::CopyFileRange {
+                        src: self.src_path.to_owned(),
+                        dst: self.dst_path.to_owned(),
+                        offset: at,
+                        source: e.into(),
+                    });
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Copies through user space: a range that fits the buffer joins the batch (one read for
+    /// many small ranges), a longer one streams through the buffer.
+    fn read_write(&mut self, src: Range<u64>) -> Result<()> {
+        let len = src.end - src.start;
+        if len > self.buf_len as u64 {
+            self.flush()?;
+            return self.stream(src);
+        }
+        let batch = &self.batch;
+        if !batch.steps.is_empty()
+            && (src.start - batch.span.end > MAX_GAP
+                || src.end - batch.span.start > self.buf_len as u64
+                || batch.steps.len() >= MAX_BATCH)
+        {
+            self.flush()?;
+        }
+        if self.batch.steps.is_empty() {
+            self.batch.span = src.clone();
+        } else {
+            self.batch.span.end = src.end;
+        }
+        self.batch.steps.push(Step::Data(src));
+        Ok(())
+    }
+
+    fn take_buf(&mut self) -> Vec<u8> {
+        let mut buf = std::mem::take(&mut self.buf);
+        if buf.is_empty() {
+            buf = vec![0; self.buf_len];
+        }
+        buf
+    }
+
+    /// Carries out the batch: one read of its span, then its steps in order.
+    fn flush(&mut self) -> Result<()> {
+        if self.batch.steps.is_empty() {
+            return Ok(());
+        }
+        let span = self.batch.span.clone();
+        let mut steps = std::mem::take(&mut self.batch.steps);
+        let mut buf = self.take_buf();
+        let bytes = &mut buf[..(span.end - span.start) as usize];
+        self.read_exact(span.start, bytes)?;
+        trace!(?span, steps = steps.len(), "batch");
+        for step in steps.drain(..) {
+            match step {
+                Step::Data(r) => {
+                    let piece = (r.start - span.start) as usize..(r.end - span.start) as usize;
+                    let at = self.window.dst_offset(r.start);
+                    self.write_out(&bytes[piece], at)?;
+                }
+                Step::Hole(r) => self.clear(self.dst_range(&r))?,
+            }
+        }
+        self.batch.steps = steps;
+        self.buf = buf;
+        Ok(())
+    }
+
+    /// Copies a range longer than the buffer, a buffer at a time; the pieces end on DST's
+    /// block boundaries so zero detection sees whole blocks.
+    fn stream(&mut self, src: Range<u64>) -> Result<()> {
+        let mut buf = self.take_buf();
+        let mut at = src.start;
+        while at < src.end {
+            let dst_at = self.window.dst_offset(at);
+            let room = self.buf_len - (dst_at % self.bs) as usize;
+            let n = ((src.end - at) as usize).min(room);
+            self.read_exact(at, &mut buf[..n])?;
+            self.write_out(&buf[..n], dst_at)?;
+            at += n as u64;
+        }
+        self.buf = buf;
+        Ok(())
+    }
+
+    /// Writes bytes read from SRC at DST offset `at`, leaving out all-zero blocks when
+    /// detecting zeros (they are cleared instead, as holes are).
+    fn write_out(&mut self, bytes: &[u8], at: u64) -> Result<()> {
+        if !self.options.detect_zeros {
+            self.write_all(bytes, at)?;
+            self.transferred(Transfer::ReadWrite, bytes.len() as u64);
+            return Ok(());
+        }
+        for (piece, zero) in ZeroRuns::new(bytes, at, self.bs) {
+            let start = at + piece.start as u64;
+            let len = (piece.end - piece.start) as u64;
+            if zero {
+                self.clear(start..start + len)?;
+                self.report.zero_skipped_bytes += len;
+                self.advance(len);
+            } else {
+                self.write_all(&bytes[piece], start)?;
+                self.transferred(Transfer::ReadWrite, len);
+            }
+        }
+        Ok(())
+    }
+
+    /// `pread` until `buf` is full.
+    fn read_exact(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let mut got = 0;
+        while got < buf.len() {
+            let at = offset + got as u64;
+            self.report.syscalls.pread += 1;
+            match rustix::io::pread(self.src, &mut buf[got..], at) {
+                Ok(0) => {
+                    return Err(Error::SourceShrank {
+                        path: self.src_path.to_owned(),
+                        offset: at,
+                    });
+                }
+                Ok(n) => got += n,
+                Err(Errno::INTR) => {}
+                Err(e) => {
+                    return Err(Error::Read {
+                        path: self.src_path.to_owned(),
+                        offset: at,
+                        source: e.into(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `pwrite` until all of `bytes` is written.
+    fn write_all(&mut self, bytes: &[u8], offset: u64) -> Result<()> {
+        let mut put = 0;
+        while put < bytes.len() {
+            let at = offset + put as u64;
+            self.report.syscalls.pwrite += 1;
+            match rustix::io::pwrite(self.dst, &bytes[put..], at) {
+                Ok(0) => return Err(self.write_error(at, io::ErrorKind::WriteZero.into())),
+                Ok(n) => put += n,
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(self.write_error(at, e.into())),
+            }
+        }
+        Ok(())
+    }
+
+    fn write_error(&self, offset: u64, source: io::Error) -> Error {
+        Error::Write {
+            path: self.dst_path.to_owned(),
+            offset,
+            source,
+        }
+    }
+
+    /// Writes zeros over a DST range (`pwritev` of a static zero buffer, 1 MiB a call).
+    fn write_zeros(&mut self, dst: Range<u64>) -> Result<()> {
+        let mut at = dst.start;
+        while at < dst.end {
+            let mut slices = [IoSlice::new(&[]); 16];
+            let mut count = 0;
+            let mut left = dst.end - at;
+            while left > 0 && count < slices.len() {
+                let n = left.min(ZEROS.len() as u64) as usize;
+                slices[count] = IoSlice::new(&ZEROS[..n]);
+                count += 1;
+                left -= n as u64;
+            }
+            self.report.syscalls.pwrite += 1;
+            match rustix::io::pwritev(self.dst, &slices[..count], at) {
+                Ok(0) => return Err(self.write_error(at, io::ErrorKind::WriteZero.into())),
+                Ok(n) => {
+                    at += n as u64;
+                    self.report.zeroed_bytes += n as u64;
+                }
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(self.write_error(at, e.into())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes a DST range read as zeros where it must: in a regular file, wherever DST holds
+    /// data; on a block device, only with [`Options::zero_holes`].
+    fn clear(&mut self, dst: Range<u64>) -> Result<()> {
+        if self.block_device {
+            if self.options.zero_holes {
+                self.zero_device(dst)?;
+            }
+            return Ok(());
+        }
+        while let Some(piece) = self.cursor.next_data(&dst)? {
+            self.punch(piece)?;
+        }
+        Ok(())
+    }
+
+    /// `fallocate(mode)` over a DST range: `Ok(true)` when done, `Ok(false)` when the mode is
+    /// not supported here.
+    fn fallocate(&mut self, mode: FallocateFlags, dst: &Range<u64>) -> Result<bool> {
+        loop {
+            self.report.syscalls.fallocate += 1;
+            match rustix::fs::fallocate(self.dst, mode, dst.start, dst.end - dst.start) {
+                Ok(()) => return Ok(true),
+                Err(Errno::INTR) => {}
+                Err(e) if fallocate_unsupported(e) => {
+                    debug!(errno = %e, ?mode, "fallocate mode not supported here");
+                    return Ok(false);
+                }
+                Err(e) => {
+                    return Err(Error::Clear {
+                        path: self.dst_path.to_owned(),
+                        offset: dst.start,
+                        len: dst.end - dst.start,
+                        source: e.into(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Punches a hole where a regular DST holds data (partial blocks at the ends are zeroed
+    /// by the kernel, as `fallocate(2)` specifies), or writes zeros where it cannot.
+    fn punch(&mut self, dst: Range<u64>) -> Result<()> {
+        trace!(?dst, "punch");
+        if self.punch {
+            let mode = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+            if self.fallocate(mode, &dst)? {
+                self.report.punched_bytes += dst.end - dst.start;
+                return Ok(());
+            }
+            self.punch = false;
+        }
+        self.write_zeros(dst)
+    }
+
+    /// Zeroes a range of a block device: its page-aligned middle by `fallocate` (punch,
+    /// which guarantees zeros and may unmap, else zero-range), the edges and whatever the
+    /// device refuses by written zeros. Never a discard, which need not read back as zeros.
+    fn zero_device(&mut self, dst: Range<u64>) -> Result<()> {
+        trace!(?dst, "zero device range");
+        let middle = round_in(dst.clone(), self.bs.max(4096));
+        if middle.is_empty() {
+            return self.write_zeros(dst);
+        }
+        self.write_zeros(dst.start..middle.start)?;
+        let len = middle.end - middle.start;
+        let punch = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+        let zero = FallocateFlags::ZERO_RANGE | FallocateFlags::KEEP_SIZE;
+        if self.device_punch {
+            if self.fallocate(punch, &middle)? {
+                self.report.punched_bytes += len;
+                return self.write_zeros(middle.end..dst.end);
+            }
+            self.device_punch = false;
+        }
+        if self.device_zero {
+            if self.fallocate(zero, &middle)? {
+                self.report.zeroed_bytes += len;
+                return self.write_zeros(middle.end..dst.end);
+            }
+            self.device_zero = false;
+        }
+        self.write_zeros(middle.start..dst.end)
+    }
+}

@@ -7,6 +7,15 @@
 //! filesystem ever answers without moving forward, the rest of the window is settled with
 //! SEEK_DATA instead of looping or guessing.
 //!
+//! Kernels do not always answer in order: btrfs, asked from the end of the last extent it
+//! returned while delayed allocations sit inside a preallocation, answers again with extents
+//! that lie before the start. Extents that end at or before the furthest end already handed
+//! out are dropped and one that overlaps it is trimmed, so the walk yields extents in file
+//! order, without repeats. When a call makes no forward progress at all, the data walk settles
+//! the rest of the window with SEEK_DATA; the raw extent listing ([`crate::BlockMap::extents`])
+//! asks once more with `FIEMAP_FLAG_SYNC`, which writes the file's dirty pages back so that
+//! the kernel can describe them, and only then gives up.
+//!
 //! Extents may start before the window and run past it and past the end of the file (XFS
 //! speculative preallocation, `fallocate --keep-size`, btrfs inline extents of a whole block
 //! for a 5-byte file): everything is clipped to the window, which the caller clipped to the
@@ -27,7 +36,8 @@ use std::os::fd::BorrowedFd;
 use std::path::Path;
 
 use fiemap_sys::{
-    FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_UNWRITTEN, FIEMAP_MAX_OFFSET, FiemapBuffer, fiemap_ioctl,
+    FIEMAP_EXTENT_DATA_INLINE, FIEMAP_EXTENT_ENCODED, FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_UNKNOWN,
+    FIEMAP_EXTENT_UNWRITTEN, FIEMAP_FLAG_SYNC, FIEMAP_MAX_OFFSET, FiemapBuffer, fiemap_ioctl,
 };
 use rustix::io::Errno;
 use seekmap::DataSegments;
@@ -66,6 +76,12 @@ pub(crate) struct ExtentWalk<'a> {
     idx: usize,
     /// No more calls to make.
     exhausted: bool,
+    /// The furthest extent end handed out: extents ending before it are repeats.
+    furthest: Option<u64>,
+    /// On a call without forward progress, retry with `FIEMAP_FLAG_SYNC` before giving up.
+    sync_on_stall: bool,
+    /// `FIEMAP_FLAG_SYNC` or 0, for the calls to come.
+    flags: u32,
 }
 
 impl<'a> ExtentWalk<'a> {
@@ -78,7 +94,17 @@ impl<'a> ExtentWalk<'a> {
             end: window.end,
             idx: 0,
             exhausted: window.start >= window.end,
+            furthest: None,
+            sync_on_stall: false,
+            flags: 0,
         }
+    }
+
+    /// Makes a stalled walk ask once more with `FIEMAP_FLAG_SYNC` instead of giving up: for
+    /// the raw extent listing, which has no other way to describe the rest.
+    pub(crate) fn sync_on_stall(mut self) -> Self {
+        self.sync_on_stall = true;
+        self
     }
 
     /// Runs the next FIEMAP call; `Ok(false)` when the walk is over.
@@ -92,7 +118,7 @@ impl<'a> ExtentWalk<'a> {
         } else {
             self.end - self.next
         };
-        self.buf.set_request(self.next, length, 0);
+        self.buf.set_request(self.next, length, self.flags);
         fiemap_ioctl(self.fd, &mut self.buf).map_err(|e| Error::Fiemap {
             path: self.path.to_owned(),
             offset: self.next,
@@ -114,13 +140,21 @@ impl<'a> ExtentWalk<'a> {
         if last.fe_flags & FIEMAP_EXTENT_LAST != 0 || last_end >= self.end {
             self.exhausted = true;
         } else if last_end <= self.next {
-            // No forward progress: never loop, never guess. Hand the batch out, then the rest
-            // of the window as unsettled.
-            debug!(
-                next = self.next,
-                last_end, "FIEMAP made no progress; settling the rest by SEEK"
-            );
-            self.exhausted = true;
+            if self.sync_on_stall && self.flags & FIEMAP_FLAG_SYNC == 0 {
+                debug!(
+                    next = self.next,
+                    last_end, "FIEMAP made no progress; asking again with SYNC"
+                );
+                self.flags |= FIEMAP_FLAG_SYNC;
+            } else {
+                // No forward progress: never loop, never guess. Hand the batch out, then the
+                // rest of the window as unsettled.
+                debug!(
+                    next = self.next,
+                    last_end, "FIEMAP made no progress; settling the rest by SEEK"
+                );
+                self.exhausted = true;
+            }
         } else {
             self.next = last_end;
         }
@@ -131,7 +165,18 @@ impl<'a> ExtentWalk<'a> {
         loop {
             if let Some(e) = self.buf.extents().get(self.idx) {
                 self.idx += 1;
-                return Some(Ok(Piece::Extent(Extent::from_raw(e))));
+                let mut e = Extent::from_raw(e);
+                if let Some(furthest) = self.furthest {
+                    if e.logical.end <= furthest {
+                        trace!(?e, furthest, "FIEMAP repeated an extent; dropped");
+                        continue;
+                    }
+                    if e.logical.start < furthest {
+                        trim_start(&mut e, furthest);
+                    }
+                }
+                self.furthest = Some(e.logical.end);
+                return Some(Ok(Piece::Extent(e)));
             }
             if self.exhausted {
                 // A walk that stopped short without the kernel saying so leaves the rest to SEEK.
@@ -166,6 +211,16 @@ impl<'a> ExtentWalk<'a> {
         };
         let rest = last_end.map_or(rest.start, |e| e.max(rest.start))..rest.end;
         (!ended_cleanly && rest.start < rest.end).then_some(rest)
+    }
+}
+
+/// Cuts the part of `e` before `start`, moving its physical offset along where that offset
+/// maps bytes one to one (not for encoded, inline or unknown extents).
+fn trim_start(e: &mut Extent, start: u64) {
+    let cut = start - e.logical.start;
+    e.logical.start = start;
+    if e.flags & (FIEMAP_EXTENT_ENCODED | FIEMAP_EXTENT_DATA_INLINE | FIEMAP_EXTENT_UNKNOWN) == 0 {
+        e.physical = e.physical.saturating_add(cut);
     }
 }
 

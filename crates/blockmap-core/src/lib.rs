@@ -333,6 +333,7 @@ impl<F: AsFd> BlockMap<F> {
         let window = self.clip(window);
         let mut walk = (self.backend == Backend::Fiemap).then(|| {
             fiemap::ExtentWalk::new(self.file.as_fd(), &self.path, window, self.fiemap_batch)
+                .sync_on_stall()
         });
         std::iter::from_fn(move || {
             loop {

@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 use blockmap_core::BackendChoice;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::size::parse_size;
 
 /// Block maps of files (where the data is, where the holes are) and sparse copies.
 #[derive(Debug, Parser)]
@@ -21,6 +23,8 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Print the data ranges (or holes) of a file or block device.
     Map(MapArgs),
+    /// Copy SRC to DST touching only data, as `dd bs=1 skip=S seek=K count=L conv=notrunc`.
+    Copy(CopyArgs),
 }
 
 /// `blockmap map [--backend …] [--json] [--holes] [--sync] FILE`
@@ -44,4 +48,105 @@ pub(crate) struct MapArgs {
 
     /// The file or block device to map.
     pub file: PathBuf,
+}
+
+/// `blockmap copy [--skip N] [--seek N] [--length N] [--backend …] [--reflink …]
+/// [--detect-zeros] [--zero-holes] [--progress|--no-progress] [--json] SRC DST`
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Sizes are bytes or take a suffix K, M, G, T (powers of 1024; KiB… too).\n\
+    DST is created if absent; an existing file is never truncated, only grown, and is left \
+    untouched outside the window; a block device keeps its size."
+)]
+pub(crate) struct CopyArgs {
+    /// Start reading SRC at this offset.
+    #[arg(long, value_name = "N", value_parser = parse_size, default_value = "0")]
+    pub skip: u64,
+
+    /// Start writing DST at this offset.
+    #[arg(long, value_name = "N", value_parser = parse_size, default_value = "0")]
+    pub seek: u64,
+
+    /// Copy at most this many bytes (default: the rest of SRC).
+    #[arg(long, value_name = "N", value_parser = parse_size)]
+    pub length: Option<u64>,
+
+    /// How to find SRC's data: auto picks the best that works.
+    #[arg(long, value_name = "auto|fiemap|seek|none", default_value = "auto")]
+    pub backend: BackendChoice,
+
+    /// Share data with SRC (FICLONERANGE) where the filesystem can: auto tries it, always
+    /// fails where it is impossible, never copies every byte.
+    #[arg(long, value_enum, default_value_t = ReflinkArg::Auto)]
+    pub reflink: ReflinkArg,
+
+    /// Leave all-zero blocks inside data unwritten, as holes (cp --sparse=always).
+    #[arg(long)]
+    pub detect_zeros: bool,
+
+    /// DST a block device: also zero the ranges where SRC has holes.
+    #[arg(long)]
+    pub zero_holes: bool,
+
+    /// fsync DST before reporting success.
+    #[arg(long)]
+    pub sync: bool,
+
+    /// Draw a progress bar on stderr (default: when stderr is a terminal).
+    #[arg(long, overrides_with = "no_progress")]
+    pub progress: bool,
+
+    /// Never draw a progress bar.
+    #[arg(long, overrides_with = "progress")]
+    pub no_progress: bool,
+
+    /// Print the report as one JSON object on stdout instead of the summary line.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Force one way of copying the data that is not reflinked (for benchmarks).
+    #[arg(long, value_enum, default_value_t = MethodArg::Auto, hide = true)]
+    pub method: MethodArg,
+
+    /// The file (or block device) to copy from; never written.
+    pub src: PathBuf,
+
+    /// The file or block device to copy to.
+    pub dst: PathBuf,
+}
+
+/// `--reflink`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ReflinkArg {
+    Auto,
+    Always,
+    Never,
+}
+
+impl From<ReflinkArg> for sparsecopy::Reflink {
+    fn from(r: ReflinkArg) -> Self {
+        match r {
+            ReflinkArg::Auto => sparsecopy::Reflink::Auto,
+            ReflinkArg::Always => sparsecopy::Reflink::Always,
+            ReflinkArg::Never => sparsecopy::Reflink::Never,
+        }
+    }
+}
+
+/// `--method` (hidden).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum MethodArg {
+    Auto,
+    CopyFileRange,
+    ReadWrite,
+}
+
+impl From<MethodArg> for sparsecopy::Method {
+    fn from(m: MethodArg) -> Self {
+        match m {
+            MethodArg::Auto => sparsecopy::Method::Auto,
+            MethodArg::CopyFileRange => sparsecopy::Method::CopyFileRange,
+            MethodArg::ReadWrite => sparsecopy::Method::ReadWrite,
+        }
+    }
 }

@@ -9,7 +9,9 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod cli;
+mod copy;
 mod map;
+mod size;
 
 use std::io::{self, IsTerminal, Write};
 use std::process::ExitCode;
@@ -26,6 +28,7 @@ fn main() -> ExitCode {
     init_tracing(cli.verbose);
     let result = match cli.command {
         Command::Map(args) => map::run(&args),
+        Command::Copy(args) => copy::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,65 @@
+//! `blockmap copy`: the sparse copy of SRC's window into DST by the `sparsecopy` engine, with
+//! a progress bar on stderr and one summary line (or a JSON report) at the end.
+
+use std::io::{self, IsTerminal, Write};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use sparsecopy::{Copier, Options, Progress, Window};
+
+use crate::cli::CopyArgs;
+
+pub(crate) fn run(args: &CopyArgs) -> Result<()> {
+    let mut window = Window::new().skip(args.skip).seek(args.seek);
+    if let Some(length) = args.length {
+        window = window.length(length);
+    }
+    let options = Options::new()
+        .backend(args.backend)
+        .reflink(args.reflink.into())
+        .method(args.method.into())
+        .detect_zeros(args.detect_zeros)
+        .zero_holes(args.zero_holes)
+        .sync(args.sync);
+
+    let show_progress = !args.no_progress && (args.progress || io::stderr().is_terminal());
+    let bar = show_progress.then(progress_bar);
+    let mut on_progress = |p: Progress| {
+        if let Some(bar) = &bar {
+            bar.set_length(p.total);
+            bar.set_position(p.done);
+        }
+    };
+    let result = Copier::new(window, options)
+        .progress(&mut on_progress)
+        .copy_paths(&args.src, &args.dst);
+    if let Some(bar) = &bar {
+        // Gone before the summary or the error line, which must stand alone.
+        bar.finish_and_clear();
+    }
+    let report = result?;
+
+    if args.json {
+        let mut out = io::stdout().lock();
+        serde_json::to_writer(&mut out, &report).context("writing the report")?;
+        writeln!(out).context("writing the report")?;
+        out.flush().context("writing the report")?;
+    } else {
+        // The one summary line: data copied, holes skipped, methods, time.
+        eprintln!("blockmap: {report}");
+    }
+    Ok(())
+}
+
+fn progress_bar() -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    let style = ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] [{wide_bar}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+    )
+    .expect("the template is valid")
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}

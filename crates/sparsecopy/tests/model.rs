@@ -225,6 +225,18 @@ fn check(src_dir: &Path, dst_dir: &Path, c: &Case, reflink_ok: bool) {
     if c.backend == BackendChoice::Only(Backend::None) {
         assert_eq!(report.hole_bytes, 0);
     }
+    // Where reflink works and is wanted for every range, only the partial blocks at the
+    // edges of data ranges are copied.
+    let lines_up = skip % report.block_size == c.seek % report.block_size;
+    let reflink_everything = c.reflink == Reflink::Always
+        || (c.reflink == Reflink::Auto && c.reflink_min == 0 && lines_up);
+    if reflink_ok && reflink_everything {
+        let copied = report.copy_file_range_bytes + report.read_write_bytes;
+        assert!(
+            copied <= 2 * report.block_size * report.data_ranges,
+            "reflink works here, yet {copied} bytes were copied: {report:?}"
+        );
+    }
 
     // A new DST holds no more blocks than the data written into it: each data range may
     // straddle a block at either end; a little room for the filesystem's extent tree.

@@ -241,3 +241,8 @@ pub fn tempdir_in(dir: &Path) -> tempfile::TempDir {
         .tempdir_in(dir)
         .unwrap()
 }
+
+/// Whether the tests run as root (the owner of `/proc/self` is the effective user).
+pub fn is_root() -> bool {
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}

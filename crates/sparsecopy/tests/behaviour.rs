@@ -1,0 +1,287 @@
+//! What a copy does beyond the bytes: holes kept and punched, zeros detected, many small
+//! extents batched, the reflink policy, progress and the report.
+
+#![allow(clippy::print_stderr)] // skipped cases say why on the test output
+
+mod common;
+
+use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use common::*;
+use rustix::fs::FallocateFlags;
+use sparsecopy::{Copier, Method, Options, Progress, Reflink, Transfer, Window};
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1 << 20;
+
+/// The data segments of a file by the kernel's own SEEK_DATA walk.
+fn kernel_data(path: &Path) -> Vec<Range<u64>> {
+    let f = File::open(path).unwrap();
+    let size = f.metadata().unwrap().len();
+    seekmap::DataSegments::new(&f, 0..size)
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// A file of `n` data extents of 4 KiB, one every 8 KiB, after 1 MiB of hole.
+///
+/// The size is set first: writes that extend a file make xfs preallocate past its end, and
+/// the gaps then are unwritten extents, which turn into data (zeros) for SEEK_DATA as soon
+/// as anything reads them into the page cache (readahead does).
+fn many_extents(path: &Path, n: u64) -> Vec<u8> {
+    let f = File::create(path).unwrap();
+    let mut model = vec![0u8; (MIB + n * 8 * KIB) as usize];
+    f.set_len(model.len() as u64).unwrap();
+    for i in 0..n {
+        let at = MIB + i * 8 * KIB;
+        let b = bytes(i, 4096);
+        f.write_all_at(&b, at).unwrap();
+        model[at as usize..at as usize + 4096].copy_from_slice(&b);
+    }
+    model
+}
+
+#[test]
+fn a_new_destination_has_holes_where_the_source_has() {
+    for dir in test_dirs() {
+        let tmp = tempdir_in(&dir);
+        let src = tmp.path().join("src");
+        let dst = tmp.path().join("dst");
+        let model = many_extents(&src, 64);
+        let src_data = kernel_data(&src);
+        for method in [Method::Auto, Method::ReadWrite] {
+            let _ = std::fs::remove_file(&dst);
+            let opts = Options::new().method(method).reflink(Reflink::Never);
+            sparsecopy::copy(&src, &dst, Window::new(), &opts).unwrap();
+            assert_same(&read(&dst), &model, "copy");
+            let dst_data = kernel_data(&dst);
+            assert_eq!(dst_data, src_data, "{}: {method:?}", dir.display());
+        }
+    }
+}
+
+#[test]
+fn many_small_extents_share_reads() {
+    let tmp = tempdir_in(&std::env::temp_dir());
+    let src = tmp.path().join("src");
+    let dst = tmp.path().join("dst");
+    let n = 4096;
+    let model = many_extents(&src, n);
+    let opts = Options::new().method(Method::ReadWrite);
+    let r = sparsecopy::copy(&src, &dst, Window::new(), &opts).unwrap();
+    assert_same(&read(&dst), &model, "copy");
+    assert_eq!(r.data_ranges, n);
+    assert_eq!(r.syscalls.pwrite, n, "one write per extent");
+    // 1 MiB buffer, 8 KiB stride: 128 extents per read.
+    assert!(
+        r.syscalls.pread <= n / 100,
+        "{} reads for {n} extents",
+        r.syscalls.pread
+    );
+    eprintln!("{n} extents: {r}; syscalls {:?}", r.syscalls);
+}
+
+#[test]
+fn existing_data_under_source_holes_is_punched() {
+    let tmp = tempdir_in(&std::env::temp_dir());
+    let src = tmp.path().join("src");
+    let dst = tmp.path().join("dst");
+    let f = File::create(&src).unwrap();
+    f.write_all_at(b"data", 2 * MIB).unwrap();
+    f.set_len(4 * MIB).unwrap();
+    let old = bytes(7, 5 * MIB as usize);
+    std::fs::write(&dst, &old).unwrap();
+    let before = allocated(&dst);
+    let seek = 4096 + 17; // unaligned: partial blocks at the edges of every punch
+    let r = sparsecopy::copy(&src, &dst, Window::new().seek(seek), &Options::new()).unwrap();
+    let want = dd(&read(&src), Some(&old), 0, seek, None);
+    assert_same(&read(&dst), &want, "copy");
+    assert!(r.punched_bytes > 3 * MIB, "{r:?}");
+    assert_eq!(r.zeroed_bytes, 0, "ext4 punches");
+    assert!(allocated(&dst) < before - 3 * MIB, "punching freed nothing");
+}
+
+#[test]
+fn only_destination_data_is_punched() {
+    let tmp = tempdir_in(&std::env::temp_dir());
+    let src = tmp.path().join("src");
+    let dst = tmp.path().join("dst");
+    File::create(&src).unwrap().set_len(64 * MIB).unwrap();
+    let f = File::create(&dst).unwrap();
+    f.write_all_at(&bytes(1, 4096), 10 * MIB).unwrap();
+    f.write_all_at(&bytes(2, 4096), 50 * MIB).unwrap();
+    f.set_len(64 * MIB).unwrap();
+    let r = sparsecopy::copy(&src, &dst, Window::new(), &Options::new()).unwrap();
+    assert_eq!(
+        r.syscalls.fallocate, 2,
+        "one punch per DST data range: {r:?}"
+    );
+    assert_eq!(r.punched_bytes, 8192);
+    assert!(read(&dst).iter().all(|&b| b == 0));
+}
+
+#[test]
+fn detected_zeros_stay_holes_and_are_punched_over_old_data() {
+    let tmp = tempdir_in(&std::env::temp_dir());
+    let src = tmp.path().join("src");
+    let mut model = vec![0u8; 4 * MIB as usize];
+    let b = bytes(3, 5000);
+    model[MIB as usize..MIB as usize + 5000].copy_from_slice(&b);
+    std::fs::write(&src, &model).unwrap(); // dense: 4 MiB of written zeros and a little data
+    let opts = Options::new().detect_zeros(true);
+
+    let new = tmp.path().join("new");
+    let r = sparsecopy::copy(&src, &new, Window::new(), &opts).unwrap();
+    assert_same(&read(&new), &model, "new");
+    assert_eq!(r.data_bytes, 4 * MIB);
+    assert_eq!(r.zero_skipped_bytes, 4 * MIB - 8192);
+    assert!(allocated(&new) <= 3 * 4096, "{} allocated", allocated(&new));
+
+    let old = tmp.path().join("old");
+    std::fs::write(&old, bytes(4, 4 * MIB as usize)).unwrap();
+    let r = sparsecopy::copy(&src, &old, Window::new(), &opts).unwrap();
+    assert_same(&read(&old), &model, "old");
+    assert_eq!(r.punched_bytes, 4 * MIB - 8192);
+}
+
+#[test]
+fn written_but_unflushed_preallocated_data_is_copied() {
+    for dir in test_dirs() {
+        let tmp = tempdir_in(&dir);
+        let src = tmp.path().join("src");
+        let f = File::create(&src).unwrap();
+        if rustix::fs::fallocate(&f, FallocateFlags::empty(), 0, MIB).is_err() {
+            eprintln!("{}: no fallocate", dir.display());
+            continue;
+        }
+        f.write_all_at(&bytes(8, 4096), 300 * KIB).unwrap(); // no fsync
+        let dst = tmp.path().join("dst");
+        sparsecopy::copy(&src, &dst, Window::new(), &Options::new()).unwrap();
+        assert_same(&read(&dst), &read(&src), &dir.display().to_string());
+    }
+}
+
+#[test]
+fn progress_is_monotonic_and_ends_at_the_total() {
+    let tmp = tempdir_in(&std::env::temp_dir());
+    let src = tmp.path().join("src");
+    let dst = tmp.path().join("dst");
+    many_extents(&src, 1024);
+    let mut seen: Vec<Progress> = Vec::new();
+    let mut record = |p: Progress| seen.push(p);
+    let r = Copier::new(Window::new().skip(100), Options::new())
+        .progress(&mut record)
+        .copy_paths(&src, &dst)
+        .unwrap();
+    assert!(seen.len() > 2, "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0].done < w[1].done));
+    assert!(
+        seen.iter()
+            .all(|p| p.total == r.length && p.done <= p.total)
+    );
+    assert_eq!(seen.last().unwrap().done, r.length);
+
+    // An empty window reports once, 0 of 0.
+    let mut seen = Vec::new();
+    let mut record = |p: Progress| seen.push(p);
+    Copier::new(Window::new().length(0), Options::new())
+        .progress(&mut record)
+        .copy_paths(&src, &dst)
+        .unwrap();
+    assert_eq!(seen, [Progress { done: 0, total: 0 }]);
+}
+
+#[test]
+fn the_report_serializes_to_json() {
+    let tmp = tempdir_in(&std::env::temp_dir());
+    let src = tmp.path().join("src");
+    let dst = tmp.path().join("dst");
+    many_extents(&src, 8);
+    let r = sparsecopy::copy(&src, &dst, Window::new(), &Options::new()).unwrap();
+    let json = serde_json::to_value(&r).unwrap();
+    for key in [
+        "skip",
+        "seek",
+        "length",
+        "backend",
+        "data_bytes",
+        "hole_bytes",
+        "reflinked_bytes",
+        "copy_file_range_bytes",
+        "read_write_bytes",
+        "zero_skipped_bytes",
+        "punched_bytes",
+        "zeroed_bytes",
+        "methods",
+        "syscalls",
+        "elapsed",
+    ] {
+        assert!(json.get(key).is_some(), "no {key} in {json}");
+    }
+    assert!(json["elapsed"].is_f64());
+    assert!(json["backend"].is_string());
+    assert_eq!(json["methods"], serde_json::json!(["copy_file_range"]));
+    assert_eq!(r.methods, [Transfer::CopyFileRange]);
+    let line = r.to_string();
+    assert!(
+        line.starts_with("copied 32.0 KiB of data, skipped"),
+        "{line}"
+    );
+}
+
+#[test]
+fn reflink_policy_on_filesystems_that_share() {
+    let dirs: Vec<_> = test_dirs()
+        .into_iter()
+        .filter(|d| reflink_works(d))
+        .collect();
+    if dirs.is_empty() {
+        eprintln!("no directory shares extents (set BLOCKMAP_TEST_DIRS to xfs or btrfs)");
+    }
+    for dir in dirs {
+        let tmp = tempdir_in(&dir);
+        let src = tmp.path().join("src");
+        // One big range (256 KiB) at 0, then 64 small ones (4 KiB) after 1 MiB.
+        let mut model = many_extents(&src, 64);
+        let big = bytes(1, 256 * 1024);
+        File::options()
+            .write(true)
+            .open(&src)
+            .unwrap()
+            .write_all_at(&big, 0)
+            .unwrap();
+        model[..big.len()].copy_from_slice(&big);
+        let dst = tmp.path().join("dst");
+
+        // Auto: the big range is shared, the small ones copied by read/write (this
+        // filesystem's copy_file_range would share them too).
+        let r = sparsecopy::copy(&src, &dst, Window::new(), &Options::new()).unwrap();
+        assert_same(&read(&dst), &model, "auto");
+        assert_eq!(r.reflinked_bytes, 256 * KIB, "{}: {r:?}", dir.display());
+        assert_eq!(r.read_write_bytes, 64 * 4 * KIB);
+        eprintln!("{}: {r}", dir.display());
+
+        // Always: everything whole is shared.
+        std::fs::remove_file(&dst).unwrap();
+        let opts = Options::new().reflink(Reflink::Always);
+        let r = sparsecopy::copy(&src, &dst, Window::new(), &opts).unwrap();
+        assert_same(&read(&dst), &model, "always");
+        assert_eq!(r.reflinked_bytes, r.data_bytes, "{r:?}");
+
+        // Never: nothing shared, not even by copy_file_range.
+        std::fs::remove_file(&dst).unwrap();
+        let opts = Options::new().reflink(Reflink::Never);
+        let r = sparsecopy::copy(&src, &dst, Window::new(), &opts).unwrap();
+        assert_same(&read(&dst), &model, "never");
+        assert_eq!(r.reflinked_bytes + r.copy_file_range_bytes, 0, "{r:?}");
+
+        // Blocks that do not line up are copied, with or without Always.
+        let r = sparsecopy::copy(&src, &dst, Window::new().seek(512), &Options::new()).unwrap();
+        assert_eq!(r.syscalls.ficlonerange, 0);
+        let opts = Options::new().reflink(Reflink::Always);
+        assert!(sparsecopy::copy(&src, &dst, Window::new().seek(512), &opts).is_err());
+    }
+}

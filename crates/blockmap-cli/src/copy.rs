@@ -47,7 +47,8 @@ pub(crate) fn run(args: &CopyArgs) -> Result<()> {
         out.flush().context("writing the report")?;
     } else {
         // The one summary line: data copied, holes skipped, methods, time.
-        eprintln!("blockmap: {report}");
+        // A closed stderr leaves nothing to report to; the copy itself succeeded.
+        let _ = writeln!(io::stderr().lock(), "blockmap: {report}");
     }
     Ok(())
 }

@@ -105,6 +105,26 @@ impl Mount {
     }
 }
 
+/// Two mounted filesystems, for a test that reads from one and writes to the other (or to
+/// the same one: then both are the same mount).
+#[derive(Debug, Clone)]
+pub struct Pair {
+    pub src: Mount,
+    pub dst: Mount,
+}
+
+impl Pair {
+    /// `<src>-><dst>`, as the report names a pair.
+    pub fn name(&self) -> String {
+        format!("{}->{}", self.src.name, self.dst.name)
+    }
+
+    /// Whether both sides are one filesystem.
+    pub fn same_fs(&self) -> bool {
+        self.src.path == self.dst.path
+    }
+}
+
 /// The environment the harness set up.
 #[derive(Debug)]
 pub struct FsEnv {
@@ -207,22 +227,61 @@ impl FsEnv {
     /// it failed), and panics at the end with every failure, each named by its filesystem.
     #[track_caller]
     pub fn run_on(&self, mounts: &[Mount], body: impl Fn(&Mount, &mut u32) -> Result<(), String>) {
+        self.run_each(mounts, |m| m.name.clone(), body);
+    }
+
+    /// Runs `body` on each pair of `pairs` (source filesystem, destination filesystem),
+    /// reported as `fs=<src>-><dst>`, as [`FsEnv::run_on`] does for single filesystems.
+    #[track_caller]
+    pub fn run_on_pairs(
+        &self,
+        pairs: &[Pair],
+        body: impl Fn(&Pair, &mut u32) -> Result<(), String>,
+    ) {
+        self.run_each(pairs, Pair::name, body);
+    }
+
+    /// Runs `body` on each item, reports the cases it counted on each under the name `name`
+    /// gives it (also when it failed), and panics at the end with every failure, each named.
+    #[track_caller]
+    pub fn run_each<T>(
+        &self,
+        items: &[T],
+        name: impl Fn(&T) -> String,
+        body: impl Fn(&T, &mut u32) -> Result<(), String>,
+    ) {
         let mut failures = Vec::new();
-        for m in mounts {
+        for item in items {
+            let name = name(item);
             let started = std::time::Instant::now();
             let mut cases = 0;
-            let outcome = catch_unwind(AssertUnwindSafe(|| body(m, &mut cases)));
-            self.report(&m.name, cases);
-            eprintln!("{}: {} took {:.1?}", self.test, m.name, started.elapsed());
+            let outcome = catch_unwind(AssertUnwindSafe(|| body(item, &mut cases)));
+            self.report(&name, cases);
+            eprintln!("{}: {name} took {:.1?}", self.test, started.elapsed());
             match outcome {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => failures.push(format!("fs={}: {e}", m.name)),
-                Err(panic) => {
-                    failures.push(format!("fs={}: panicked: {}", m.name, panic_text(&panic)))
-                }
+                Ok(Err(e)) => failures.push(format!("fs={name}: {e}")),
+                Err(panic) => failures.push(format!("fs={name}: panicked: {}", panic_text(&panic))),
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    }
+
+    /// The pairs `(source, destination)` named in `names` whose filesystems are both mounted,
+    /// in that order; says which are left out.
+    pub fn pairs(&self, names: &[(&str, &str)]) -> Vec<Pair> {
+        let find = |n: &str| self.mounts.iter().find(|m| m.name == n).cloned();
+        let mut out = Vec::new();
+        for &(a, b) in names {
+            match (find(a), find(b)) {
+                (Some(src), Some(dst)) => out.push(Pair { src, dst }),
+                _ => eprintln!("{}: {a}->{b} left out: not both mounted", self.test),
+            }
+        }
+        if out.is_empty() {
+            eprintln!("{}: no pair of filesystems is mounted", self.test);
+        }
+        out
     }
 }
 

@@ -1,0 +1,1146 @@
+//! Sparse copies on real filesystems, loop-mounted by `cargo xtask fs-test` (see `common` for
+//! the environment contract; without it every test here says it is skipped and passes).
+//!
+//! - [`random_copies_within_each_fs`] and [`random_copies_across_filesystems`]: proptest-driven
+//!   sources built by the random ops of `common` (writes, zero writes, fallocate, punch,
+//!   truncate, fsync, preallocate-then-write without fsync), random windows (skip at, near or
+//!   before the end, aligned or not; seek lined up with skip or not; length absent, zero,
+//!   inside or past the end), destinations new, filled with random bytes or sparse (shorter or
+//!   longer than the window's end), with and without `--detect-zeros`, each `--reflink` mode;
+//!   through `blockmap copy --json` and, for a quarter of the cases, through `sparsecopy`
+//!   itself. Each result is checked against a dd model: the old destination (or nothing) with
+//!   `src[skip, skip + len)` written at `seek`, as `dd bs=1 skip seek count conv=notrunc`
+//!   leaves it. A new destination may allocate no more than the blocks the source's data (by
+//!   the kernel's SEEK_DATA walk) lands in. The source must keep its bytes and mtime.
+//! - [`copies_onto_a_block_device`]: `$BLOCKMAP_FS_TEST_BLOCKDEV` filled with a pattern; data
+//!   lands, holes keep the pattern unless `--zero-holes`, the size never changes, and a window
+//!   past the device's end is refused before anything is written.
+//! - [`a_full_destination_fails_cleanly`]: more data than the 4 MiB tmpfs
+//!   `$BLOCKMAP_FS_TEST_TINY` holds: one error line naming the destination and ENOSPC.
+//!
+//! Pairs are reported as `fs=<src>-><dst>` (`blockdev` and `tiny` as destinations too).
+//! `PROPTEST_CASES` sets the random cases per pair.
+
+// Tests say on stderr what they ran, skipped and timed.
+#![allow(clippy::print_stderr)]
+
+mod common;
+
+use std::cell::Cell;
+use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+
+use common::{
+    Applied, Fill, FsKind, KIB, MIB, Model, Mount, Op, OpList, PAGE, Pair, apply, ensure,
+    fresh_file, fs_env, kernel_walk, merged, round_out, run_cli, total,
+};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
+use sparsecopy::{Copier, Options, Reflink, Window};
+
+// ---------------------------------------------------------------------------------------------
+// The random cases.
+
+/// Where the window starts in the source, resolved against its size when the case runs.
+#[derive(Debug, Clone, Copy)]
+enum SkipPick {
+    /// At the end: an empty copy.
+    End,
+    /// This many bytes before the end (0 if the source is shorter).
+    BeforeEnd(u64),
+    /// `permille`‰ of the size, rounded down to a multiple of `align`.
+    Permille { permille: u64, align: u64 },
+}
+
+impl SkipPick {
+    fn resolve(self, size: u64) -> u64 {
+        match self {
+            SkipPick::End => size,
+            SkipPick::BeforeEnd(back) => size.saturating_sub(back),
+            SkipPick::Permille { permille, align } => size * permille / 1000 / align * align,
+        }
+    }
+}
+
+fn skip_pick() -> impl Strategy<Value = SkipPick> {
+    let aligned = (
+        0..=1000u64,
+        prop_oneof![Just(KIB), Just(PAGE), Just(64 * KIB)],
+    )
+        .prop_map(|(permille, align)| SkipPick::Permille { permille, align });
+    prop_oneof![
+        2 => Just(SkipPick::Permille { permille: 0, align: 1 }),
+        1 => Just(SkipPick::End),
+        1 => (1..10_000u64).prop_map(SkipPick::BeforeEnd),
+        2 => (0..=1000u64).prop_map(|permille| SkipPick::Permille { permille, align: 1 }),
+        3 => aligned,
+    ]
+}
+
+/// Where the window lands in the destination.
+#[derive(Debug, Clone, Copy)]
+enum SeekPick {
+    At(u64),
+    /// `pages` pages plus skip's offset in its page: the blocks of source and destination line
+    /// up, so a reflink is possible.
+    LinedUp(u64),
+}
+
+impl SeekPick {
+    fn resolve(self, skip: u64) -> u64 {
+        match self {
+            SeekPick::At(seek) => seek,
+            SeekPick::LinedUp(pages) => pages * PAGE + skip % PAGE,
+        }
+    }
+}
+
+fn seek_pick() -> impl Strategy<Value = SeekPick> {
+    prop_oneof![
+        1 => Just(SeekPick::At(0)),
+        3 => (0..512u64).prop_map(SeekPick::LinedUp),
+        1 => (0..512u64).prop_map(|p| SeekPick::At(p * PAGE)),
+        1 => (0..2048u64).prop_map(|k| SeekPick::At(k * KIB)),
+        1 => (0..2 * MIB).prop_map(SeekPick::At),
+    ]
+}
+
+/// `--length`, resolved against what the source has after skip.
+#[derive(Debug, Clone, Copy)]
+enum LengthPick {
+    /// No `--length`: the rest of the source.
+    Rest,
+    /// This many bytes (cut at the source's end by the copy).
+    Bytes(u64),
+    /// `permille`‰ of the rest, plus one byte.
+    Permille(u64),
+    /// The rest and this many bytes more (cut back by the copy).
+    Beyond(u64),
+}
+
+impl LengthPick {
+    fn resolve(self, rest: u64) -> Option<u64> {
+        match self {
+            LengthPick::Rest => None,
+            LengthPick::Bytes(n) => Some(n),
+            LengthPick::Permille(p) => Some(rest * p / 1000 + 1),
+            LengthPick::Beyond(extra) => Some(rest + extra),
+        }
+    }
+}
+
+fn length_pick() -> impl Strategy<Value = LengthPick> {
+    prop_oneof![
+        3 => Just(LengthPick::Rest),
+        1 => Just(LengthPick::Bytes(0)),
+        2 => (1..=256u64).prop_map(|p| LengthPick::Bytes(p * PAGE)),
+        1 => (1..3 * MIB).prop_map(LengthPick::Bytes),
+        2 => (0..=1000u64).prop_map(LengthPick::Permille),
+        1 => (1..MIB).prop_map(LengthPick::Beyond),
+    ]
+}
+
+/// The destination before the copy. Sizes are relative to the window's end in it
+/// (`seek + len`): `delta` below 0 makes it shorter, above 0 longer.
+#[derive(Debug, Clone)]
+enum DestPick {
+    /// Absent: the copy creates it.
+    New,
+    /// Random non-zero bytes all the way.
+    Filled { delta: i64, seed: u64, sync: bool },
+    /// Random non-zero writes at `permille`‰ of its size, holes between.
+    Sparse {
+        writes: Vec<(u64, u64, Fill)>,
+        delta: i64,
+        sync: bool,
+    },
+}
+
+fn dest_pick() -> impl Strategy<Value = DestPick> {
+    const M: i64 = MIB as i64;
+    let delta = prop_oneof![Just(0i64), -2 * M..0, 1..2 * M];
+    let writes = proptest::collection::vec((0..=1000u64, common::length(), common::fill()), 1..6);
+    prop_oneof![
+        2 => Just(DestPick::New),
+        1 => (delta.clone(), any::<u64>(), any::<bool>())
+            .prop_map(|(delta, seed, sync)| DestPick::Filled { delta, seed, sync }),
+        1 => (writes, delta, any::<bool>())
+            .prop_map(|(writes, delta, sync)| DestPick::Sparse { writes, delta, sync }),
+    ]
+}
+
+/// One random copy.
+#[derive(Debug, Clone)]
+struct Case {
+    /// The ops that build the source.
+    ops: Vec<Op>,
+    skip: SkipPick,
+    seek: SeekPick,
+    length: LengthPick,
+    dest: DestPick,
+    detect_zeros: bool,
+    reflink: Reflink,
+    /// Through `sparsecopy` rather than the binary.
+    library: bool,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    let reflink = prop_oneof![
+        2 => Just(Reflink::Auto),
+        1 => Just(Reflink::Always),
+        1 => Just(Reflink::Never),
+    ];
+    (
+        proptest::collection::vec(common::op(), 1..=10),
+        skip_pick(),
+        seek_pick(),
+        length_pick(),
+        dest_pick(),
+        any::<bool>(),
+        reflink,
+        proptest::bool::weighted(0.25),
+    )
+        .prop_map(
+            |(ops, skip, seek, length, dest, detect_zeros, reflink, library)| Case {
+                ops,
+                skip,
+                seek,
+                length,
+                dest,
+                detect_zeros,
+                reflink,
+                library,
+            },
+        )
+}
+
+/// A case's window against its source.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    skip: u64,
+    seek: u64,
+    /// `--length` as given.
+    length: Option<u64>,
+    /// The length cut at the source's end: what is copied.
+    len: u64,
+}
+
+impl Plan {
+    fn src(&self) -> Range<u64> {
+        self.skip..self.skip + self.len
+    }
+
+    /// A source range inside the window, where it lands in the destination.
+    fn landed(&self, r: &Range<u64>) -> Range<u64> {
+        r.start - self.skip + self.seek..r.end - self.skip + self.seek
+    }
+}
+
+/// What must happen: a copy succeeds unless `--reflink always` cannot be honoured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Success,
+    /// `skip - seek` is not a multiple of the destination's block size.
+    Misaligned,
+    /// The source's data has whole blocks to share, and these files cannot share them.
+    CannotShare,
+    /// Only the source's map decides whether there is a whole block to share: some data of
+    /// the kernel's walk is not known to be data of the map (zeros written, preallocations).
+    Either,
+}
+
+/// `ranges` clipped to `window`.
+fn clip(ranges: &[Range<u64>], window: &Range<u64>) -> Vec<Range<u64>> {
+    ranges
+        .iter()
+        .map(|r| r.start.max(window.start)..r.end.min(window.end))
+        .filter(|r| r.start < r.end)
+        .collect()
+}
+
+/// Whether `r` holds a whole `block` (aligned to multiples of `block`).
+fn has_whole_block(r: &Range<u64>, block: u64) -> bool {
+    r.start.div_ceil(block) * block + block <= r.end
+}
+
+/// Whether the filesystem shares extents (`FICLONERANGE` within itself).
+fn shares(m: &Mount) -> bool {
+    matches!(m.kind, FsKind::Xfs | FsKind::Btrfs)
+}
+
+/// What `--reflink always` must do (the engine reflinks whole blocks of the source map's data
+/// ranges, and checks that it can before anything is written).
+fn reflink_always(
+    pair: &Pair,
+    plan: &Plan,
+    block: u64,
+    nonzero: &[Range<u64>],
+    kernel: &[Range<u64>],
+) -> Expect {
+    if plan.len == 0 {
+        return Expect::Success;
+    }
+    if !(plan.skip.abs_diff(plan.seek)).is_multiple_of(block) {
+        return Expect::Misaligned;
+    }
+    let can_share = pair.same_fs() && shares(&pair.src);
+    // The map's data lies between the non-zero bytes and the kernel's walk.
+    let certain = nonzero.iter().any(|r| has_whole_block(r, block));
+    let possible = kernel.iter().any(|r| has_whole_block(r, block));
+    match (possible, certain, can_share) {
+        (false, _, _) | (_, _, true) => Expect::Success,
+        (true, true, false) => Expect::CannotShare,
+        (true, false, false) => Expect::Either,
+    }
+}
+
+/// The outcome of a copy: the report as JSON, or the one error line.
+type Outcome = Result<serde_json::Value, String>;
+
+fn reflink_arg(r: Reflink) -> &'static str {
+    match r {
+        Reflink::Auto => "auto",
+        Reflink::Always => "always",
+        Reflink::Never => "never",
+    }
+}
+
+/// `blockmap copy --json …`, checked for the shape of success (status 0, nothing on stderr,
+/// one JSON object on stdout) or of failure (status 1, nothing on stdout, one line).
+fn cli_copy(src: &Path, dst: &Path, plan: &Plan, opts: &Options) -> Result<Outcome, String> {
+    let mut args = vec![
+        "copy".to_owned(),
+        "--json".to_owned(),
+        format!("--skip={}", plan.skip),
+        format!("--seek={}", plan.seek),
+        format!("--reflink={}", reflink_arg(opts.reflink)),
+    ];
+    if let Some(l) = plan.length {
+        args.push(format!("--length={l}"));
+    }
+    if opts.detect_zeros {
+        args.push("--detect-zeros".to_owned());
+    }
+    if opts.zero_holes {
+        args.push("--zero-holes".to_owned());
+    }
+    let mut args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    args.push(src.into());
+    args.push(dst.into());
+    let out = run_cli(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let what = format!("blockmap {}", shell_words(&args));
+    if out.status.success() {
+        ensure!(
+            stderr.is_empty(),
+            "{what}: succeeded but said on stderr: {stderr:?}"
+        );
+        ensure!(
+            stdout.lines().count() == 1,
+            "{what}: expected one JSON line, got {stdout:?}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&stdout)
+            .map_err(|e| format!("{what}: not JSON ({e}): {stdout:.400}"))?;
+        ensure!(v.is_object(), "{what}: not an object: {stdout:.400}");
+        Ok(Ok(v))
+    } else {
+        ensure!(
+            out.status.code() == Some(1),
+            "{what}: {} (expected 1), stderr {stderr:?}",
+            out.status
+        );
+        ensure!(stdout.is_empty(), "{what}: failed but printed {stdout:?}");
+        ensure!(
+            stderr.lines().count() == 1 && stderr.starts_with("blockmap: "),
+            "{what}: expected one line `blockmap: …`, got {stderr:?}"
+        );
+        Ok(Err(stderr.trim_end().to_owned()))
+    }
+}
+
+fn shell_words(args: &[std::ffi::OsString]) -> String {
+    let words: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
+    words.join(" ")
+}
+
+/// The same copy through the library.
+fn lib_copy(src: &Path, dst: &Path, plan: &Plan, opts: &Options) -> Outcome {
+    let mut window = Window::new().skip(plan.skip).seek(plan.seek);
+    if let Some(l) = plan.length {
+        window = window.length(l);
+    }
+    match Copier::new(window, opts.clone()).copy_paths(src, dst) {
+        Ok(report) => Ok(serde_json::to_value(&report).expect("a report serializes")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A `u64` field of a report.
+fn field(report: &serde_json::Value, key: &str) -> Result<u64, String> {
+    report[key]
+        .as_u64()
+        .ok_or_else(|| format!("report: {key} is not a u64: {report}"))
+}
+
+/// Builds the destination as `pick` says, for a window ending at `end`; returns its model, or
+/// `None` when it is to be absent.
+fn make_dest(path: &Path, pick: &DestPick, end: u64) -> Result<Option<Model>, String> {
+    let (size, sync) = match pick {
+        DestPick::New => return Ok(None),
+        DestPick::Filled { delta, sync, .. } | DestPick::Sparse { delta, sync, .. } => {
+            (end.saturating_add_signed(*delta), *sync)
+        }
+    };
+    let file = File::create_new(path).map_err(|e| format!("create {path:?}: {e}"))?;
+    let mut model = Model::new();
+    match pick {
+        DestPick::New => unreachable!(),
+        DestPick::Filled { seed, .. } => {
+            let mut at = 0;
+            while at < size {
+                let len = (size - at).min(MIB);
+                let fill = Fill::Random(seed.wrapping_add(at));
+                apply(&file, &mut model, Op::Write { at, len, fill })?;
+                at += len;
+            }
+        }
+        DestPick::Sparse { writes, .. } => {
+            for &(permille, len, fill) in writes {
+                let at = size * permille / 1000;
+                apply(&file, &mut model, Op::Write { at, len, fill })?;
+            }
+            apply(&file, &mut model, Op::Truncate { len: size })?;
+        }
+    }
+    if sync {
+        apply(&file, &mut model, Op::Fsync)?;
+    }
+    Ok(Some(model))
+}
+
+/// The bytes `dd bs=1 skip seek count conv=notrunc` leaves: the old destination (or nothing)
+/// with the window of the source written at seek; an empty window writes (and grows) nothing.
+fn dd_model(old: Option<&Model>, src: &Model, plan: &Plan) -> Model {
+    let mut want = old.cloned().unwrap_or_default();
+    let mut buf = vec![0u8; MIB as usize];
+    let mut done = 0;
+    while done < plan.len {
+        let n = (plan.len - done).min(MIB) as usize;
+        src.read(plan.skip + done, &mut buf[..n]);
+        want.write(plan.seek + done, &buf[..n]);
+        done += n as u64;
+    }
+    want
+}
+
+/// The most a new destination may allocate: the blocks that the source's data (by the
+/// kernel's walk, which the copy's map never exceeds) lands in, and on ext4 and xfs one block
+/// per data range more, for the extent tree (ext4 keeps 4 extents in the inode, then a block)
+/// or the bmap btree (xfs) that `st_blocks` counts too. btrfs keeps its extent items in
+/// metadata that `st_blocks` does not count; tmpfs has no extents.
+fn allocation_budget(plan: &Plan, kernel_in: &[Range<u64>], dst: &Mount, block: u64) -> u64 {
+    let landed: Vec<_> = kernel_in
+        .iter()
+        .map(|r| round_out(&plan.landed(r), block))
+        .collect();
+    let meta = match dst.kind {
+        FsKind::Ext4 | FsKind::Xfs => block * kernel_in.len() as u64,
+        FsKind::Btrfs | FsKind::Tmpfs => 0,
+    };
+    total(&merged(landed)) + meta
+}
+
+/// Runs one case: builds the source and the destination, copies, checks.
+fn run_case(
+    pair: &Pair,
+    src_dir: &Path,
+    dst_dir: &Path,
+    n: u32,
+    case: &Case,
+) -> Result<(), String> {
+    let (src_path, src_file) = fresh_file(src_dir, &format!("src{n}"));
+    let mut src = Model::new();
+    let mut skipped = Vec::new();
+    for (i, &op) in case.ops.iter().enumerate() {
+        if let Applied::Unsupported(e) = apply(&src_file, &mut src, op)? {
+            skipped.push(format!("op {i} ({op:?}): {e}"));
+        }
+    }
+    let dst_path = dst_dir.join(format!("dst{n}"));
+    let result = copy_and_check(pair, &src_path, &src_file, &src, &dst_path, case);
+    drop(src_file);
+    let _ = std::fs::remove_file(&src_path);
+    let _ = std::fs::remove_file(&dst_path);
+    result.map_err(|e| {
+        if skipped.is_empty() {
+            e
+        } else {
+            format!("{e}\n(not supported here, skipped: {})", skipped.join("; "))
+        }
+    })
+}
+
+fn copy_and_check(
+    pair: &Pair,
+    src_path: &Path,
+    src_file: &File,
+    src: &Model,
+    dst_path: &Path,
+    case: &Case,
+) -> Result<(), String> {
+    let size = src.len();
+    let skip = case.skip.resolve(size);
+    let length = case.length.resolve(size - skip);
+    let plan = Plan {
+        skip,
+        seek: case.seek.resolve(skip),
+        length,
+        len: length.map_or(size - skip, |l| l.min(size - skip)),
+    };
+    // Before anything reads the source: reading a preallocated range makes it data.
+    let kernel = kernel_walk(src_file)?.unwrap_or_else(|| vec![0..size]);
+    let before = src_file.metadata().map_err(|e| format!("fstat: {e}"))?;
+    let old = make_dest(dst_path, &case.dest, plan.seek + plan.len)?;
+    let want = dd_model(old.as_ref(), src, &plan);
+    let block = pair.dst.fs_block_size();
+    let nonzero_in = clip(&src.nonzero_runs(), &plan.src());
+    let kernel_in = clip(&kernel, &plan.src());
+    let expect = match case.reflink {
+        Reflink::Always => reflink_always(pair, &plan, block, &nonzero_in, &kernel_in),
+        _ => Expect::Success,
+    };
+    let opts = Options::new()
+        .reflink(case.reflink)
+        .detect_zeros(case.detect_zeros);
+    let outcome = if case.library {
+        lib_copy(src_path, dst_path, &plan, &opts)
+    } else {
+        cli_copy(src_path, dst_path, &plan, &opts)?
+    };
+    let what = format!("{plan:?}, expected {expect:?}");
+    match outcome {
+        Ok(report) => {
+            ensure!(
+                !matches!(expect, Expect::Misaligned | Expect::CannotShare),
+                "{what}: the copy succeeded: {report}"
+            );
+            let sizes = Sizes {
+                block,
+                nonzero: total(&nonzero_in),
+                kernel: total(&kernel_in),
+                can_share: pair.same_fs() && shares(&pair.dst),
+            };
+            check_report(&report, &plan, case, &sizes).map_err(|e| format!("{what}: {e}"))?;
+            let dst =
+                File::open(dst_path).map_err(|e| format!("{what}: open {dst_path:?}: {e}"))?;
+            if old.is_none() {
+                let allocated = dst.metadata().map_err(|e| format!("fstat: {e}"))?.blocks() * 512;
+                let budget = allocation_budget(&plan, &kernel_in, &pair.dst, block);
+                ensure!(
+                    allocated <= budget,
+                    "{what}: the new destination allocated {allocated} bytes, more than the \
+                     {budget} that the source's data {kernel_in:?} lands in"
+                );
+            }
+            want.compare_with(&dst)
+                .map_err(|e| format!("{what}: destination: {e}"))?;
+        }
+        Err(message) => {
+            ensure!(
+                expect != Expect::Success,
+                "{what}: the copy failed: {message}"
+            );
+            ensure!(
+                message.contains("reflink"),
+                "{what}: the failure does not say reflink: {message}"
+            );
+            if expect == Expect::Misaligned {
+                ensure!(
+                    message.contains("block size"),
+                    "{what}: the failure does not say why: {message}"
+                );
+            } else {
+                let dst_name = dst_path.to_string_lossy();
+                ensure!(
+                    message.contains(&*dst_name),
+                    "{what}: the failure does not name {dst_name}: {message}"
+                );
+            }
+            // Nothing was written: an existing destination is as it was, a new one (created
+            // before the refusal) is empty.
+            match &old {
+                Some(old) => {
+                    let dst = File::open(dst_path).map_err(|e| format!("{what}: {e}"))?;
+                    old.compare_with(&dst)
+                        .map_err(|e| format!("{what}: failed, yet changed the destination: {e}"))?;
+                }
+                None => {
+                    if let Ok(meta) = std::fs::metadata(dst_path) {
+                        ensure!(
+                            meta.len() == 0 && meta.blocks() == 0,
+                            "{what}: failed, yet left a destination of {} bytes, {} blocks",
+                            meta.len(),
+                            meta.blocks()
+                        );
+                    }
+                }
+            }
+        }
+    }
+    // The source is read, never written.
+    let after = src_file.metadata().map_err(|e| format!("fstat: {e}"))?;
+    ensure!(
+        (after.mtime(), after.mtime_nsec(), after.len())
+            == (before.mtime(), before.mtime_nsec(), before.len()),
+        "{what}: the source's mtime or size changed"
+    );
+    src.compare_with(src_file)
+        .map_err(|e| format!("{what}: the source changed: {e}"))
+}
+
+/// What the report's numbers are checked against.
+struct Sizes {
+    /// The destination's block size.
+    block: u64,
+    /// Non-zero bytes of the source in the window: the least data there can be.
+    nonzero: u64,
+    /// The kernel's data in the window: the most.
+    kernel: u64,
+    /// Source and destination on one filesystem that shares extents.
+    can_share: bool,
+}
+
+fn check_report(r: &serde_json::Value, plan: &Plan, case: &Case, s: &Sizes) -> Result<(), String> {
+    let f = |k| field(r, k);
+    ensure!(
+        (f("skip")?, f("seek")?, f("length")?) == (plan.skip, plan.seek, plan.len),
+        "report: skip, seek, length {}, {}, {}",
+        r["skip"],
+        r["seek"],
+        r["length"]
+    );
+    let data = f("data_bytes")?;
+    ensure!(
+        data + f("hole_bytes")? == plan.len,
+        "report: data and holes do not add up to the length: {r}"
+    );
+    let by_method = f("reflinked_bytes")?
+        + f("copy_file_range_bytes")?
+        + f("read_write_bytes")?
+        + f("zero_skipped_bytes")?;
+    ensure!(
+        by_method == data,
+        "report: the methods add up to {by_method}, not to the data {data}: {r}"
+    );
+    ensure!(
+        s.nonzero <= data && data <= s.kernel,
+        "report: {data} bytes of data, but the source has {} non-zero bytes and the kernel \
+         sees {} bytes of data in the window",
+        s.nonzero,
+        s.kernel
+    );
+    let created = matches!(case.dest, DestPick::New);
+    ensure!(
+        r["created"] == created && r["block_device"] == false,
+        "report: created {}, block_device {} (expected {created}, false)",
+        r["created"],
+        r["block_device"]
+    );
+    ensure!(
+        f("block_size")? == s.block,
+        "report: block size {}, the filesystem says {}",
+        r["block_size"],
+        s.block
+    );
+    let reflinked = f("reflinked_bytes")?;
+    if case.reflink == Reflink::Never || !s.can_share {
+        ensure!(reflinked == 0, "report: {reflinked} bytes reflinked");
+    }
+    if case.reflink == Reflink::Always
+        && s.can_share
+        && plan.skip.abs_diff(plan.seek).is_multiple_of(s.block)
+    {
+        // Every whole block of data is shared; non-zero bytes fill at least that many.
+        ensure!(
+            reflinked + 2 * s.block * f("data_ranges")? >= s.nonzero,
+            "report: --reflink always shared only {reflinked} of {} bytes: {r}",
+            s.nonzero
+        );
+    }
+    if !case.detect_zeros {
+        ensure!(
+            f("zero_skipped_bytes")? == 0,
+            "report: zeros skipped without --detect-zeros"
+        );
+    }
+    Ok(())
+}
+
+/// Runs the random cases on each pair.
+fn random_copies(test: &'static str, pairs: impl Fn(&common::FsEnv) -> Vec<Pair>) {
+    let Some(env) = fs_env(test) else { return };
+    let cases = common::cases_per_fs(24);
+    let strategy = case();
+    env.run_on_pairs(&pairs(&env), |pair, count| {
+        let src_dir = pair.src.scratch(test);
+        let dst_dir = pair.dst.scratch(test);
+        let config = Config {
+            cases,
+            failure_persistence: None,
+            // Each case runs the binary; shrinking is bounded so a failure comes in seconds.
+            max_shrink_iters: 256,
+            ..Config::default()
+        };
+        let mut runner = TestRunner::new(config);
+        let n = Cell::new(0u32);
+        let result = runner.run(&strategy, |case| {
+            n.set(n.get() + 1);
+            run_case(pair, src_dir.path(), dst_dir.path(), n.get(), &case)
+                .map_err(TestCaseError::fail)
+        });
+        *count = n.get();
+        match result {
+            Ok(()) => Ok(()),
+            Err(TestError::Fail(reason, case)) => Err(format!(
+                "{reason}\nminimal failing case, {}:\n{}{:?}",
+                pair.name(),
+                OpList(&case.ops),
+                Case {
+                    ops: Vec::new(),
+                    ..case
+                }
+            )),
+            Err(TestError::Abort(reason)) => Err(format!("proptest aborted: {reason}")),
+        }
+    });
+}
+
+#[test]
+fn random_copies_within_each_fs() {
+    random_copies("random_copies_within_each_fs", |env| {
+        let names: Vec<(&str, &str)> = env
+            .mounts
+            .iter()
+            .map(|m| (m.name.as_str(), m.name.as_str()))
+            .collect();
+        env.pairs(&names)
+    });
+}
+
+#[test]
+fn random_copies_across_filesystems() {
+    random_copies("random_copies_across_filesystems", |env| {
+        let mut names = vec![
+            ("ext4", "xfs"),
+            ("xfs", "btrfs"),
+            ("btrfs", "ext4"),
+            ("ext4-1k", "btrfs-zstd"),
+            ("btrfs-zstd", "xfs"),
+            // Blocks of 4 KiB landing on blocks of 1 KiB.
+            ("xfs", "ext4-1k"),
+            ("tmpfs", "ext4"),
+        ];
+        names.extend(
+            env.mounts
+                .iter()
+                .filter(|m| m.kind != FsKind::Tmpfs)
+                .map(|m| (m.name.as_str(), "tmpfs")),
+        );
+        env.pairs(&names)
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// A block device.
+
+/// The device's size.
+fn device_size(dev: &Path) -> u64 {
+    use std::io::{Seek, SeekFrom};
+    File::open(dev)
+        .and_then(|mut f| f.seek(SeekFrom::End(0)))
+        .unwrap_or_else(|e| panic!("{dev:?}: {e}"))
+}
+
+/// A block device filled with a pattern of period 1 MiB, except where `overlay` puts the
+/// source's bytes.
+struct Device<'a> {
+    path: &'a Path,
+    size: u64,
+    pattern: Vec<u8>,
+}
+
+impl Device<'_> {
+    /// Writes the pattern over `range`.
+    fn restore(&self, range: Range<u64>) -> Result<(), String> {
+        let f = File::options()
+            .write(true)
+            .open(self.path)
+            .map_err(|e| format!("{:?}: {e}", self.path))?;
+        let mut at = range.start;
+        while at < range.end {
+            let off = (at % MIB) as usize;
+            let n = ((range.end - at) as usize).min(MIB as usize - off);
+            f.write_all_at(&self.pattern[off..off + n], at)
+                .map_err(|e| format!("{:?}: write at {at}: {e}", self.path))?;
+            at += n as u64;
+        }
+        f.sync_all()
+            .map_err(|e| format!("{:?}: fsync: {e}", self.path))
+    }
+
+    /// Compares the whole device with the pattern, overlaid by `(device range, source
+    /// offset)` pieces of `src`.
+    fn check(&self, src: &Model, overlay: &[(Range<u64>, u64)]) -> Result<(), String> {
+        let f = File::open(self.path).map_err(|e| format!("{:?}: {e}", self.path))?;
+        let (mut got, mut want) = (vec![0u8; MIB as usize], vec![0u8; MIB as usize]);
+        let mut at = 0;
+        while at < self.size {
+            let n = (self.size - at).min(MIB - at % MIB) as usize;
+            let off = (at % MIB) as usize;
+            want[..n].copy_from_slice(&self.pattern[off..off + n]);
+            for (r, from) in overlay {
+                let piece = r.start.max(at)..r.end.min(at + n as u64);
+                if piece.start < piece.end {
+                    let buf = &mut want[(piece.start - at) as usize..(piece.end - at) as usize];
+                    src.read(from + (piece.start - r.start), buf);
+                }
+            }
+            f.read_exact_at(&mut got[..n], at)
+                .map_err(|e| format!("{:?}: read at {at}: {e}", self.path))?;
+            if got[..n] != want[..n] {
+                let i = (0..n).find(|&i| got[i] != want[i]).unwrap();
+                return Err(format!(
+                    "the device differs at offset {}: {:#04x}, expected {:#04x} ({})",
+                    at + i as u64,
+                    got[i],
+                    want[i],
+                    if want[i] == self.pattern[(at as usize + i) % MIB as usize] {
+                        "the pattern"
+                    } else {
+                        "the source's byte"
+                    }
+                ));
+            }
+            at += n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// One copy onto the device.
+struct DevCase {
+    skip: u64,
+    seek: u64,
+    length: Option<u64>,
+    zero_holes: bool,
+    detect_zeros: bool,
+    reflink: Reflink,
+}
+
+#[test]
+fn copies_onto_a_block_device() {
+    const TEST: &str = "copies_onto_a_block_device";
+    let Some(env) = fs_env(TEST) else { return };
+    let path = env
+        .blockdev
+        .clone()
+        .expect("BLOCKMAP_FS_TEST_MOUNTS is set but BLOCKMAP_FS_TEST_BLOCKDEV is not");
+    let size = device_size(&path);
+    assert!(
+        size >= 16 * MIB,
+        "{path:?}: {size} bytes, too small to test"
+    );
+    let dev = Device {
+        path: &path,
+        size,
+        pattern: Fill::Random(0xb10c).bytes(MIB as usize),
+    };
+    dev.restore(0..size).unwrap();
+    env.run_each(
+        &env.mounts,
+        |m| format!("{}->blockdev", m.name),
+        |m, cases| blockdev_from(m, &dev, cases),
+    );
+}
+
+fn blockdev_from(m: &Mount, dev: &Device<'_>, cases: &mut u32) -> Result<(), String> {
+    let dir = m.scratch("copies_onto_a_block_device");
+    let (src_path, file) = fresh_file(dir.path(), "src");
+    let mut src = Model::new();
+    // Whole pages written and synced, so the kernel's data is exactly what was written,
+    // and one page of written zeros in it.
+    let w = |at, len, seed| Op::Write {
+        at,
+        len,
+        fill: Fill::Random(seed),
+    };
+    let zero_page = 40 * KIB..44 * KIB;
+    let ops = [
+        w(0, 40 * KIB, 1),
+        Op::Write {
+            at: zero_page.start,
+            len: PAGE,
+            fill: Fill::Zeros,
+        },
+        w(44 * KIB, 20 * KIB, 2),
+        w(MIB + 4 * KIB, 8 * KIB, 3),
+        w(3 * MIB, 300 * KIB, 4),
+        Op::Truncate { len: 5 * MIB + 123 },
+        Op::Fsync,
+    ];
+    for op in ops {
+        apply(&file, &mut src, op)?;
+    }
+    let written = vec![
+        0..64 * KIB,
+        MIB + 4 * KIB..MIB + 12 * KIB,
+        3 * MIB..3 * MIB + 300 * KIB,
+    ];
+    let kernel = kernel_walk(&file)?;
+    ensure!(
+        kernel.as_deref().is_none_or(|k| k == written),
+        "the kernel's walk of the source is {kernel:?}, not the pages written {written:?}"
+    );
+    let before = file.metadata().map_err(|e| e.to_string())?;
+    let size = src.len();
+    let end = dev.size;
+    let case = |skip, seek, length, zero_holes, detect_zeros| DevCase {
+        skip,
+        seek,
+        length,
+        zero_holes,
+        detect_zeros,
+        reflink: Reflink::Auto,
+    };
+    let mut list = vec![
+        case(0, 0, None, false, false),
+        case(0, MIB, None, true, false),
+        // Unaligned: the source's blocks straddle the device's.
+        case(
+            PAGE + 100,
+            7 * MIB + 5,
+            Some(3 * MIB + 200_000),
+            false,
+            false,
+        ),
+        case(
+            PAGE + 100,
+            7 * MIB + 5,
+            Some(3 * MIB + 200_000),
+            true,
+            false,
+        ),
+        // Zero blocks in data are holes for --detect-zeros: left alone, unless --zero-holes.
+        case(0, 2 * MIB, None, false, true),
+        case(0, 2 * MIB, None, true, true),
+        // Ends exactly at the device's end.
+        case(MIB, end - (size - MIB), None, true, false),
+        // Ends one byte past it (dd would write until ENOSPC): refused, nothing written.
+        case(MIB, end - (size - MIB) + 1, None, false, false),
+        case(0, end - 1000, Some(1001), true, false),
+    ];
+    list.push(DevCase {
+        reflink: Reflink::Always,
+        ..case(0, 0, None, false, false)
+    });
+    for c in &list {
+        let what = format!(
+            "{}: skip {} seek {} length {:?} zero-holes {} detect-zeros {} reflink {}",
+            m.name,
+            c.skip,
+            c.seek,
+            c.length,
+            c.zero_holes,
+            c.detect_zeros,
+            reflink_arg(c.reflink)
+        );
+        blockdev_case(&src_path, &src, &written, dev, c).map_err(|e| format!("{what}: {e}"))?;
+        *cases += 1;
+    }
+    let after = file.metadata().map_err(|e| e.to_string())?;
+    ensure!(
+        (after.mtime(), after.mtime_nsec()) == (before.mtime(), before.mtime_nsec()),
+        "the source's mtime changed"
+    );
+    src.compare_with(&file)
+        .map_err(|e| format!("the source changed: {e}"))
+}
+
+fn blockdev_case(
+    src_path: &Path,
+    src: &Model,
+    data: &[Range<u64>],
+    dev: &Device<'_>,
+    c: &DevCase,
+) -> Result<(), String> {
+    let rest = src.len() - c.skip;
+    let len = c.length.map_or(rest, |l| l.min(rest));
+    let plan = Plan {
+        skip: c.skip,
+        seek: c.seek,
+        length: c.length,
+        len,
+    };
+    let opts = Options::new()
+        .reflink(c.reflink)
+        .detect_zeros(c.detect_zeros)
+        .zero_holes(c.zero_holes);
+    let outcome = cli_copy(src_path, dev.path, &plan, &opts)?;
+    ensure!(
+        device_size(dev.path) == dev.size,
+        "the device's size changed"
+    );
+    let fits = c.seek + len <= dev.size;
+    let dev_name = dev.path.to_string_lossy();
+    match outcome {
+        Err(message) => {
+            ensure!(
+                !fits || c.reflink == Reflink::Always,
+                "the copy failed: {message}"
+            );
+            ensure!(
+                message.contains(&*dev_name),
+                "the failure does not name the device: {message}"
+            );
+            if !fits {
+                ensure!(
+                    message.contains(&(c.seek + len).to_string())
+                        && message.contains(&dev.size.to_string()),
+                    "the failure does not say where the window ends and the device does: \
+                     {message}"
+                );
+            } else {
+                ensure!(
+                    message.contains("reflink") && message.contains("block device"),
+                    "the failure does not say why: {message}"
+                );
+            }
+            // Refused before anything was written.
+            dev.check(src, &[])
+        }
+        Ok(report) => {
+            ensure!(fits, "a window ending at {} succeeded", c.seek + len);
+            ensure!(
+                c.reflink != Reflink::Always,
+                "--reflink always onto a device succeeded"
+            );
+            ensure!(
+                report["block_device"] == true
+                    && report["created"] == false
+                    && field(&report, "length")? == len,
+                "report: {report}"
+            );
+            let block = field(&report, "block_size")?;
+            let window = plan.src();
+            let mut overlay: Vec<(Range<u64>, u64)> = if c.zero_holes {
+                vec![(plan.landed(&window), window.start)]
+            } else {
+                clip(data, &window)
+                    .iter()
+                    .map(|r| (plan.landed(r), r.start))
+                    .collect()
+            };
+            if c.detect_zeros && !c.zero_holes {
+                // The page of zeros stays the pattern: cut it out of the overlay. (The cases
+                // keep skip and seek page-aligned, so it is whole blocks of the device.)
+                ensure!(
+                    PAGE.is_multiple_of(block) && (c.seek - c.skip).is_multiple_of(PAGE),
+                    "the device's blocks ({block}) do not line up with the source's pages"
+                );
+                let zeros = plan.landed(&(40 * KIB..44 * KIB));
+                overlay = overlay
+                    .into_iter()
+                    .flat_map(|(r, from)| {
+                        let before = (r.start..r.end.min(zeros.start), from);
+                        let after_start = r.start.max(zeros.end);
+                        let after = (after_start..r.end, from + (after_start - r.start));
+                        [before, after]
+                    })
+                    .filter(|(r, _)| r.start < r.end)
+                    .collect();
+            }
+            let result = dev.check(src, &overlay);
+            dev.restore(c.seek..c.seek + len)?;
+            result
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A full destination.
+
+#[test]
+fn a_full_destination_fails_cleanly() {
+    const TEST: &str = "a_full_destination_fails_cleanly";
+    let Some(env) = fs_env(TEST) else { return };
+    let tiny = env
+        .tiny
+        .clone()
+        .expect("BLOCKMAP_FS_TEST_MOUNTS is set but BLOCKMAP_FS_TEST_TINY is not");
+    env.run_each(
+        &env.mounts,
+        |m| format!("{}->tiny", m.name),
+        |m, cases| full_from(m, &tiny, cases),
+    );
+}
+
+fn full_from(m: &Mount, tiny: &Path, cases: &mut u32) -> Result<(), String> {
+    let dir = m.scratch("a_full_destination_fails_cleanly");
+    let (src_path, file) = fresh_file(dir.path(), "src");
+    let mut src = Model::new();
+    // 7 MiB of data, a hole between: more than the 4 MiB tmpfs holds.
+    for (i, at) in [0, MIB, 3 * MIB, 4 * MIB, 5 * MIB, 6 * MIB, 7 * MIB]
+        .into_iter()
+        .enumerate()
+    {
+        let fill = Fill::Random(100 + i as u64);
+        apply(&file, &mut src, Op::Write { at, len: MIB, fill })?;
+    }
+    let before = file.metadata().map_err(|e| e.to_string())?;
+    let plan = Plan {
+        skip: 0,
+        seek: 0,
+        length: None,
+        len: src.len(),
+    };
+    let variants = [
+        ("cli", Options::new()),
+        ("cli", Options::new().reflink(Reflink::Never)),
+        ("cli", Options::new().detect_zeros(true)),
+        ("library", Options::new()),
+    ];
+    for (i, (via, opts)) in variants.iter().enumerate() {
+        let dst = tiny.join(format!("full-{}-{i}", m.name));
+        let what = format!("{via}, {opts:?}");
+        let outcome = if *via == "cli" {
+            cli_copy(&src_path, &dst, &plan, opts)?
+        } else {
+            lib_copy(&src_path, &dst, &plan, opts)
+        };
+        let _ = std::fs::remove_file(&dst);
+        let message = match outcome {
+            Ok(report) => return Err(format!("{what}: succeeded on a full filesystem: {report}")),
+            Err(message) => message,
+        };
+        let dst_name = dst.to_string_lossy();
+        ensure!(
+            message.contains(&*dst_name) && message.contains("No space left on device"),
+            "{what}: expected one line naming {dst_name} and ENOSPC, got {message:?}"
+        );
+        ensure!(
+            !message.contains("copied"),
+            "{what}: claims a success: {message:?}"
+        );
+        *cases += 1;
+    }
+    let after = file.metadata().map_err(|e| e.to_string())?;
+    ensure!(
+        (after.mtime(), after.mtime_nsec()) == (before.mtime(), before.mtime_nsec()),
+        "the source's mtime changed"
+    );
+    src.compare_with(&file)
+        .map_err(|e| format!("the source changed: {e}"))
+}

@@ -155,6 +155,24 @@ pub(crate) fn same_file(a: &Stat, b: &Stat) -> bool {
         || (is_block(a) && is_block(b) && a.st_rdev == b.st_rdev)
 }
 
+/// Removes a DST that this copy created and then failed to fill: a half-made copy must not
+/// pass for a whole one. Only the file created is removed (the path may have been replaced
+/// meanwhile); a failure to remove is logged, and the copy's own error stands.
+pub(crate) fn remove_created(fd: BorrowedFd<'_>, path: &Path) {
+    let ours = match (rustix::fs::fstat(fd), rustix::fs::lstat(path)) {
+        (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
+        _ => false,
+    };
+    if !ours {
+        tracing::debug!(path = %path.display(), "not removing: no longer the file created");
+        return;
+    }
+    match rustix::fs::unlink(path) {
+        Ok(()) => tracing::debug!(path = %path.display(), "removed the destination created"),
+        Err(e) => tracing::debug!(path = %path.display(), error = %e, "cannot remove"),
+    }
+}
+
 /// Grows a regular DST to `size` bytes (a hole at the end; nothing is allocated).
 pub(crate) fn grow(fd: BorrowedFd<'_>, path: &Path, size: u64) -> Result<()> {
     rustix::fs::ftruncate(fd, size).map_err(|e| Error::Resize {

@@ -6,11 +6,17 @@
 //! ([`DstCursor`]) and every question asked of it ("where does DST hold data in this range
 //! that must read as zeros?") comes in ascending order. Only ranges that the walk has not
 //! written yet are asked about, so the answers stay true while the copy writes behind them.
+//!
+//! The engine is the writing half of a pipeline: SRC's map is walked and its small data
+//! ranges are read on a second thread ([`crate::feed`]), so that on files of many small
+//! extents the reads and the map overlap the writes.
 
 use std::io::{self, IoSlice};
 use std::ops::Range;
 use std::os::fd::BorrowedFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::time::Instant;
 
 use blockmap_core::ranges::round_in;
@@ -22,15 +28,15 @@ use tracing::{debug, trace};
 use crate::clone::ficlonerange;
 use crate::dest::{self, Kind};
 use crate::error::{Error, Result};
+use crate::feed::{self, Batch, Feed, Item, Policy};
 use crate::options::{Method, Options, Progress, Reflink, Resolved};
 use crate::plan::{Step, Steps, ZeroRuns, blocks_line_up, cut};
 use crate::report::{Report, Transfer};
 
-/// Small data ranges closer than this to each other are read with one `pread` (the gap, a
-/// hole of SRC, is read as zeros and not written): many small extents cost few reads.
-const MAX_GAP: u64 = 32 << 10;
-/// At most this many steps wait in a batch.
-const MAX_BATCH: usize = 4096;
+/// Data ranges up to this length are read ahead and written from user space even where
+/// the kernel could copy them: one `pwrite` each from a shared read beats a
+/// `copy_file_range` each.
+const READ_AHEAD_MAX: u64 = 64 << 10;
 /// `copy_file_range` and `FICLONERANGE` calls are cut to this size, so progress moves.
 const KERNEL_CHUNK: u64 = 1 << 30;
 /// The progress callback is called at most once per this many bytes (and at the end).
@@ -128,6 +134,7 @@ pub(crate) fn run(job: Job<'_, '_>) -> Result<Report> {
     };
     let copy_shares = cfr && dest::copy_may_share(dst);
     let buf_len = (options.buffer_size.max(1) as u64).div_ceil(bs) * bs;
+    let user_space = AtomicBool::new(!cfr);
 
     let dst_map;
     let mut engine = Engine {
@@ -142,6 +149,7 @@ pub(crate) fn run(job: Job<'_, '_>) -> Result<Report> {
         reflink,
         cfr,
         copy_shares,
+        user_space: &user_space,
         punch: true,
         device_punch: true,
         device_zero: true,
@@ -149,7 +157,6 @@ pub(crate) fn run(job: Job<'_, '_>) -> Result<Report> {
         cursor: DstCursor::empty(),
         buf: Vec::new(),
         buf_len: buf_len as usize,
-        batch: Batch::default(),
         report,
         progress,
         done: 0,
@@ -172,13 +179,40 @@ pub(crate) fn run(job: Job<'_, '_>) -> Result<Report> {
         engine.cursor = DstCursor::new(dst_map.data(old_data));
     }
 
-    for step in Steps::new(src_map.data(window.src()), window.src()) {
-        match step? {
-            Step::Data(r) => engine.data(r)?,
-            Step::Hole(r) => engine.hole(r)?,
+    let read_max = if options.method == Method::CopyFileRange {
+        0
+    } else if !cfr || options.detect_zeros || options.method == Method::ReadWrite {
+        buf_len
+    } else {
+        READ_AHEAD_MAX
+    };
+    // What may be reflinked is not read.
+    let read_max = match options.reflink {
+        _ if !reflink => read_max,
+        Reflink::Always => 0,
+        _ => read_max.min(options.reflink_min.saturating_sub(1)),
+    };
+    let policy = Policy {
+        read_max,
+        user_space: &user_space,
+        buf_len: buf_len as usize,
+    };
+    std::thread::scope(|scope| {
+        let (items_tx, items) = mpsc::sync_channel(feed::POOL);
+        let (give_back, returned) = mpsc::channel();
+        let span = tracing::Span::current();
+        let feeder = scope.spawn(move || {
+            let _span = span.entered();
+            let steps = Steps::new(src_map.data(window.src()), window.src());
+            Feed::new(src, src_path, policy, items_tx, returned).run(steps);
+        });
+        let written = engine.consume(items, give_back);
+        // The feed stops once its channels close, which `consume` made sure of.
+        if let Err(panic) = feeder.join() {
+            std::panic::resume_unwind(panic);
         }
-    }
-    engine.flush()?;
+        written
+    })?;
     if options.sync {
         engine.report.syscalls.fsync += 1;
         rustix::fs::fsync(dst).map_err(|e| Error::Sync {
@@ -191,15 +225,6 @@ pub(crate) fn run(job: Job<'_, '_>) -> Result<Report> {
     report.elapsed = started.elapsed();
     debug!(%report, "copy done");
     Ok(report)
-}
-
-/// Small steps waiting to be carried out together: one `pread` of `span` serves every data
-/// step in it; holes between them wait too, so DST's map is still asked in order.
-#[derive(Debug, Default)]
-struct Batch {
-    /// SRC offsets read at once.
-    span: Range<u64>,
-    steps: Vec<Step>,
 }
 
 /// A forward walk over DST's data ranges, answering "which parts of this range hold data"
@@ -317,6 +342,8 @@ struct Engine<'a, 'p> {
     cfr: bool,
     /// DST's filesystem shares extents inside `copy_file_range`.
     copy_shares: bool,
+    /// Told to the feed when the kernel's copy turns out unusable.
+    user_space: &'a AtomicBool,
     punch: bool,
     device_punch: bool,
     device_zero: bool,
@@ -326,7 +353,6 @@ struct Engine<'a, 'p> {
     /// The read/write buffer, allocated at first use.
     buf: Vec<u8>,
     buf_len: usize,
-    batch: Batch,
     report: Report,
     progress: Option<&'p mut dyn FnMut(Progress)>,
     /// Bytes of the window done.
@@ -367,20 +393,52 @@ impl Engine<'_, '_> {
         self.advance(bytes);
     }
 
+    /// Carries out the feed's items in order; returns when they end or one fails, with both
+    /// channels closed (so the feed stops too).
+    fn consume(
+        &mut self,
+        items: mpsc::Receiver<Vec<Item>>,
+        give_back: mpsc::Sender<Vec<u8>>,
+    ) -> Result<()> {
+        for item in items.into_iter().flatten() {
+            match item {
+                Item::Hole(r) => self.hole(r)?,
+                Item::Data(r) => self.data(r)?,
+                Item::Batch(batch) => {
+                    self.batch(&batch)?;
+                    // The feed may have stopped already; then the buffer is just dropped.
+                    let _ = give_back.send(batch.buf);
+                }
+                Item::Failed(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     fn hole(&mut self, src: Range<u64>) -> Result<()> {
         trace!(?src, "hole");
         let len = src.end - src.start;
         self.report.hole_bytes += len;
         self.report.hole_ranges += 1;
-        if self.batch.steps.is_empty() {
-            self.clear(self.dst_range(&src))?;
-        } else {
-            self.batch.steps.push(Step::Hole(src));
-            if self.batch.steps.len() >= MAX_BATCH {
-                self.flush()?;
+        self.clear(self.dst_range(&src))?;
+        self.advance(len);
+        Ok(())
+    }
+
+    /// Writes a batch that the feed read: its data ranges from the buffer, its holes cleared.
+    fn batch(&mut self, batch: &Batch) -> Result<()> {
+        trace!(span = ?batch.span, steps = batch.steps.len(), "batch");
+        self.report.syscalls.pread += batch.preads;
+        for step in &batch.steps {
+            match step {
+                Step::Data(r) => {
+                    self.report.data_bytes += r.end - r.start;
+                    self.report.data_ranges += 1;
+                    self.write_out(batch.bytes(r), self.window.dst_offset(r.start))?;
+                }
+                Step::Hole(r) => self.hole(r.clone())?,
             }
         }
-        self.advance(len);
         Ok(())
     }
 
@@ -458,7 +516,6 @@ impl Engine<'_, '_> {
 
     /// Reflinks whole blocks (SRC offsets, aligned), copying whatever cannot be shared.
     fn reflink_blocks(&mut self, src: Range<u64>) -> Result<()> {
-        self.flush()?;
         let mut at = src.start;
         while at < src.end {
             let piece = at..src.end.min(at + KERNEL_CHUNK);
@@ -488,7 +545,7 @@ impl Engine<'_, '_> {
         } else {
             src
         };
-        self.read_write(src)
+        self.stream(src)
     }
 
     /// The choice between the kernel's copy and user space, for a range of `len` bytes.
@@ -510,7 +567,6 @@ impl Engine<'_, '_> {
     /// `copy_file_range` over a whole range, looping on short copies. Returns the part left
     /// to copy another way when the kernel refuses (and the method was not forced).
     fn copy_file_range(&mut self, src: Range<u64>) -> Result<Option<Range<u64>>> {
-        self.flush()?;
         let mut src_off = src.start;
         let mut dst_off = self.window.dst_offset(src.start);
         while src_off < src.end {
@@ -543,6 +599,7 @@ impl Engine<'_, '_> {
                     }
                     debug!(errno = %e, "copy_file_range not supported here; using read/write");
                     self.cfr = false;
+                    self.user_space.store(true, Ordering::Relaxed);
                     return Ok(Some(src_off..src.end));
                 }
                 Err(e) => {
@@ -558,31 +615,6 @@ impl Engine<'_, '_> {
         Ok(None)
     }
 
-    /// Copies through user space: a range that fits the buffer joins the batch (one read for
-    /// many small ranges), a longer one streams through the buffer.
-    fn read_write(&mut self, src: Range<u64>) -> Result<()> {
-        let len = src.end - src.start;
-        if len > self.buf_len as u64 {
-            self.flush()?;
-            return self.stream(src);
-        }
-        let batch = &self.batch;
-        if !batch.steps.is_empty()
-            && (src.start - batch.span.end > MAX_GAP
-                || src.end - batch.span.start > self.buf_len as u64
-                || batch.steps.len() >= MAX_BATCH)
-        {
-            self.flush()?;
-        }
-        if self.batch.steps.is_empty() {
-            self.batch.span = src.clone();
-        } else {
-            self.batch.span.end = src.end;
-        }
-        self.batch.steps.push(Step::Data(src));
-        Ok(())
-    }
-
     fn take_buf(&mut self) -> Vec<u8> {
         let mut buf = std::mem::take(&mut self.buf);
         if buf.is_empty() {
@@ -591,34 +623,8 @@ impl Engine<'_, '_> {
         buf
     }
 
-    /// Carries out the batch: one read of its span, then its steps in order.
-    fn flush(&mut self) -> Result<()> {
-        if self.batch.steps.is_empty() {
-            return Ok(());
-        }
-        let span = self.batch.span.clone();
-        let mut steps = std::mem::take(&mut self.batch.steps);
-        let mut buf = self.take_buf();
-        let bytes = &mut buf[..(span.end - span.start) as usize];
-        self.read_exact(span.start, bytes)?;
-        trace!(?span, steps = steps.len(), "batch");
-        for step in steps.drain(..) {
-            match step {
-                Step::Data(r) => {
-                    let piece = (r.start - span.start) as usize..(r.end - span.start) as usize;
-                    let at = self.window.dst_offset(r.start);
-                    self.write_out(&bytes[piece], at)?;
-                }
-                Step::Hole(r) => self.clear(self.dst_range(&r))?,
-            }
-        }
-        self.batch.steps = steps;
-        self.buf = buf;
-        Ok(())
-    }
-
-    /// Copies a range longer than the buffer, a buffer at a time; the pieces end on DST's
-    /// block boundaries so zero detection sees whole blocks.
+    /// Copies a range through user space, a buffer at a time; the pieces end on DST's block
+    /// boundaries so zero detection sees whole blocks.
     fn stream(&mut self, src: Range<u64>) -> Result<()> {
         let mut buf = self.take_buf();
         let mut at = src.start;
@@ -657,30 +663,8 @@ impl Engine<'_, '_> {
         Ok(())
     }
 
-    /// `pread` until `buf` is full.
     fn read_exact(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let mut got = 0;
-        while got < buf.len() {
-            let at = offset + got as u64;
-            self.report.syscalls.pread += 1;
-            match rustix::io::pread(self.src, &mut buf[got..], at) {
-                Ok(0) => {
-                    return Err(Error::SourceShrank {
-                        path: self.src_path.to_owned(),
-                        offset: at,
-                    });
-                }
-                Ok(n) => got += n,
-                Err(Errno::INTR) => {}
-                Err(e) => {
-                    return Err(Error::Read {
-                        path: self.src_path.to_owned(),
-                        offset: at,
-                        source: e.into(),
-                    });
-                }
-            }
-        }
+        self.report.syscalls.pread += feed::read_exact(self.src, self.src_path, offset, buf)?;
         Ok(())
     }
 

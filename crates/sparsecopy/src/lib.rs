@@ -87,6 +87,7 @@ mod clone;
 mod dest;
 mod engine;
 mod error;
+mod feed;
 mod options;
 mod plan;
 mod report;
@@ -146,7 +147,8 @@ impl<'p> Copier<'p> {
     }
 
     /// Copies between two paths: SRC is opened read-only, DST is opened for writing without
-    /// truncation, or created.
+    /// truncation, or created. A DST created here is removed again if the copy fails, so a
+    /// failed copy never leaves a partial file that looks like a whole one.
     pub fn copy_paths(self, src: impl AsRef<Path>, dst: impl AsRef<Path>) -> Result<Report> {
         self.copy_paths_inner(src.as_ref(), dst.as_ref())
     }
@@ -159,7 +161,7 @@ impl<'p> Copier<'p> {
         let src_map = BlockMap::with_path(src_file.as_fd(), src, self.map_options())?;
         let window = self.window.resolve(src_map.size(), src)?;
         let (dst_fd, created) = dest::open_or_create(dst)?;
-        engine::run(engine::Job {
+        let result = engine::run(engine::Job {
             src_map: &src_map,
             dst: dst_fd.as_fd(),
             dst_path: dst,
@@ -168,7 +170,11 @@ impl<'p> Copier<'p> {
             options: &self.options,
             progress: self.progress,
             started,
-        })
+        });
+        if created && result.is_err() {
+            dest::remove_created(dst_fd.as_fd(), dst);
+        }
+        result
     }
 
     /// Copies between two open files, named `<fd N>` in errors. SRC needs read access, DST

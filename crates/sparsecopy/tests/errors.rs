@@ -170,6 +170,11 @@ fn reflink_always_fails_before_writing_where_it_cannot_share() {
         let err = sparsecopy::copy(&src, &dst, Window::new().seek(512), &always).unwrap_err();
         assert!(matches!(err, Error::ReflinkMisaligned { .. }), "{err}");
         assert_eq!(read(&dst), old);
+        // A destination the refused copy created is not left behind, empty.
+        let new = tmp.path().join("new");
+        let err = sparsecopy::copy(&src, &new, Window::new(), &always).unwrap_err();
+        assert!(matches!(err, Error::ReflinkUnsupported { .. }), "{err}");
+        assert!(!new.exists(), "an empty destination was left behind");
         // Auto falls back and copies.
         let auto = Options::new().reflink(Reflink::Auto).reflink_min(0);
         let r = sparsecopy::copy(&src, &dst, Window::new(), &auto).unwrap();
@@ -285,7 +290,10 @@ fn a_full_destination_is_an_error_that_says_so() {
                 assert!(msg.contains(&dst.display().to_string()), "{msg}");
             }
         }
-        std::fs::remove_file(&dst).unwrap();
+        assert!(
+            !dst.exists(),
+            "{method:?}: the half-made copy was left behind"
+        );
     }
     // Inside the small tmpfs copy_file_range works, until the space runs out.
     let src = small.dir.path().join("src");
@@ -296,4 +304,5 @@ fn a_full_destination_is_an_error_that_says_so() {
     eprintln!("copy_file_range inside the tmpfs: {err}");
     assert!(matches!(err, Error::CopyFileRange { .. }), "{err}");
     assert!(err.to_string().contains("No space left on device"), "{err}");
+    assert!(!dst.exists(), "the half-made copy was left behind");
 }

@@ -1,0 +1,282 @@
+//! The read side of a copy, run on its own thread while the engine writes: walks SRC's map
+//! over the window and hands the engine its steps in order, with the small data ranges
+//! already read.
+//!
+//! Small extents are where copies spend their time: each costs the writer one `pwrite`, and
+//! finding and reading it costs as much again. Here the map walk (FIEMAP) and the reads
+//! happen on a second core, ahead of the writer. Neighbouring small ranges are read with one
+//! `pread` of the span that holds them (the holes between them come back as zeros and are
+//! not written), into buffers that go round between the two threads: memory stays at
+//! [`POOL`] buffers whatever the file.
+//!
+//! Large ranges are not read here: the engine copies them in the kernel (`FICLONERANGE`,
+//! `copy_file_range`) or streams them itself.
+
+use std::ops::Range;
+use std::os::fd::BorrowedFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+
+use rustix::io::Errno;
+use tracing::trace;
+
+use crate::error::{Error, Result};
+use crate::plan::Step;
+
+/// Buffers in circulation: one being written, the others filled ahead.
+pub(crate) const POOL: usize = 3;
+/// Small data ranges closer than this to each other are read with one `pread`: the gap, a
+/// hole of SRC, costs a read of zeros, which is cheaper than another call.
+const MAX_GAP: u64 = 32 << 10;
+/// At most this many steps in a batch.
+const MAX_STEPS: usize = 4096;
+/// Items go to the engine in chunks of up to this many, so that a file of many extents
+/// does not cost a thread handoff per extent.
+const CHUNK: usize = 256;
+
+/// What the engine gets, in window order (in chunks).
+#[derive(Debug)]
+pub(crate) enum Item {
+    /// A hole of SRC.
+    Hole(Range<u64>),
+    /// A data range of SRC, not read: the engine copies it.
+    Data(Range<u64>),
+    /// Small data ranges and the holes between them, with SRC's bytes of their span.
+    Batch(Batch),
+    /// The walk or a read failed; nothing follows.
+    Failed(Error),
+}
+
+/// Steps read at once: `buf[..span.len()]` holds SRC's bytes of `span`.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    pub span: Range<u64>,
+    pub steps: Vec<Step>,
+    pub buf: Vec<u8>,
+    /// `pread` calls it took.
+    pub preads: u64,
+}
+
+impl Batch {
+    /// The bytes of a data range inside the span.
+    pub(crate) fn bytes(&self, r: &Range<u64>) -> &[u8] {
+        &self.buf[(r.start - self.span.start) as usize..(r.end - self.span.start) as usize]
+    }
+}
+
+/// Which data ranges are read here.
+#[derive(Debug)]
+pub(crate) struct Policy<'a> {
+    /// Ranges up to this length are read ahead (0: none).
+    pub read_max: u64,
+    /// Set by the engine once the kernel's copy turned out unusable: from then on every range
+    /// up to the buffer's length goes through user space, so it is read ahead.
+    pub user_space: &'a AtomicBool,
+    /// The buffers' length.
+    pub buf_len: usize,
+}
+
+impl Policy<'_> {
+    fn reads_ahead(&self, len: u64) -> bool {
+        // A range is read whole into one buffer.
+        len <= self.buf_len as u64
+            && (len <= self.read_max || self.user_space.load(Ordering::Relaxed))
+    }
+}
+
+/// The reading thread's state.
+pub(crate) struct Feed<'a> {
+    src: BorrowedFd<'a>,
+    src_path: &'a Path,
+    policy: Policy<'a>,
+    out: SyncSender<Vec<Item>>,
+    /// Items not sent yet.
+    chunk: Vec<Item>,
+    /// Buffers coming back from the engine.
+    returned: Receiver<Vec<u8>>,
+    made: usize,
+    open: Option<Batch>,
+}
+
+/// The writer went away (it failed or finished): stop quietly.
+struct Gone;
+
+impl<'a> Feed<'a> {
+    pub(crate) fn new(
+        src: BorrowedFd<'a>,
+        src_path: &'a Path,
+        policy: Policy<'a>,
+        out: SyncSender<Vec<Item>>,
+        returned: Receiver<Vec<u8>>,
+    ) -> Self {
+        Feed {
+            src,
+            src_path,
+            policy,
+            out,
+            chunk: Vec::with_capacity(CHUNK),
+            returned,
+            made: 0,
+            open: None,
+        }
+    }
+
+    /// Feeds the steps to the engine until they end, one fails, or the engine hangs up.
+    pub(crate) fn run<E>(mut self, steps: impl Iterator<Item = std::result::Result<Step, E>>)
+    where
+        Error: From<E>,
+    {
+        if self.feed(steps).is_ok() {
+            let _ = self.send_chunk();
+        }
+    }
+
+    fn feed<E>(
+        &mut self,
+        steps: impl Iterator<Item = std::result::Result<Step, E>>,
+    ) -> std::result::Result<(), Gone>
+    where
+        Error: From<E>,
+    {
+        for step in steps {
+            let step = match step {
+                Ok(step) => step,
+                Err(e) => return self.fail(e.into()),
+            };
+            match step {
+                Step::Hole(r) => match &mut self.open {
+                    // Holes inside a batch wait with it, so the engine meets them in order.
+                    Some(batch) if batch.steps.len() < MAX_STEPS => {
+                        batch.steps.push(Step::Hole(r));
+                    }
+                    _ => {
+                        self.flush()?;
+                        self.send(Item::Hole(r))?;
+                    }
+                },
+                Step::Data(r) if self.policy.reads_ahead(r.end - r.start) => self.add(r)?,
+                Step::Data(r) => {
+                    self.flush()?;
+                    self.send(Item::Data(r))?;
+                }
+            }
+        }
+        self.flush()
+    }
+
+    /// Adds a small data range to the open batch, first sending that batch if the range
+    /// does not belong with it.
+    fn add(&mut self, r: Range<u64>) -> std::result::Result<(), Gone> {
+        if let Some(batch) = &self.open
+            && (r.start - batch.span.end > MAX_GAP
+                || r.end - batch.span.start > self.policy.buf_len as u64
+                || batch.steps.len() >= MAX_STEPS)
+        {
+            self.flush()?;
+        }
+        match &mut self.open {
+            Some(batch) => {
+                batch.span.end = r.end;
+                batch.steps.push(Step::Data(r));
+            }
+            None => {
+                let buf = self.buffer()?;
+                self.open = Some(Batch {
+                    span: r.clone(),
+                    steps: vec![Step::Data(r)],
+                    buf,
+                    preads: 0,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the open batch's span and sends it.
+    fn flush(&mut self) -> std::result::Result<(), Gone> {
+        let Some(mut batch) = self.open.take() else {
+            return Ok(());
+        };
+        let span = batch.span.clone();
+        let len = (span.end - span.start) as usize;
+        match read_exact(self.src, self.src_path, span.start, &mut batch.buf[..len]) {
+            Ok(preads) => batch.preads = preads,
+            Err(e) => return self.fail(e),
+        }
+        trace!(?span, steps = batch.steps.len(), "read ahead");
+        self.send(Item::Batch(batch))?;
+        // Read bytes go at once: the engine may be waiting for them.
+        self.send_chunk()
+    }
+
+    /// A buffer: one the engine gave back, a new one while fewer than [`POOL`] exist, or
+    /// else the next one the engine gives back.
+    fn buffer(&mut self) -> std::result::Result<Vec<u8>, Gone> {
+        match self.returned.try_recv() {
+            Ok(buf) => return Ok(buf),
+            Err(TryRecvError::Disconnected) => return Err(Gone),
+            Err(TryRecvError::Empty) => {}
+        }
+        if self.made < POOL {
+            self.made += 1;
+            return Ok(vec![0; self.policy.buf_len]);
+        }
+        self.returned.recv().map_err(|_| Gone)
+    }
+
+    fn send(&mut self, item: Item) -> std::result::Result<(), Gone> {
+        self.chunk.push(item);
+        if self.chunk.len() >= CHUNK {
+            self.send_chunk()?;
+        }
+        Ok(())
+    }
+
+    fn send_chunk(&mut self) -> std::result::Result<(), Gone> {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK));
+        self.out.send(chunk).map_err(|_| Gone)
+    }
+
+    fn fail(&mut self, e: Error) -> std::result::Result<(), Gone> {
+        self.chunk.push(Item::Failed(e));
+        let _ = self.send_chunk();
+        Err(Gone)
+    }
+}
+
+/// `pread` until `buf` is full; returns the calls it took.
+pub(crate) fn read_exact(
+    src: BorrowedFd<'_>,
+    path: &Path,
+    offset: u64,
+    buf: &mut [u8],
+) -> Result<u64> {
+    let mut got = 0;
+    let mut calls = 0;
+    while got < buf.len() {
+        let at = offset + got as u64;
+        calls += 1;
+        match rustix::io::pread(src, &mut buf[got..], at) {
+            Ok(0) => {
+                return Err(Error::SourceShrank {
+                    path: path.to_owned(),
+                    offset: at,
+                });
+            }
+            Ok(n) => got += n,
+            Err(Errno::INTR) => {}
+            Err(e) => {
+                return Err(Error::Read {
+                    path: path.to_owned(),
+                    offset: at,
+                    source: e.into(),
+                });
+            }
+        }
+    }
+    Ok(calls)
+}

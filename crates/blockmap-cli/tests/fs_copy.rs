@@ -52,14 +52,29 @@ enum SkipPick {
     BeforeEnd(u64),
     /// `permille`‰ of the size, rounded down to a multiple of `align`.
     Permille { permille: u64, align: u64 },
+    /// `permille`‰ into the `run`-th run of non-zero bytes (modulo their number; 0 if there
+    /// is none), rounded down to a multiple of `align`: a window that starts in data.
+    InData {
+        run: usize,
+        permille: u64,
+        align: u64,
+    },
 }
 
 impl SkipPick {
-    fn resolve(self, size: u64) -> u64 {
+    fn resolve(self, size: u64, nonzero: &[Range<u64>]) -> u64 {
         match self {
             SkipPick::End => size,
             SkipPick::BeforeEnd(back) => size.saturating_sub(back),
             SkipPick::Permille { permille, align } => size * permille / 1000 / align * align,
+            SkipPick::InData {
+                run,
+                permille,
+                align,
+            } => match nonzero.get(run % nonzero.len().max(1)) {
+                Some(r) => (r.start + (r.end - r.start) * permille / 1000) / align * align,
+                None => 0,
+            },
         }
     }
 }
@@ -70,12 +85,20 @@ fn skip_pick() -> impl Strategy<Value = SkipPick> {
         prop_oneof![Just(KIB), Just(PAGE), Just(64 * KIB)],
     )
         .prop_map(|(permille, align)| SkipPick::Permille { permille, align });
+    let align = prop_oneof![Just(1), Just(KIB), Just(PAGE)];
+    let in_data =
+        (any::<usize>(), 0..=1000u64, align).prop_map(|(run, permille, align)| SkipPick::InData {
+            run,
+            permille,
+            align,
+        });
     prop_oneof![
-        2 => Just(SkipPick::Permille { permille: 0, align: 1 }),
+        4 => Just(SkipPick::Permille { permille: 0, align: 1 }),
         1 => Just(SkipPick::End),
-        1 => (1..10_000u64).prop_map(SkipPick::BeforeEnd),
-        2 => (0..=1000u64).prop_map(|permille| SkipPick::Permille { permille, align: 1 }),
-        3 => aligned,
+        2 => (1..10_000u64).prop_map(SkipPick::BeforeEnd),
+        3 => (0..=1000u64).prop_map(|permille| SkipPick::Permille { permille, align: 1 }),
+        4 => aligned,
+        6 => in_data,
     ]
 }
 
@@ -133,12 +156,12 @@ impl LengthPick {
 
 fn length_pick() -> impl Strategy<Value = LengthPick> {
     prop_oneof![
-        3 => Just(LengthPick::Rest),
+        6 => Just(LengthPick::Rest),
         1 => Just(LengthPick::Bytes(0)),
-        2 => (1..=256u64).prop_map(|p| LengthPick::Bytes(p * PAGE)),
-        1 => (1..3 * MIB).prop_map(LengthPick::Bytes),
-        2 => (0..=1000u64).prop_map(LengthPick::Permille),
-        1 => (1..MIB).prop_map(LengthPick::Beyond),
+        4 => (1..=256u64).prop_map(|p| LengthPick::Bytes(p * PAGE)),
+        3 => (1..3 * MIB).prop_map(LengthPick::Bytes),
+        4 => (0..=1000u64).prop_map(LengthPick::Permille),
+        2 => (1..MIB).prop_map(LengthPick::Beyond),
     ]
 }
 
@@ -192,8 +215,15 @@ fn case() -> impl Strategy<Value = Case> {
         1 => Just(Reflink::Always),
         1 => Just(Reflink::Never),
     ];
+    // A write of data first, so that most windows hold some (later ops may still punch it).
+    let first = (common::offset(), common::length(), common::fill())
+        .prop_map(|(at, len, fill)| Op::Write { at, len, fill });
+    let ops = (first, proptest::collection::vec(common::op(), 0..=10)).prop_map(|(w, mut ops)| {
+        ops.insert(0, w);
+        ops
+    });
     (
-        proptest::collection::vec(common::op(), 1..=10),
+        ops,
         skip_pick(),
         seek_pick(),
         length_pick(),
@@ -492,7 +522,8 @@ fn copy_and_check(
     case: &Case,
 ) -> Result<(), String> {
     let size = src.len();
-    let skip = case.skip.resolve(size);
+    let nonzero = src.nonzero_runs();
+    let skip = case.skip.resolve(size, &nonzero);
     let length = case.length.resolve(size - skip);
     let plan = Plan {
         skip,
@@ -506,7 +537,7 @@ fn copy_and_check(
     let old = make_dest(dst_path, &case.dest, plan.seek + plan.len)?;
     let want = dd_model(old.as_ref(), src, &plan);
     let block = pair.dst.fs_block_size();
-    let nonzero_in = clip(&src.nonzero_runs(), &plan.src());
+    let nonzero_in = clip(&nonzero, &plan.src());
     let kernel_in = clip(&kernel, &plan.src());
     let expect = match case.reflink {
         Reflink::Always => reflink_always(pair, &plan, block, &nonzero_in, &kernel_in),
@@ -682,7 +713,7 @@ fn check_report(r: &serde_json::Value, plan: &Plan, case: &Case, s: &Sizes) -> R
 /// Runs the random cases on each pair.
 fn random_copies(test: &'static str, pairs: impl Fn(&common::FsEnv) -> Vec<Pair>) {
     let Some(env) = fs_env(test) else { return };
-    let cases = common::cases_per_fs(24);
+    let cases = common::cases_per_fs(64);
     let strategy = case();
     env.run_on_pairs(&pairs(&env), |pair, count| {
         let src_dir = pair.src.scratch(test);

@@ -85,6 +85,7 @@
 
 mod clone;
 mod dest;
+mod destination;
 mod engine;
 mod error;
 mod feed;
@@ -99,6 +100,7 @@ use std::time::Instant;
 use blockmap_core::{BlockMap, MapOptions};
 use tracing::debug_span;
 
+pub use destination::Destination;
 pub use error::{Error, Result};
 pub use options::{Method, Options, Progress, Reflink, Window};
 pub use report::{Report, Syscalls, Transfer};

@@ -1,0 +1,412 @@
+//! Writing an image's mapped ranges to a destination, verifying them on the way.
+
+use std::fmt;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::time::{Duration, Instant};
+
+use sparsecopy::Destination;
+use tracing::debug;
+
+use crate::checksum::ChecksumType;
+use crate::error::{Error, Result};
+use crate::format::{BlockRange, Bmap, human_size};
+use crate::source::{Compression, Source};
+
+/// Size of one chunk of data on its way from the image to the destination and the hasher.
+const CHUNK: usize = 2 << 20;
+/// Chunks in flight: one being read and written, the others being hashed or waiting.
+const CHUNKS: usize = 4;
+
+/// Copies an image by its bmap: only the mapped ranges are read and written, each range's
+/// checksum is verified as its bytes pass (in a second thread, while the next chunk is read
+/// and written).
+///
+/// The destination:
+/// - **a regular file** becomes the image: created if absent, else truncated (as bmaptool
+///   does), then sized to `ImageSize`, so the unmapped ranges are holes reading as zeros and
+///   no stale byte survives;
+/// - **a block device** must hold `ImageSize` bytes (checked before anything is written); the
+///   unmapped ranges are left as they are, as bmaptool leaves them.
+///
+/// A checksum mismatch stops the copy with [`Error::RangeChecksum`]: what was written so far
+/// stays written (as with bmaptool), so the destination must not be trusted.
+pub struct Copier<'a> {
+    bmap: Bmap,
+    bmap_path: PathBuf,
+    verify: bool,
+    sync: bool,
+    progress: Option<&'a mut dyn FnMut(u64, u64)>,
+}
+
+impl fmt::Debug for Copier<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Copier")
+            .field("bmap_path", &self.bmap_path)
+            .field("verify", &self.verify)
+            .field("sync", &self.sync)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Copier::copy`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CopyReport {
+    /// `ImageSize`.
+    pub image_size: u64,
+    /// Bytes read from the image and written (the mapped ranges).
+    pub mapped_bytes: u64,
+    /// Bytes of a compressed stream read and dropped (unmapped ranges); 0 for a plain image.
+    pub skipped_bytes: u64,
+    /// Ranges written.
+    pub ranges: u64,
+    /// Ranges whose checksum was verified.
+    pub verified_ranges: u64,
+    /// The checksum type verified, if any range was.
+    pub checksum_type: Option<ChecksumType>,
+    /// How the image was compressed.
+    pub compression: Compression,
+    /// Whether the destination is a block device.
+    pub block_device: bool,
+    /// Wall time of the copy.
+    pub elapsed: Duration,
+}
+
+impl fmt::Display for CopyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "copied {} of mapped data in {} ranges of a {} image",
+            human_size(self.mapped_bytes),
+            self.ranges,
+            human_size(self.image_size),
+        )?;
+        if self.compression != Compression::None {
+            write!(f, " ({} compressed)", self.compression.name())?;
+        }
+        match self.checksum_type {
+            Some(kind) if self.verified_ranges > 0 => {
+                write!(f, ", {} ranges verified ({kind})", self.verified_ranges)?
+            }
+            _ => write!(f, ", not verified")?,
+        }
+        write!(f, " in {:.2} s", self.elapsed.as_secs_f64())
+    }
+}
+
+impl<'a> Copier<'a> {
+    /// A copier by `bmap` (verification and a final fsync on).
+    pub fn new(bmap: Bmap) -> Self {
+        Copier {
+            bmap,
+            bmap_path: PathBuf::from("<bmap>"),
+            verify: true,
+            sync: true,
+            progress: None,
+        }
+    }
+
+    /// The bmap file's path, to name it in errors.
+    pub fn bmap_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.bmap_path = path.into();
+        self
+    }
+
+    /// Verify each range's checksum (on by default; ranges without one are not verified).
+    pub fn verify(mut self, verify: bool) -> Self {
+        self.verify = verify;
+        self
+    }
+
+    /// fsync the destination before returning (on by default, as bmaptool).
+    pub fn sync(mut self, sync: bool) -> Self {
+        self.sync = sync;
+        self
+    }
+
+    /// Called as data is written, with the bytes written and the mapped bytes in all.
+    pub fn progress(mut self, f: &'a mut dyn FnMut(u64, u64)) -> Self {
+        self.progress = Some(f);
+        self
+    }
+
+    /// Copies the image at `image` (compressed as its name says) to `dest`.
+    pub fn copy(self, image: impl AsRef<Path>, dest: impl AsRef<Path>) -> Result<CopyReport> {
+        let (image, dest) = (image.as_ref(), dest.as_ref());
+        let _span =
+            tracing::debug_span!("bmap::copy", image = %image.display(), dest = %dest.display())
+                .entered();
+        let started = Instant::now();
+        let compression = Compression::of(image)?;
+        let file = File::open(image).map_err(|e| Error::io("open the image", image, e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io("stat the image", image, e))?;
+        if meta.is_dir() {
+            return Err(Error::io(
+                "read the image",
+                image,
+                std::io::Error::from(std::io::ErrorKind::IsADirectory),
+            ));
+        }
+        let bmap = &self.bmap;
+        if compression == Compression::None && meta.is_file() && meta.len() != bmap.image_size {
+            return Err(Error::ImageSize {
+                path: image.to_owned(),
+                bmap: self.bmap_path.clone(),
+                expected: bmap.image_size,
+                actual: meta.len(),
+            });
+        }
+
+        let out = Destination::open(dest)?;
+        if out.is_same_file(&file, image)? {
+            return Err(Error::SameFile {
+                image: image.to_owned(),
+                dest: dest.to_owned(),
+            });
+        }
+        if out.is_block_device() {
+            if out.size() < bmap.image_size {
+                return Err(Error::DeviceTooSmall {
+                    path: dest.to_owned(),
+                    device: out.size(),
+                    image: bmap.image_size,
+                });
+            }
+        } else {
+            // The destination becomes the image: nothing of its old contents survives.
+            let resize = |size| {
+                out.file()
+                    .set_len(size)
+                    .map_err(|e| Error::io(format!("resize to {size} bytes"), dest, e))
+            };
+            if !out.created() && out.size() > 0 {
+                resize(0)?;
+            }
+            resize(bmap.image_size)?;
+        }
+        debug!(
+            ?compression,
+            block_device = out.is_block_device(),
+            ranges = bmap.ranges.len(),
+            "copying"
+        );
+
+        let source = Source::new(file, image, compression)?;
+        let sync = self.sync;
+        let mut report = self.pump(source, image, out.file(), dest)?;
+        if sync {
+            out.file()
+                .sync_all()
+                .map_err(|e| Error::io("fsync", dest, e))?;
+        }
+        report.compression = compression;
+        report.block_device = out.is_block_device();
+        report.elapsed = started.elapsed();
+        Ok(report)
+    }
+
+    /// The data path: this thread reads and writes chunks, a second thread hashes them; the
+    /// chunk buffers go round between the two.
+    fn pump(
+        mut self,
+        mut source: Source,
+        image: &Path,
+        out: &File,
+        dest: &Path,
+    ) -> Result<CopyReport> {
+        let bmap = &self.bmap;
+        let (bs, size) = (bmap.block_size, bmap.image_size);
+        let kind = bmap.checksum_type.filter(|_| self.verify);
+        let total = bmap.mapped_bytes();
+        let mut report = CopyReport {
+            image_size: size,
+            mapped_bytes: 0,
+            skipped_bytes: 0,
+            ranges: 0,
+            verified_ranges: 0,
+            checksum_type: kind,
+            compression: Compression::None,
+            block_device: false,
+            elapsed: Duration::ZERO,
+        };
+        let is_stream = matches!(source, Source::Stream { .. });
+        let mut streamed_to = 0u64;
+
+        let (free_tx, free_rx) = sync_channel::<Vec<u8>>(CHUNKS);
+        for _ in 0..CHUNKS {
+            free_tx.send(vec![0; CHUNK]).expect("the receiver is here");
+        }
+        let (work_tx, work_rx) = sync_channel::<Work>(CHUNKS + 1);
+        let (result_tx, result_rx) = sync_channel::<Result<u64>>(1);
+        let mismatch = AtomicBool::new(false);
+
+        std::thread::scope(|s| {
+            let hasher_free = free_tx.clone();
+            let mismatch = &mismatch;
+            s.spawn(move || hasher(work_rx, hasher_free, result_tx, mismatch, image, bs, size));
+
+            let mut run = || -> Result<()> {
+                for (index, range) in bmap.ranges.iter().enumerate() {
+                    let bytes = range.bytes(bs, size);
+                    let check = kind.zip(range.checksum.as_ref());
+                    if let Some((kind, _)) = check {
+                        send(&work_tx, Work::Start(kind))?;
+                    }
+                    let mut pos = bytes.start;
+                    while pos < bytes.end {
+                        let mut buf = free_rx.recv().expect("the hasher returns buffers");
+                        let n = (bytes.end - pos).min(CHUNK as u64) as usize;
+                        let got = source.read_at(pos, &mut buf[..n]).map_err(|e| {
+                            Error::io(format!("read bytes {}-{}", pos, pos + n as u64), image, e)
+                        })?;
+                        if got < n {
+                            return Err(Error::ImageTooShort {
+                                path: image.to_owned(),
+                                first: range.first,
+                                last: range.last,
+                                at: pos + got as u64,
+                            });
+                        }
+                        out.write_all_at(&buf[..n], pos).map_err(|e| {
+                            Error::io(
+                                format!(
+                                    "write blocks {}-{} (bytes {}-{})",
+                                    range.first,
+                                    range.last,
+                                    pos,
+                                    pos + n as u64
+                                ),
+                                dest,
+                                e,
+                            )
+                        })?;
+                        if is_stream {
+                            report.skipped_bytes += pos - streamed_to;
+                            streamed_to = pos + n as u64;
+                        }
+                        pos += n as u64;
+                        report.mapped_bytes += n as u64;
+                        if let Some(p) = self.progress.as_mut() {
+                            p(report.mapped_bytes, total);
+                        }
+                        if check.is_some() {
+                            send(&work_tx, Work::Data(buf, n))?;
+                        } else {
+                            free_tx.send(buf).expect("the receiver is here");
+                        }
+                        // A mismatch found by the hasher stops the copy at once; the hasher
+                        // tells which when it is done.
+                        if mismatch.load(Ordering::Relaxed) {
+                            return Ok(());
+                        }
+                    }
+                    if let Some((_, expected)) = check {
+                        send(
+                            &work_tx,
+                            Work::End {
+                                index,
+                                range: range.clone(),
+                                expected: expected.clone(),
+                            },
+                        )?;
+                    }
+                    report.ranges += 1;
+                }
+                Ok(())
+            };
+            let outcome = run();
+            drop(work_tx);
+            // The hasher's last word: the ranges it verified, or the first mismatch (which
+            // explains an early stop better than anything that happened after it).
+            let hashed = result_rx.recv().unwrap_or(Ok(0));
+            report.verified_ranges = hashed?;
+            outcome?;
+            Ok(report)
+        })
+    }
+}
+
+/// Work for the hashing thread.
+enum Work {
+    /// A range with a checksum begins.
+    Start(ChecksumType),
+    /// Its next bytes (the buffer goes back to the pool).
+    Data(Vec<u8>, usize),
+    /// It ends: compare.
+    End {
+        index: usize,
+        range: BlockRange,
+        expected: String,
+    },
+}
+
+fn send(tx: &SyncSender<Work>, w: Work) -> Result<()> {
+    // The hasher reads until this side hangs up.
+    let _ = tx.send(w);
+    Ok(())
+}
+
+fn hasher(
+    work: Receiver<Work>,
+    free: SyncSender<Vec<u8>>,
+    result: SyncSender<Result<u64>>,
+    mismatch: &AtomicBool,
+    image: &Path,
+    bs: u64,
+    size: u64,
+) {
+    let mut current = None;
+    let mut verified = 0;
+    let mut failure = None;
+    // After a mismatch, keep draining (handing the buffers back) until the copier stops.
+    for w in work {
+        if failure.is_some() {
+            if let Work::Data(buf, _) = w {
+                let _ = free.send(buf);
+            }
+            continue;
+        }
+        match w {
+            Work::Start(kind) => current = Some(kind.hasher()),
+            Work::Data(buf, n) => {
+                if let Some(h) = current.as_mut() {
+                    h.update(&buf[..n]);
+                }
+                let _ = free.send(buf);
+            }
+            Work::End {
+                index,
+                range,
+                expected,
+            } => {
+                let calculated = current.take().map(|h| h.finish_hex()).unwrap_or_default();
+                if !calculated.eq_ignore_ascii_case(&expected) {
+                    let bytes = range.bytes(bs, size);
+                    debug!(index, "checksum mismatch");
+                    mismatch.store(true, Ordering::Relaxed);
+                    failure = Some(Error::RangeChecksum {
+                        path: image.to_owned(),
+                        first: range.first,
+                        last: range.last,
+                        start: bytes.start,
+                        end: bytes.end,
+                        expected,
+                        calculated,
+                    });
+                    continue;
+                }
+                verified += 1;
+            }
+        }
+    }
+    let _ = result.send(match failure {
+        Some(e) => Err(e),
+        None => Ok(verified),
+    });
+}

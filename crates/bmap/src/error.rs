@@ -1,0 +1,160 @@
+//! The one error type of the crate: what failed, on which path, at which line or range.
+
+use std::io;
+use std::path::PathBuf;
+
+/// What went wrong reading, writing, creating or copying with a bmap file. Every variant names
+/// the file; format errors name the line, copy errors the range of blocks and bytes.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Reading or writing a file failed.
+    #[error("{}: cannot {what}: {source}", path.display())]
+    Io {
+        /// What was being done (`"read the bmap file"`, `"write blocks 8-15"`…).
+        what: String,
+        /// The file.
+        path: PathBuf,
+        /// The kernel's answer.
+        source: io::Error,
+    },
+    /// The bmap file is not well-formed XML, or not a bmap as bmaptool writes it.
+    #[error("{}:{line}: {message}", path.display())]
+    Format {
+        /// The bmap file.
+        path: PathBuf,
+        /// The 1-based line where the problem is.
+        line: u64,
+        /// What is wrong there.
+        message: String,
+    },
+    /// The bmap file's own checksum (`BmapFileChecksum`, `BmapFileSHA1`) does not match.
+    #[error(
+        "{}: checksum mismatch of the bmap file: calculated {calculated}, the file says {expected}",
+        path.display()
+    )]
+    BmapChecksum {
+        /// The bmap file.
+        path: PathBuf,
+        /// What the file says.
+        expected: String,
+        /// What its bytes hash to.
+        calculated: String,
+    },
+    /// A range of the image does not hash to the checksum the bmap file gives for it.
+    #[error(
+        "{}: checksum mismatch for blocks {first}-{last} (bytes {start}-{end}): calculated {calculated}, the bmap says {expected}",
+        path.display()
+    )]
+    RangeChecksum {
+        /// The image.
+        path: PathBuf,
+        /// First block of the range.
+        first: u64,
+        /// Last block of the range (inclusive).
+        last: u64,
+        /// First byte of the range.
+        start: u64,
+        /// End of the range in bytes (exclusive).
+        end: u64,
+        /// The checksum in the bmap file.
+        expected: String,
+        /// The checksum of the image's bytes.
+        calculated: String,
+    },
+    /// The image ends before a mapped range does: the bmap does not belong to it.
+    #[error(
+        "{}: the image ends at byte {at}, inside blocks {first}-{last} of the bmap: the bmap does not belong to this image",
+        path.display()
+    )]
+    ImageTooShort {
+        /// The image.
+        path: PathBuf,
+        /// First block of the range.
+        first: u64,
+        /// Last block of the range.
+        last: u64,
+        /// Where the image ended.
+        at: u64,
+    },
+    /// The (uncompressed) image's size is not the bmap's `ImageSize`.
+    #[error(
+        "{}: the image holds {actual} bytes but the bmap file {} says {expected}: they do not belong together",
+        path.display(), bmap.display()
+    )]
+    ImageSize {
+        /// The image.
+        path: PathBuf,
+        /// The bmap file.
+        bmap: PathBuf,
+        /// `ImageSize`.
+        expected: u64,
+        /// The image's size.
+        actual: u64,
+    },
+    /// A block device destination is smaller than the image.
+    #[error(
+        "{}: the block device holds {device} bytes, the image needs {image}: nothing written",
+        path.display()
+    )]
+    DeviceTooSmall {
+        /// The device.
+        path: PathBuf,
+        /// Its capacity.
+        device: u64,
+        /// `ImageSize`.
+        image: u64,
+    },
+    /// The image and the destination are one file.
+    #[error("{} and {} are the same file: nothing written", image.display(), dest.display())]
+    SameFile {
+        /// The image.
+        image: PathBuf,
+        /// The destination.
+        dest: PathBuf,
+    },
+    /// No bmap file was given and none was found beside the image.
+    #[error(
+        "{}: no bmap file found (looked for {}); give one with --bmap",
+        image.display(), tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    NoBmap {
+        /// The image.
+        image: PathBuf,
+        /// The paths tried, in order.
+        tried: Vec<PathBuf>,
+    },
+    /// The image's name says a compression this crate does not read.
+    #[error("{}: {kind} images are not supported (gz, xz, zst, bz2 and uncompressed are)", path.display())]
+    UnsupportedCompression {
+        /// The image.
+        path: PathBuf,
+        /// The suffix found (`"tar.gz"`, `"lz4"`…).
+        kind: String,
+    },
+    /// The image is empty: it has no blocks to map.
+    #[error("{}: cannot create a bmap for an empty image", path.display())]
+    EmptyImage {
+        /// The image.
+        path: PathBuf,
+    },
+    /// Mapping the image failed (opening it, its kind, FIEMAP/SEEK errors).
+    #[error(transparent)]
+    Map(#[from] blockmap_core::Error),
+    /// Opening or checking the destination failed.
+    #[error(transparent)]
+    Dest(#[from] sparsecopy::Error),
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(what: impl Into<String>, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io {
+            what: what.into(),
+            path: path.into(),
+            source,
+        }
+    }
+}

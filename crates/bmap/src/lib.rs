@@ -1,0 +1,59 @@
+//! bmaptool-compatible block map (bmap) files.
+//!
+//! A bmap file lists the mapped blocks of a disk image — the blocks that hold data — with a
+//! checksum per range, so that the image can be flashed or copied writing only those blocks,
+//! and verified on the way. This crate reads and writes the format exactly as `bmaptool` 3.x
+//! does (versions 1.0 to 1.4 and 2.0), creates bmaps from a file's block map, and copies
+//! images by them, compressed or not.
+//!
+//! - [`Bmap`]: the file's contents; [`Bmap::read`] / [`Bmap::from_bytes`] parse one, check
+//!   that it is consistent and verify its own checksum (`BmapFileChecksum`); [`Bmap::to_xml`]
+//!   writes one byte for byte as bmaptool lays it out.
+//! - [`create`]: the bmap of an image, from `blockmap-core`'s [`BlockMap`](blockmap_core::BlockMap)
+//!   (a block is mapped when any of its bytes may be data: data is never called a hole), the
+//!   ranges hashed in parallel.
+//! - [`Copier`]: writes an image's mapped ranges to a file or block device, verifying every
+//!   range's checksum as the data passes; `.gz`, `.xz`, `.zst` and `.bz2` images are streamed
+//!   through their decompressors ([`find_bmap`] finds the bmap beside an image as bmaptool
+//!   does).
+//!
+//! # Example
+//! ```
+//! use std::os::unix::fs::FileExt;
+//!
+//! # fn main() -> Result<(), bmap::Error> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! let (image, copy) = (dir.path().join("disk.img"), dir.path().join("copy.img"));
+//! let file = std::fs::File::create(&image).unwrap();
+//! file.write_all_at(b"boot sector", 0).unwrap();
+//! file.write_all_at(b"root", 5 << 20).unwrap();
+//! file.set_len(16 << 20).unwrap(); // 16 MiB, nearly all holes
+//!
+//! let bmap = bmap::create(&image, &bmap::CreateOptions::default())?;
+//! assert!(bmap.mapped_blocks_count < bmap.blocks_count);
+//! std::fs::write(dir.path().join("disk.img.bmap"), bmap.to_xml()).unwrap();
+//!
+//! // Finds disk.img.bmap, writes the mapped blocks, verifies their checksums.
+//! let bmap_path = bmap::find_bmap(&image)?;
+//! let report = bmap::Copier::new(bmap::Bmap::read(&bmap_path)?).copy(&image, &copy)?;
+//! assert_eq!(report.image_size, 16 << 20);
+//! assert_eq!(std::fs::read(&image).unwrap(), std::fs::read(&copy).unwrap());
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod checksum;
+mod copy;
+mod create;
+mod error;
+mod format;
+mod source;
+
+pub use checksum::{ChecksumType, Hasher, UnknownChecksumType};
+pub use copy::{Copier, CopyReport};
+pub use create::{CreateOptions, create};
+pub use error::{Error, Result};
+pub use format::{BlockRange, Bmap, Version, human_size};
+pub use source::{Compression, find_bmap};

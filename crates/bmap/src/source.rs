@@ -1,0 +1,208 @@
+//! The image as a stream of bytes: a plain file read where the ranges are, or a compressed
+//! file decompressed in order; and the bmap file beside it.
+
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// How an image is compressed, by its name's suffix (as bmaptool tells).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Compression {
+    /// Not compressed: read where the ranges are.
+    None,
+    /// `.gz`, `.gzip` (several members allowed, as `pigz` writes).
+    Gzip,
+    /// `.xz` (several streams allowed).
+    Xz,
+    /// `.zst`.
+    Zstd,
+    /// `.bz2` (several streams allowed, as `pbzip2` writes).
+    Bzip2,
+}
+
+impl Compression {
+    /// The compression of the image at `path`, by name; an error for the kinds bmaptool knows
+    /// and this crate does not read (tar archives, `.lzo`, `.lz4`, `.zip`).
+    pub fn of(path: &Path) -> Result<Compression> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        let unsupported = [
+            "tar.gz", "tgz", "tar.bz2", "tbz2", "tbz", "tb2", "tar.xz", "txz", "tar.lzo", "tzo",
+            "tar.lz4", "tlz4", "tar.zst", "tzst", "lzo", "lz4", "zip",
+        ];
+        if let Some(kind) = unsupported
+            .iter()
+            .find(|s| name.ends_with(&format!(".{s}")))
+        {
+            return Err(Error::UnsupportedCompression {
+                path: path.to_owned(),
+                kind: (*kind).to_owned(),
+            });
+        }
+        Ok(if name.ends_with(".gz") || name.ends_with(".gzip") {
+            Compression::Gzip
+        } else if name.ends_with(".xz") {
+            Compression::Xz
+        } else if name.ends_with(".zst") {
+            Compression::Zstd
+        } else if name.ends_with(".bz2") {
+            Compression::Bzip2
+        } else {
+            Compression::None
+        })
+    }
+
+    /// The name in reports (`"gzip"`, `"none"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Xz => "xz",
+            Compression::Zstd => "zstd",
+            Compression::Bzip2 => "bzip2",
+        }
+    }
+}
+
+/// The bmap file of `image` as bmaptool finds it: `IMAGE.bmap`, then, while the name has an
+/// extension, that extension dropped and `.bmap` added (`disk.img.xz` → `disk.img.xz.bmap`,
+/// `disk.img.bmap`, `disk.bmap`).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// std::fs::write(dir.path().join("disk.img.bmap"), "")?;
+/// let found = bmap::find_bmap(dir.path().join("disk.img.gz"))?;
+/// assert_eq!(found, dir.path().join("disk.img.bmap"));
+/// # Ok(())
+/// # }
+/// ```
+pub fn find_bmap(image: impl AsRef<Path>) -> Result<PathBuf> {
+    let image = image.as_ref();
+    let mut tried = Vec::new();
+    let mut stem = image.to_owned();
+    loop {
+        let mut candidate = stem.clone().into_os_string();
+        candidate.push(".bmap");
+        let candidate = PathBuf::from(candidate);
+        if candidate.is_file() {
+            tracing::debug!(bmap = %candidate.display(), "discovered the bmap file");
+            return Ok(candidate);
+        }
+        tried.push(candidate);
+        if stem.extension().is_none() {
+            return Err(Error::NoBmap {
+                image: image.to_owned(),
+                tried,
+            });
+        }
+        stem.set_extension("");
+    }
+}
+
+/// Where the image's bytes come from.
+pub(crate) enum Source {
+    /// A plain file: positioned reads, the holes never read.
+    File(File),
+    /// A decompressor: read in order, the unmapped parts read and dropped.
+    Stream {
+        reader: Box<dyn Read + Send>,
+        pos: u64,
+    },
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::File(file) => f.debug_tuple("File").field(file).finish(),
+            Source::Stream { pos, .. } => f.debug_struct("Stream").field("pos", pos).finish(),
+        }
+    }
+}
+
+const COMPRESSED_BUFFER: usize = 256 << 10;
+
+impl Source {
+    /// Reads `file` (at `path`) as `compression` says.
+    pub(crate) fn new(file: File, path: &Path, compression: Compression) -> Result<Source> {
+        let reader: Box<dyn Read + Send> = match compression {
+            Compression::None => return Ok(Source::File(file)),
+            Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(
+                BufReader::with_capacity(COMPRESSED_BUFFER, file),
+            )),
+            Compression::Xz => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(
+                BufReader::with_capacity(COMPRESSED_BUFFER, file),
+            )),
+            Compression::Zstd => Box::new(
+                zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(
+                    COMPRESSED_BUFFER,
+                    file,
+                ))
+                .map_err(|e| Error::io("start the zstd decoder", path, e))?,
+            ),
+            Compression::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(
+                BufReader::with_capacity(COMPRESSED_BUFFER, file),
+            )),
+        };
+        Ok(Source::Stream { reader, pos: 0 })
+    }
+
+    /// Reads the image's bytes at `pos` into `buf`, as many as there are up to `buf.len()`:
+    /// fewer only at the image's end. A stream is read and dropped up to `pos`, which must not
+    /// be behind what was read already.
+    pub(crate) fn read_at(&mut self, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Source::File(file) => {
+                let mut done = 0;
+                while done < buf.len() {
+                    match file.read_at(&mut buf[done..], pos + done as u64) {
+                        Ok(0) => break,
+                        Ok(n) => done += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(done)
+            }
+            Source::Stream { reader, pos: at } => {
+                if pos < *at {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "ranges out of order in a compressed stream",
+                    ));
+                }
+                // Skip: read and drop, through the caller's buffer.
+                while *at < pos {
+                    let n = (pos - *at).min(buf.len() as u64) as usize;
+                    let got = read_full(reader, &mut buf[..n])?;
+                    *at += got as u64;
+                    if got < n {
+                        return Ok(0);
+                    }
+                }
+                let got = read_full(reader, buf)?;
+                *at += got as u64;
+                Ok(got)
+            }
+        }
+    }
+}
+
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match r.read(&mut buf[done..]) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}

@@ -1,0 +1,75 @@
+//! A small public face of [`crate::dest`] for other writers of whole images (the `bmap`
+//! crate): open or create a destination with the same checks and messages as the copy engine.
+
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+
+use crate::dest::{self, Kind};
+use crate::error::{Error, Result};
+
+/// A destination opened for writing, as the copy engine opens it: a regular file (created
+/// with mode `0644` less the umask if absent, never truncated here) or a block device;
+/// anything else (directory, FIFO, socket, character device, dangling symbolic link) is
+/// refused by name.
+///
+/// # Example
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let dest = sparsecopy::Destination::open(dir.path().join("out.img"))?;
+/// assert!(dest.created() && !dest.is_block_device());
+/// assert_eq!(dest.size(), 0);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Destination {
+    file: File,
+    info: dest::Dest,
+    created: bool,
+}
+
+impl Destination {
+    /// Opens `path` write-only (non-blocking, close-on-exec), or creates it.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let (fd, created): (OwnedFd, bool) = dest::open_or_create(path)?;
+        let info = dest::inspect(fd.as_fd(), path)?;
+        Ok(Destination {
+            file: File::from(fd),
+            info,
+            created,
+        })
+    }
+
+    /// The open file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Whether it is a block device (else a regular file).
+    pub fn is_block_device(&self) -> bool {
+        self.info.kind == Kind::BlockDevice
+    }
+
+    /// Its size when opened: `st_size`, or a block device's capacity.
+    pub fn size(&self) -> u64 {
+        self.info.size
+    }
+
+    /// Whether [`Destination::open`] created it.
+    pub fn created(&self) -> bool {
+        self.info.kind == Kind::Regular && self.created
+    }
+
+    /// Whether `other` is the same file (same inode, or the same block device through another
+    /// node): writing would destroy what is read.
+    pub fn is_same_file(&self, other: impl AsFd, other_path: &Path) -> Result<bool> {
+        let st = rustix::fs::fstat(other.as_fd()).map_err(|e| Error::StatDest {
+            path: other_path.to_owned(),
+            source: e.into(),
+        })?;
+        Ok(dest::same_file(&self.info.stat, &st))
+    }
+}

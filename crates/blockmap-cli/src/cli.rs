@@ -25,6 +25,80 @@ pub(crate) enum Command {
     Map(MapArgs),
     /// Copy SRC to DST touching only data, as `dd bs=1 skip=S seek=K count=L conv=notrunc`.
     Copy(CopyArgs),
+    /// Create bmap files and copy images by them, as bmaptool does.
+    #[command(subcommand)]
+    Bmap(BmapCommand),
+}
+
+/// `blockmap bmap create|copy`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum BmapCommand {
+    /// Write the bmap of an image (its mapped blocks, with a checksum per range).
+    Create(BmapCreateArgs),
+    /// Copy an image (plain, .gz, .xz, .zst or .bz2) to a file or block device by its bmap,
+    /// writing only the mapped blocks and verifying their checksums.
+    Copy(BmapCopyArgs),
+}
+
+/// `blockmap bmap create IMAGE [-o FILE] [--no-checksum]`
+#[derive(Debug, Args)]
+pub(crate) struct BmapCreateArgs {
+    /// Write the bmap to FILE (default: stdout).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Leave out the checksums of the ranges.
+    #[arg(long)]
+    pub no_checksum: bool,
+
+    /// How to find the image's data: auto picks the best that works.
+    #[arg(long, value_name = "auto|fiemap|seek|none", default_value = "auto")]
+    pub backend: BackendChoice,
+
+    /// The image to map.
+    pub image: PathBuf,
+}
+
+/// `blockmap bmap copy [--bmap FILE] [--no-verify] IMAGE DEST`
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Without --bmap, the bmap is looked for beside IMAGE as bmaptool does: \
+    IMAGE.bmap, then with each extension dropped (disk.img.xz: disk.img.xz.bmap, disk.img.bmap, \
+    disk.bmap).\n\
+    A regular DEST becomes the image: created, or truncated and resized to the image size, so \
+    that unmapped blocks read as zeros. A block device DEST must hold the image; its unmapped \
+    blocks are left as they are."
+)]
+pub(crate) struct BmapCopyArgs {
+    /// The bmap file of the image.
+    #[arg(long, value_name = "FILE")]
+    pub bmap: Option<PathBuf>,
+
+    /// Do not verify the checksums of the ranges.
+    #[arg(long)]
+    pub no_verify: bool,
+
+    /// Accepted for bmaptool compatibility: GPG signatures of bmap files are not checked.
+    #[arg(long = "no-sig-verify", alias = "no-sig")]
+    pub no_sig_verify: bool,
+
+    /// Do not fsync DEST at the end.
+    #[arg(long)]
+    pub no_sync: bool,
+
+    /// Draw a progress bar on stderr (default: when stderr is a terminal).
+    #[arg(long, overrides_with = "no_progress")]
+    pub progress: bool,
+
+    /// Never draw a progress bar.
+    #[arg(long, overrides_with = "progress")]
+    pub no_progress: bool,
+
+    /// The image (plain, .gz, .xz, .zst or .bz2).
+    pub image: PathBuf,
+
+    /// The file or block device to write.
+    pub dest: PathBuf,
 }
 
 /// `blockmap map [--backend …] [--json] [--holes] [--sync] FILE`

@@ -8,6 +8,7 @@
 // A command-line tool writes to its terminal; the libraries below it never do.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod bmap;
 mod cli;
 mod copy;
 mod map;
@@ -29,6 +30,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Map(args) => map::run(&args),
         Command::Copy(args) => copy::run(&args),
+        Command::Bmap(command) => bmap::run(&command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

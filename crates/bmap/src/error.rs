@@ -43,8 +43,8 @@ pub enum Error {
     },
     /// A range of the image does not hash to the checksum the bmap file gives for it.
     #[error(
-        "{}: checksum mismatch for blocks {first}-{last} (bytes {start}-{end}): calculated {calculated}, the bmap says {expected}",
-        path.display()
+        "{}: checksum mismatch for blocks {first}-{last} (bytes {start}-{}): calculated {calculated}, the bmap says {expected}",
+        path.display(), end - 1
     )]
     RangeChecksum {
         /// The image.

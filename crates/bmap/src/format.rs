@@ -529,6 +529,7 @@ fn parse(raw: &[u8], path: &Path) -> Result<Bmap> {
         ));
     }
 
+    let blocks_count_line = fields[2].1.text.as_ref().map_or(end_line, |(_, l)| *l);
     let mut field = |name: &str| -> Option<(String, u64)> {
         fields
             .iter_mut()
@@ -549,7 +550,7 @@ fn parse(raw: &[u8], path: &Path) -> Result<Bmap> {
     }
     if image_size.div_ceil(block_size) != blocks_count {
         return Err(err(
-            end_line,
+            blocks_count_line,
             format!(
                 "inconsistent bmap: <BlocksCount> {blocks_count} is not <ImageSize> {image_size} in blocks of {block_size}"
             ),

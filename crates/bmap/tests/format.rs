@@ -357,7 +357,8 @@ fn malformed_files_name_the_line() {
     assert_eq!(line, line_of(&v, "<BlockSize>"));
     assert!(m.contains("not a number"), "{m}");
 
-    let (_, m) = format_error(&broken("<BlocksCount> 10 ", "<BlocksCount> 11 "));
+    let (line, m) = format_error(&broken("<BlocksCount> 10 ", "<BlocksCount> 11 "));
+    assert_eq!(line, line_of(&v, "<BlocksCount> 10"));
     assert!(m.contains("BlocksCount"), "{m}");
 
     let (line, m) = format_error(&broken("version=\"2.0\"", "version=\"3.0\""));

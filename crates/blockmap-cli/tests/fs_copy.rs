@@ -600,8 +600,8 @@ fn copy_and_check(
                     "{what}: the failure does not name {dst_name}: {message}"
                 );
             }
-            // Nothing was written: an existing destination is as it was, a new one (created
-            // before the refusal) is empty.
+            // Nothing was written: an existing destination is as it was, and a new one, which
+            // the copy created before it was refused, is removed again.
             match &old {
                 Some(old) => {
                     let dst = File::open(dst_path).map_err(|e| format!("{what}: {e}"))?;
@@ -609,13 +609,13 @@ fn copy_and_check(
                         .map_err(|e| format!("{what}: failed, yet changed the destination: {e}"))?;
                 }
                 None => {
-                    if let Ok(meta) = std::fs::metadata(dst_path) {
-                        ensure!(
-                            meta.len() == 0 && meta.blocks() == 0,
-                            "{what}: failed, yet left a destination of {} bytes, {} blocks",
+                    if let Ok(meta) = std::fs::symlink_metadata(dst_path) {
+                        return Err(format!(
+                            "{what}: failed, yet left behind the destination it created ({} \
+                             bytes, {} blocks)",
                             meta.len(),
                             meta.blocks()
-                        );
+                        ));
                     }
                 }
             }
@@ -1151,7 +1151,14 @@ fn full_from(m: &Mount, tiny: &Path, cases: &mut u32) -> Result<(), String> {
         } else {
             lib_copy(&src_path, &dst, &plan, opts)
         };
+        // A half-made copy must not pass for a whole one: the destination the failed copy
+        // created is gone.
+        let left = std::fs::symlink_metadata(&dst).map(|m| m.len());
         let _ = std::fs::remove_file(&dst);
+        ensure!(
+            left.is_err(),
+            "{what}: the failed copy left its destination behind ({left:?} bytes)"
+        );
         let message = match outcome {
             Ok(report) => return Err(format!("{what}: succeeded on a full filesystem: {report}")),
             Err(message) => message,

@@ -112,6 +112,11 @@ impl Extent {
         }
     }
 
+    /// Whether the extent is allocated but unwritten (preallocated): it reads as zeros.
+    pub fn is_unwritten(&self) -> bool {
+        self.flags & fiemap_sys::FIEMAP_EXTENT_UNWRITTEN != 0
+    }
+
     /// The lower-case names of the extent's flags (`"last"`, `"unwritten"`, `"shared"`…), in
     /// bit order; unknown bits are left out.
     pub fn flag_names(&self) -> impl Iterator<Item = &'static str> + '_ {

@@ -163,12 +163,24 @@ pub(crate) fn run(job: Job<'_, '_>) -> Result<Report> {
         reported: None,
     };
 
-    if options.reflink == Reflink::Always && window.length > 0 {
+    // The first reflink tells whether this filesystem shares extents at all; with
+    // Reflink::Always it is made before anything else is written.
+    if engine.reflink && window.length > 0 {
         engine.prelink(src_map)?;
     }
     if !block_device && window.length > 0 && dest.size < end {
         engine.report.syscalls.ftruncate += 1;
         dest::grow(dst, dst_path, end)?;
+    }
+    // Only once the probe has shared some blocks: with no data to share there is nothing to
+    // gain, and nothing to prove.
+    let cloned = if engine.reflink && engine.prelinked.is_some() {
+        engine.clone_window(src_map)?
+    } else {
+        None
+    };
+    if cloned.is_none() && options.reflink == Reflink::Auto {
+        engine.unprobe()?;
     }
     // DST's data matters only where it existed before: inside the window, below its old
     // size. A file just created has none.
@@ -188,31 +200,24 @@ pub(crate) fn run(job: Job<'_, '_>) -> Result<Report> {
     };
     // What may be reflinked is not read.
     let read_max = match options.reflink {
-        _ if !reflink => read_max,
+        _ if !engine.reflink => read_max,
         Reflink::Always => 0,
         _ => read_max.min(options.reflink_min.saturating_sub(1)),
     };
-    let policy = Policy {
-        read_max,
-        user_space: &user_space,
-        buf_len: buf_len as usize,
+    // What the clone left: the partial blocks at the window's ends.
+    let whole = window.src();
+    let parts = match cloned {
+        Some(c) => [whole.start..c.start, c.end..whole.end],
+        None => [whole, 0..0],
     };
-    std::thread::scope(|scope| {
-        let (items_tx, items) = mpsc::sync_channel(feed::POOL);
-        let (give_back, returned) = mpsc::channel();
-        let span = tracing::Span::current();
-        let feeder = scope.spawn(move || {
-            let _span = span.entered();
-            let steps = Steps::new(src_map.data(window.src()), window.src());
-            Feed::new(src, src_path, policy, items_tx, returned).run(steps);
-        });
-        let written = engine.consume(items, give_back);
-        // The feed stops once its channels close, which `consume` made sure of.
-        if let Err(panic) = feeder.join() {
-            std::panic::resume_unwind(panic);
-        }
-        written
-    })?;
+    for part in parts.into_iter().filter(|p| !p.is_empty()) {
+        let policy = Policy {
+            read_max,
+            user_space: &user_space,
+            buf_len: buf_len as usize,
+        };
+        pipeline(&mut engine, src_map, part, policy)?;
+    }
     if options.sync {
         engine.report.syscalls.fsync += 1;
         rustix::fs::fsync(dst).map_err(|e| Error::Sync {
@@ -225,6 +230,33 @@ pub(crate) fn run(job: Job<'_, '_>) -> Result<Report> {
     report.elapsed = started.elapsed();
     debug!(%report, "copy done");
     Ok(report)
+}
+
+/// Copies `part` of the window (SRC offsets): the feed walks SRC's map and reads ahead on a
+/// second thread, the engine writes on this one.
+fn pipeline(
+    engine: &mut Engine<'_, '_>,
+    src_map: &BlockMap<BorrowedFd<'_>>,
+    part: Range<u64>,
+    policy: Policy<'_>,
+) -> Result<()> {
+    let (src, src_path) = (engine.src, engine.src_path);
+    std::thread::scope(|scope| {
+        let (items_tx, items) = mpsc::sync_channel(feed::POOL);
+        let (give_back, returned) = mpsc::channel();
+        let span = tracing::Span::current();
+        let feeder = scope.spawn(move || {
+            let _span = span.entered();
+            let steps = Steps::new(src_map.data(part.clone()), part);
+            Feed::new(src, src_path, policy, items_tx, returned).run(steps);
+        });
+        let written = engine.consume(items, give_back);
+        // The feed stops once its channels close, which `consume` made sure of.
+        if let Err(panic) = feeder.join() {
+            std::panic::resume_unwind(panic);
+        }
+        written
+    })
 }
 
 /// A forward walk over DST's data ranges, answering "which parts of this range hold data"
@@ -460,17 +492,95 @@ impl Engine<'_, '_> {
         self.copy(src)
     }
 
-    /// With [`Reflink::Always`]: reflinks the first whole blocks of data before anything is
-    /// written, so that a filesystem that cannot share fails the copy with DST untouched.
+    /// Reflinks the first whole blocks of data before anything else is written: the probe of
+    /// whether this filesystem shares extents at all. With [`Reflink::Always`] a filesystem
+    /// that cannot share fails the copy with DST untouched; with [`Reflink::Auto`] reflinking
+    /// is given up for the whole copy.
     fn prelink(&mut self, src_map: &BlockMap<BorrowedFd<'_>>) -> Result<()> {
         for r in src_map.data(self.window.src()) {
             let blocks = cut(r?, self.bs).blocks;
             if !blocks.is_empty() {
                 let blocks = blocks.start..blocks.end.min(blocks.start + KERNEL_CHUNK);
-                self.ficlonerange(&blocks)?;
-                debug!(?blocks, "reflink works here");
-                self.prelinked = Some(blocks);
+                if self.ficlonerange(&blocks)? {
+                    debug!(?blocks, "reflink works here");
+                    self.prelinked = Some(blocks);
+                }
                 return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Reflinks all the window's whole blocks with a few `FICLONERANGE` calls (one per GiB),
+    /// holes and all, as `cp --reflink` does: the kernel walks the extents, not us. Returns
+    /// the SRC range cloned, or `None` when the window is left to range-by-range copying:
+    /// SRC mapped without FIEMAP, or holding preallocated extents there (a clone would share
+    /// them as allocated space where DST must have holes).
+    fn clone_window(&mut self, src_map: &BlockMap<BorrowedFd<'_>>) -> Result<Option<Range<u64>>> {
+        let span = round_in(self.window.src(), self.bs);
+        if span.is_empty() || src_map.backend() != blockmap_core::Backend::Fiemap {
+            return Ok(None);
+        }
+        // What is cloned, counted as a copy would: data and holes, bytes and ranges.
+        let (mut data, mut data_ranges, mut hole_ranges, mut pos) = (0, 0, 0, span.start);
+        for e in src_map.extents(span.clone()) {
+            let e = e?;
+            if e.is_unwritten() {
+                debug!(extent = ?e.logical, "preallocated extent in SRC: reflinking range by range");
+                return Ok(None);
+            }
+            let r = e.logical.start.max(pos)..e.logical.end.min(span.end);
+            if r.is_empty() {
+                continue;
+            }
+            data += r.end - r.start;
+            if r.start > pos || data_ranges == 0 {
+                data_ranges += 1;
+            }
+            hole_ranges += u64::from(r.start > pos);
+            pos = r.end;
+        }
+        hole_ranges += u64::from(pos < span.end);
+        let mut at = span.start;
+        while at < span.end {
+            let piece = at..span.end.min(at + KERNEL_CHUNK);
+            if !self.ficlonerange(&piece)? {
+                if at == span.start {
+                    return Ok(None);
+                }
+                // It cloned the first GiB of these same two files.
+                return Err(Error::Reflink {
+                    src: self.src_path.to_owned(),
+                    dst: self.dst_path.to_owned(),
+                    offset: self.window.dst_offset(at),
+                    source: io::Error::other("the filesystem stopped sharing extents midway"),
+                });
+            }
+            at = piece.end;
+        }
+        self.prelinked = None;
+        let holes = (span.end - span.start) - data;
+        debug!(?span, data, data_ranges, "window reflinked whole");
+        self.report.data_bytes += data;
+        self.report.data_ranges += data_ranges;
+        self.report.hole_bytes += holes;
+        self.report.hole_ranges += hole_ranges;
+        self.transferred(Transfer::Reflink, data);
+        self.advance(holes);
+        Ok(Some(span))
+    }
+
+    /// Undoes the probe's reflink when the window is copied range by range under
+    /// [`Reflink::Auto`]: that range may be too small to reflink, and writing over shared
+    /// blocks would cost copy-on-write allocations beyond the data. The blocks become a hole
+    /// again, to be filled by the copy like any other.
+    fn unprobe(&mut self) -> Result<()> {
+        if let Some(blocks) = self.prelinked.take() {
+            let dst = self.dst_range(&blocks);
+            let mode = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+            if !self.fallocate(mode, &dst)? {
+                // The copy writes over it all the same; only the allocation is less tidy.
+                debug!(?dst, "cannot punch the probe's reflink");
             }
         }
         Ok(())

@@ -3,6 +3,7 @@
 //! same progress bar and one summary line as `blockmap copy`.
 
 use std::io::{self, IsTerminal, Write};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -63,17 +64,31 @@ fn create(args: &BmapCreateArgs) -> Result<()> {
 }
 
 fn copy(args: &BmapCopyArgs) -> Result<()> {
-    let bmap_path = match &args.bmap {
-        Some(p) => p.clone(),
-        None => bmap::find_bmap(&args.image)?,
+    let (bmap, bmap_path) = if args.nobmap {
+        if bmap::Compression::of(&args.image)? != bmap::Compression::None {
+            bail!(
+                "{}: --nobmap needs an uncompressed image (its block map stands for the bmap)",
+                args.image.display()
+            );
+        }
+        let options = CreateOptions {
+            checksums: false,
+            ..CreateOptions::default()
+        };
+        (bmap::create(&args.image, &options)?, PathBuf::from("-"))
+    } else {
+        let path = match &args.bmap {
+            Some(p) => p.clone(),
+            None => bmap::find_bmap(&args.image)?,
+        };
+        if path == args.image {
+            bail!(
+                "{}: given as both the image and its bmap file; give the image",
+                args.image.display()
+            );
+        }
+        (Bmap::read(&path)?, path)
     };
-    if bmap_path == args.image {
-        bail!(
-            "{}: given as both the image and its bmap file; give the image",
-            args.image.display()
-        );
-    }
-    let bmap = Bmap::read(&bmap_path)?;
 
     let show_progress = !args.no_progress && (args.progress || io::stderr().is_terminal());
     let bar = show_progress.then(progress_bar);
@@ -94,10 +109,11 @@ fn copy(args: &BmapCopyArgs) -> Result<()> {
         bar.finish_and_clear();
     }
     let report = result?;
-    let _ = writeln!(
-        io::stderr().lock(),
-        "blockmap: {report} (bmap {})",
-        bmap_path.display()
-    );
+    let source = if args.nobmap {
+        "no bmap: the image's own block map".to_owned()
+    } else {
+        format!("bmap {}", bmap_path.display())
+    };
+    let _ = writeln!(io::stderr().lock(), "blockmap: {report} ({source})");
     Ok(())
 }

@@ -71,8 +71,13 @@ pub(crate) struct BmapCreateArgs {
 )]
 pub(crate) struct BmapCopyArgs {
     /// The bmap file of the image.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "nobmap")]
     pub bmap: Option<PathBuf>,
+
+    /// Copy without a bmap: the image's own block map (uncompressed images only) says what
+    /// to write; nothing is verified.
+    #[arg(long)]
+    pub nobmap: bool,
 
     /// Do not verify the checksums of the ranges.
     #[arg(long)]

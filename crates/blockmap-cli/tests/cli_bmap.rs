@@ -108,6 +108,34 @@ fn copy_finds_the_bmap_and_equals_the_image() {
 }
 
 #[test]
+fn nobmap_copies_by_the_image_block_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path());
+    let dest = dir.path().join("d.img");
+    let out = blockmap(&["bmap", "copy", "--nobmap", s(&img), s(&dest)]);
+    assert_ok(&out);
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        summary.contains("not verified") && summary.contains("no bmap"),
+        "{summary}"
+    );
+    assert_eq!(std::fs::read(&img).unwrap(), std::fs::read(&dest).unwrap());
+    // Not with --bmap, not for a compressed image.
+    assert_fails(
+        &blockmap(&["bmap", "copy", "--nobmap", "--bmap", "x", s(&img), s(&dest)]),
+        2,
+        &["--bmap"],
+    );
+    let gz = dir.path().join("disk.img.gz");
+    std::fs::write(&gz, b"x").unwrap();
+    assert_fails(
+        &blockmap(&["bmap", "copy", "--nobmap", s(&gz), s(&dest)]),
+        1,
+        &["uncompressed"],
+    );
+}
+
+#[test]
 fn bad_inputs() {
     let dir = tempfile::tempdir().unwrap();
     let img = image(dir.path());

@@ -12,6 +12,8 @@
 //!   `src[skip, skip + len)` written at `seek`, as `dd bs=1 skip seek count conv=notrunc`
 //!   leaves it. A new destination may allocate no more than the blocks the source's data (by
 //!   the kernel's SEEK_DATA walk) lands in. The source must keep its bytes and mtime.
+//! - [`reflink_always_shares_or_refuses`]: on xfs and btrfs FIEMAP confirms that the blocks
+//!   are shared; elsewhere the copy is refused and nothing is written.
 //! - [`copies_onto_a_block_device`]: `$BLOCKMAP_FS_TEST_BLOCKDEV` filled with a pattern; data
 //!   lands, holes keep the pattern unless `--zero-holes`, the size never changes, and a window
 //!   past the device's end is refused before anything is written.
@@ -1227,6 +1229,162 @@ fn full_from(m: &Mount, tiny: &Path, cases: &mut u32) -> Result<(), String> {
     );
     src.compare_with(&file)
         .map_err(|e| format!("the source changed: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// --reflink always, by the filesystem's own account.
+
+/// `--reflink always` with skip and seek lined up: on xfs and btrfs (each to itself) the
+/// whole blocks of data are shared, which FIEMAP confirms with `FIEMAP_EXTENT_SHARED` on every
+/// extent under them; anywhere else (ext4, tmpfs, two filesystems) the copy is refused,
+/// naming the destination, and leaves an existing destination as it was and no new one.
+#[test]
+fn reflink_always_shares_or_refuses() {
+    const TEST: &str = "reflink_always_shares_or_refuses";
+    let Some(env) = fs_env(TEST) else { return };
+    let mut names: Vec<(&str, &str)> = env
+        .mounts
+        .iter()
+        .map(|m| (m.name.as_str(), m.name.as_str()))
+        .collect();
+    // Two filesystems that share extents, and two of the same kind: EXDEV.
+    names.extend([("xfs", "btrfs"), ("btrfs", "btrfs-zstd"), ("ext4", "xfs")]);
+    env.run_on_pairs(&env.pairs(&names), |pair, cases| {
+        let src_dir = pair.src.scratch(TEST);
+        let dst_dir = pair.dst.scratch(TEST);
+        let (src_path, file) = fresh_file(src_dir.path(), "src");
+        let mut src = Model::new();
+        // Unsynced (delayed allocation): the filesystem must write it back to share it.
+        let ops = [
+            Op::Write {
+                at: 0,
+                len: 256 * KIB + 100,
+                fill: Fill::Random(1),
+            },
+            // Ends 100 bytes into a block, at the end of the file.
+            Op::Write {
+                at: MIB,
+                len: 64 * KIB + 100,
+                fill: Fill::Random(2),
+            },
+        ];
+        for op in ops {
+            apply(&file, &mut src, op)?;
+        }
+        let before = file.metadata().map_err(|e| e.to_string())?;
+        let plan = Plan {
+            skip: 0,
+            seek: MIB,
+            length: None,
+            len: src.len(),
+        };
+        let dests = [
+            DestPick::New,
+            DestPick::Filled {
+                delta: MIB as i64,
+                seed: 3,
+                sync: true,
+            },
+        ];
+        for (i, dest) in dests.iter().enumerate() {
+            let dst_path = dst_dir.path().join(format!("dst{i}"));
+            let what = format!("{dest:?}");
+            reflink_always_case(pair, &src_path, &src, &dst_path, dest, &plan)
+                .map_err(|e| format!("{what}: {e}"))?;
+            let _ = std::fs::remove_file(&dst_path);
+            *cases += 1;
+        }
+        let after = file.metadata().map_err(|e| e.to_string())?;
+        ensure!(
+            (after.mtime(), after.mtime_nsec()) == (before.mtime(), before.mtime_nsec()),
+            "the source's mtime changed"
+        );
+        src.compare_with(&file)
+            .map_err(|e| format!("the source changed: {e}"))
+    });
+}
+
+fn reflink_always_case(
+    pair: &Pair,
+    src_path: &Path,
+    src: &Model,
+    dst_path: &Path,
+    dest: &DestPick,
+    plan: &Plan,
+) -> Result<(), String> {
+    let old = make_dest(dst_path, dest, plan.seek + plan.len)?;
+    let opts = Options::new().reflink(Reflink::Always);
+    match cli_copy(src_path, dst_path, plan, &opts)? {
+        Ok(report) => {
+            ensure!(
+                pair.same_fs() && shares(&pair.dst),
+                "succeeded where nothing can be shared: {report}"
+            );
+            // The blocks of the two writes: the block the first ends in is data too (the
+            // rest of it reads as zeros), the 100 bytes at the end of the file are copied.
+            let shared = [0..260 * KIB, MIB..MIB + 64 * KIB];
+            let reflinked = field(&report, "reflinked_bytes")?;
+            ensure!(
+                reflinked == total(&shared) && field(&report, "data_bytes")? == reflinked + 100,
+                "{reflinked} bytes reflinked, expected {} and 100 bytes copied: {report}",
+                total(&shared)
+            );
+            let dst = File::open(dst_path).map_err(|e| e.to_string())?;
+            let map = blockmap_core::BlockMap::new(
+                &dst,
+                blockmap_core::BackendChoice::Only(blockmap_core::Backend::Fiemap),
+            )
+            .map_err(|e| format!("FIEMAP of the destination: {e}"))?;
+            for r in &shared {
+                let landed = plan.landed(r);
+                let extents = map
+                    .extents(landed.clone())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("FIEMAP of the destination: {e}"))?;
+                let covered = merged(extents.iter().map(|e| e.logical.clone()).collect());
+                ensure!(
+                    common::covered(&covered, &landed),
+                    "the destination's extents {covered:?} do not cover {landed:?}"
+                );
+                let not_shared: Vec<_> = extents
+                    .iter()
+                    .filter(|e| e.flags & fiemap_sys::FIEMAP_EXTENT_SHARED == 0)
+                    .collect();
+                ensure!(
+                    not_shared.is_empty(),
+                    "extents under the reflinked {landed:?} are not shared: {not_shared:?}"
+                );
+            }
+            dd_model(old.as_ref(), src, plan)
+                .compare_with(&dst)
+                .map_err(|e| format!("destination: {e}"))
+        }
+        Err(message) => {
+            ensure!(
+                !(pair.same_fs() && shares(&pair.dst)),
+                "refused where blocks can be shared: {message}"
+            );
+            let dst_name = dst_path.to_string_lossy();
+            ensure!(
+                message.contains("reflink") && message.contains(&*dst_name),
+                "the refusal does not say reflink and {dst_name}: {message}"
+            );
+            match old {
+                Some(old) => {
+                    let dst = File::open(dst_path).map_err(|e| e.to_string())?;
+                    old.compare_with(&dst)
+                        .map_err(|e| format!("refused, yet changed the destination: {e}"))
+                }
+                None => {
+                    ensure!(
+                        std::fs::symlink_metadata(dst_path).is_err(),
+                        "refused, yet left behind the destination it created"
+                    );
+                    Ok(())
+                }
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1039,6 +1039,40 @@ fn blockdev_from(m: &Mount, dev: &Device<'_>, cases: &mut u32) -> Result<(), Str
         blockdev_case(&src_path, &src, &written, dev, c).map_err(|e| format!("{what}: {e}"))?;
         *cases += 1;
     }
+    // And random windows, anywhere on the device (some past its end). Zero detection only
+    // with --zero-holes, where its outcome does not depend on how blocks line up.
+    let strategy = (
+        0..=size,
+        0..end,
+        prop_oneof![Just(None), (0..=size).prop_map(Some)],
+        any::<bool>(),
+        any::<bool>(),
+    );
+    let config = Config {
+        cases: (common::cases_per_fs(64) / 8).max(1),
+        failure_persistence: None,
+        max_shrink_iters: 64,
+        ..Config::default()
+    };
+    let n = Cell::new(0u32);
+    let result = TestRunner::new(config).run(&strategy, |(skip, seek, length, zh, dz)| {
+        n.set(n.get() + 1);
+        blockdev_case(
+            &src_path,
+            &src,
+            &written,
+            dev,
+            &case(skip, seek, length, zh, zh && dz),
+        )
+        .map_err(TestCaseError::fail)
+    });
+    *cases += n.get();
+    result.map_err(|e| {
+        format!(
+            "{}: random windows (skip, seek, length, zero-holes, detect-zeros): {e}",
+            m.name
+        )
+    })?;
     let after = file.metadata().map_err(|e| e.to_string())?;
     ensure!(
         (after.mtime(), after.mtime_nsec()) == (before.mtime(), before.mtime_nsec()),

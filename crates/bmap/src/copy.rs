@@ -16,10 +16,12 @@ use crate::error::{Error, Result};
 use crate::format::{BlockRange, Bmap, human_size};
 use crate::source::{Compression, Source};
 
-/// Size of one chunk of data on its way from the image to the destination and the hasher.
-const CHUNK: usize = 2 << 20;
+/// Size of one chunk of data on its way from the image to the destination and the hasher:
+/// small enough to stay in a core's L2 cache (1 MiB here) between the `pread` that fills it
+/// and the `pwrite` that empties it, large enough that the syscalls cost nothing.
+const CHUNK: usize = 256 << 10;
 /// Chunks in flight: one being read and written, the others being hashed or waiting.
-const CHUNKS: usize = 4;
+const CHUNKS: usize = 8;
 
 /// Copies an image by its bmap: only the mapped ranges are read and written, each range's
 /// checksum is verified as its bytes pass (in a second thread, while the next chunk is read

@@ -99,6 +99,9 @@ fn hash_ranges(
     }
     .min(blocks.len())
     .max(1);
+    // Longest first, so that no thread is left alone with a big range at the end.
+    let mut order: Vec<usize> = (0..blocks.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(blocks[i].end - blocks[i].start));
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
@@ -109,8 +112,10 @@ fn hash_ranges(
                 let mut buf = vec![0u8; BUFFER];
                 let mut mine = Vec::new();
                 while !failed.load(Ordering::Relaxed) {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(r) = blocks.get(i) else { break };
+                    let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                        break;
+                    };
+                    let r = &blocks[i];
                     let bytes = from_blocks(r, bmap);
                     match hash_bytes(file, bytes.clone(), options.checksum_type, &mut buf) {
                         Ok(sum) => mine.push((i, sum)),

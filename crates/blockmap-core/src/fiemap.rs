@@ -31,6 +31,7 @@
 //! extents are data as they stand. No sync, no write-back: a preallocated file that was
 //! never written costs one extra `lseek` per unwritten extent.
 
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::os::fd::BorrowedFd;
 use std::path::Path;
@@ -224,15 +225,31 @@ fn trim_start(e: &mut Extent, start: u64) {
     }
 }
 
+/// Written extents held back behind a doubtful span, waiting to see whether another doubtful
+/// extent follows (then they join the span) or not (then they go out after it).
+const MAX_HELD: usize = 32;
+
 /// The data ranges of a window by FIEMAP, unmerged, with doubtful extents settled.
+///
+/// Doubtful extents close to each other are settled together: one SEEK walk over the span
+/// from the first to the last, written extents between them included (SEEK calls those data
+/// too). Settling each alone costs the kernel a walk from it to the next hole, which on a
+/// file whose unwritten extents are all in the page cache is the rest of the file: quadratic
+/// in the number of extents, minutes for a file of 131072 small ones.
 #[derive(Debug)]
 pub(crate) struct FiemapData<'a> {
     walk: ExtentWalk<'a>,
     window: Range<u64>,
     granule: u64,
-    /// The SEEK walk over a doubtful extent, when one is under way.
+    /// The SEEK walk over a doubtful span, when one is under way.
     settling: Option<DataSegments<BorrowedFd<'a>>>,
     settling_end: u64,
+    /// The doubtful span being gathered.
+    doubt: Option<Range<u64>>,
+    /// Written extents after `doubt`, not yet passed on.
+    held: VecDeque<Range<u64>>,
+    /// Written extents to pass on once the settling walk is done.
+    ready: VecDeque<Range<u64>>,
 }
 
 impl<'a> FiemapData<'a> {
@@ -243,17 +260,34 @@ impl<'a> FiemapData<'a> {
             granule,
             settling: None,
             settling_end: 0,
+            doubt: None,
+            held: VecDeque::new(),
+            ready: VecDeque::new(),
         }
     }
 
-    fn settle(&mut self, range: Range<u64>) {
-        trace!(?range, "settling a doubtful extent with SEEK_DATA");
+    /// Adds a doubtful range to the span: the written extents held since its end join it.
+    fn doubt(&mut self, range: Range<u64>) {
+        self.held.clear();
+        match &mut self.doubt {
+            Some(d) => d.end = d.end.max(range.end),
+            None => self.doubt = Some(range),
+        }
+    }
+
+    /// Starts settling the gathered span; the extents held after it follow.
+    fn settle(&mut self) {
+        let Some(range) = self.doubt.take() else {
+            return;
+        };
+        trace!(?range, "settling doubtful extents with SEEK_DATA");
         self.settling_end = range.end;
         self.settling = Some(DataSegments::with_granule(
             self.walk.fd,
             range,
             self.granule,
         ));
+        self.ready = std::mem::take(&mut self.held);
     }
 }
 
@@ -284,16 +318,29 @@ impl Iterator for FiemapData<'_> {
                     }
                 }
             }
-            match self.walk.next_piece()? {
-                Err(e) => return Some(Err(e)),
-                Ok(Piece::Unsettled(r)) => self.settle(r),
-                Ok(Piece::Extent(e)) => {
+            if let Some(r) = self.ready.pop_front() {
+                return Some(Ok(r));
+            }
+            match self.walk.next_piece() {
+                None if self.doubt.is_some() => self.settle(),
+                None => return None,
+                Some(Err(e)) => return Some(Err(e)),
+                Some(Ok(Piece::Unsettled(r))) => {
+                    self.doubt(r);
+                    self.settle();
+                }
+                Some(Ok(Piece::Extent(e))) => {
                     let Some(r) = clip(e.logical.clone(), &self.window) else {
                         continue;
                     };
                     trace!(?r, flags = e.flags, "extent");
                     if e.flags & FIEMAP_EXTENT_UNWRITTEN != 0 {
-                        self.settle(r);
+                        self.doubt(r);
+                    } else if self.doubt.is_some() {
+                        self.held.push_back(r);
+                        if self.held.len() > MAX_HELD {
+                            self.settle();
+                        }
                     } else {
                         return Some(Ok(r));
                     }

@@ -56,6 +56,26 @@ pub fn push(undo: Undo) {
     stack().push(undo);
 }
 
+/// How many steps are recorded now: a mark for [`unwind_to`].
+pub fn depth() -> usize {
+    stack().len()
+}
+
+/// Undoes the steps recorded since `mark` was taken with [`depth`], last first, and leaves the
+/// older ones for later: a task that sets up and tears down one filesystem after another
+/// (`cargo xtask compare`). Returns one line per step that did not go cleanly.
+pub fn unwind_to(mark: usize) -> Vec<String> {
+    let mut stack = stack();
+    let mut problems = Vec::new();
+    while stack.len() > mark {
+        let Some(undo) = stack.pop() else { break };
+        if let Err(e) = undo.run() {
+            problems.push(format!("{e:#}"));
+        }
+    }
+    problems
+}
+
 /// Unwinds the stack when dropped. Create it before the first [`push`].
 #[derive(Debug)]
 pub struct Guard(());

@@ -457,7 +457,7 @@ fn mount_tmpfs(mountpoint: &Path, size: &str) -> Result<()> {
 
 /// Runs a mount command and, if the mount point is now mounted (even when the command was
 /// interrupted after mounting), records it for clean-up.
-fn mount_with(mount: &mut Command, mountpoint: &Path) -> Result<()> {
+pub(crate) fn mount_with(mount: &mut Command, mountpoint: &Path) -> Result<()> {
     let result = cmd::run_captured(mount, Interruptible::Yes);
     if cleanup::mount_points().iter().any(|p| p == mountpoint) {
         cleanup::push(Undo::Unmount(mountpoint.to_owned()));
@@ -467,7 +467,7 @@ fn mount_with(mount: &mut Command, mountpoint: &Path) -> Result<()> {
 
 /// Creates a sparse image of `size` bytes and attaches it to a free loop device, which is
 /// recorded for clean-up. Returns the device.
-fn attach_loop(image: &Path, size: u64) -> Result<PathBuf> {
+pub(crate) fn attach_loop(image: &Path, size: u64) -> Result<PathBuf> {
     File::create_new(image)
         .and_then(|f| f.set_len(size))
         .with_context(|| format!("cannot create {}", image.display()))?;

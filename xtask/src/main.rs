@@ -6,6 +6,10 @@
 //!   and tmpfs on loop devices in a temporary directory, runs blockmap-cli's `tests/fs_*.rs`
 //!   against them, prints how many cases ran where, and undoes every mount and loop device it
 //!   made. Without root it says so and skips. See [`fs_test`].
+//! - `cargo xtask compare [--fs ext4,xfs,btrfs] [--workloads a,b,…] [--runs N]`: as root,
+//!   times `blockmap copy` and `blockmap map` against cp, dd, bmaptool, filefrag, xfs_io and
+//!   the reference module on loop-mounted filesystems, checks every copy, and writes the tables
+//!   into `benches/RESULTS.md`. See [`compare`].
 //! - `cargo xtask demo`: the main job on a sample it makes itself (see [`demo`]).
 //! - `cargo xtask ci`: `cargo fmt --check`, `cargo clippy -D warnings`, `cargo test
 //!   --workspace`, then `fs-test`; the command `.ci/run` runs and the README's "run every test".
@@ -22,6 +26,7 @@
 mod ci;
 mod cleanup;
 mod cmd;
+mod compare;
 mod demo;
 mod fs_test;
 mod report;
@@ -51,6 +56,10 @@ enum Task {
     /// Run blockmap-cli's filesystem tests (tests/fs_*.rs) on loop-mounted ext4, xfs, btrfs
     /// and tmpfs. Needs root; without it, says so and skips.
     FsTest(fs_test::Args),
+    /// Time blockmap against cp, dd, bmaptool, filefrag, xfs_io and the reference module on
+    /// loop-mounted ext4, xfs and btrfs (SPEC section 7); write the tables into
+    /// benches/RESULTS.md. Needs root; without it, says so and skips.
+    Compare(compare::Args),
     /// The main job on a sample made on the spot: build blockmap, make a sparse 1 GiB image
     /// under target/demo/ and map it.
     Demo,
@@ -63,6 +72,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::FsTest(args) => fs_test::run(&args).map(|_| ()),
+        Task::Compare(args) => compare::run(&args),
         Task::Ci => ci::run(),
         Task::Demo => demo::run(),
     };

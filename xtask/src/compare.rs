@@ -1,0 +1,686 @@
+//! `cargo xtask compare`: `blockmap copy` and `blockmap map` side by side with the tools people
+//! use instead, on real loop-mounted filesystems, in one interleaved run (SPEC section 7).
+//!
+//! As root, for each filesystem (`--fs`, default ext4,xfs,btrfs): a 16 GiB sparse image in a
+//! fresh directory under `$TMPDIR` (else `/var/tmp`), a loop device, `mkfs`, a mount. On it the
+//! workloads (`--workloads`, see [`workloads`]) are made, and for each workload:
+//!
+//! 1. a bmap is made with `bmaptool create` (untimed);
+//! 2. a warm-up: every tool once, in table order, each copy checked, with `cmp` too;
+//! 3. `--runs` timed runs, round-robin over the tools (the first tool moves by one each run,
+//!    so none always follows the same neighbour). A tool whose warm-up took longer than
+//!    `--slow` seconds gets only `--slow-runs` runs; one that hits `--timeout` is not run
+//!    again and is reported as such.
+//!
+//! Copies go to a new file on the same filesystem, checked after every run (outside the
+//! timing: see [`tools::check_copy`]), then removed, and the filesystem is synced before the
+//! next command so that no command pays for another's write-back. Nothing is dropped from
+//! the page cache: warm-cache numbers, as SPEC section 7 quotes them.
+//!
+//! The result is a Markdown table per filesystem (median, min and max wall seconds, the ratio
+//! of the median to blockmap's, allocated MiB of the copy, peak RSS, check), printed, written
+//! to `target/compare-report.md` and into `benches/RESULTS.md` between its `compare` markers
+//! (unless `--no-results`), with the command, the machine and the date. Every mount and loop
+//! device is undone by [`crate::cleanup`], also on failure or Ctrl-C.
+
+mod tools;
+mod workloads;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::builder::PossibleValuesParser;
+
+use crate::cleanup::{self, Undo};
+use crate::cmd::{self, Interruptible, find_program};
+use crate::fs_test;
+use tools::{Measured, Op, Setup, TOOLS, Tool};
+use workloads::Source;
+
+/// The filesystems compare knows: name, mkfs, its arguments.
+const FILESYSTEMS: &[(&str, &str, &[&str])] = &[
+    ("ext4", "mkfs.ext4", &["-F", "-q"]),
+    ("xfs", "mkfs.xfs", &["-f", "-q"]),
+    ("btrfs", "mkfs.btrfs", &["-f", "-q"]),
+];
+/// The size of each filesystem's sparse image: the workloads take about 4 GiB plus one copy.
+const IMAGE_SIZE: u64 = 16 << 30;
+/// The prefix of compare's temporary directories.
+const DIR_PREFIX: &str = "blockmap-compare-";
+/// Where the reference module is read from (copied at run time, never vendored).
+const REFERENCE: &str = "/work/shared/reference/filemap.py";
+/// Markers of the generated section of `benches/RESULTS.md`.
+const BEGIN: &str = "<!-- compare:begin (written by `cargo xtask compare`) -->";
+const END: &str = "<!-- compare:end -->";
+
+/// Arguments of `cargo xtask compare`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Filesystems to compare on (comma separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "FS,...",
+        default_value = "ext4,xfs,btrfs",
+        value_parser = PossibleValuesParser::new(FILESYSTEMS.iter().map(|f| f.0)),
+    )]
+    pub fs: Vec<String>,
+    /// Workloads (comma separated; default all).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "NAME,...",
+        value_parser = PossibleValuesParser::new(workloads::NAMES),
+    )]
+    pub workloads: Vec<String>,
+    /// Timed runs per tool and workload, after one warm-up run.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
+    /// A tool whose warm-up took longer than this (seconds) gets only `--slow-runs` runs.
+    #[arg(long, default_value_t = 4.0, value_name = "SECS")]
+    pub slow: f64,
+    /// Timed runs of a slow tool.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub slow_runs: u32,
+    /// Kill a command after this many seconds (and run it no more on that workload).
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub timeout: u64,
+    /// The reference module (copied into the temporary directory at run time).
+    #[arg(long, default_value = REFERENCE, value_name = "PATH")]
+    pub reference: PathBuf,
+    /// Do not rewrite the compare section of benches/RESULTS.md.
+    #[arg(long)]
+    pub no_results: bool,
+}
+
+/// The programs compare runs and the Debian packages that ship them.
+const PROGRAMS: &[(&str, &str)] = &[
+    ("losetup", "mount"),
+    ("mount", "mount"),
+    ("umount", "mount"),
+    ("mkfs.ext4", "e2fsprogs"),
+    ("filefrag", "e2fsprogs"),
+    ("mkfs.xfs", "xfsprogs"),
+    ("xfs_io", "xfsprogs"),
+    ("mkfs.btrfs", "btrfs-progs"),
+    ("bmaptool", "bmap-tools"),
+    ("time", "time"),
+    ("python3", "python3"),
+    ("cmp", "diffutils"),
+    ("cp", "coreutils"),
+    ("dd", "coreutils"),
+];
+
+static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/// Seconds since the start, for the progress lines.
+fn at() -> String {
+    format!(
+        "[{:4.0} s]",
+        STARTED.get_or_init(Instant::now).elapsed().as_secs_f64()
+    )
+}
+
+/// Runs `cargo xtask compare`.
+pub fn run(args: &Args) -> Result<()> {
+    let started = *STARTED.get_or_init(Instant::now);
+    if !rustix::process::geteuid().is_root() {
+        println!("compare: needs root to create loop devices and mount; skipped");
+        return Ok(());
+    }
+    install_missing_programs()?;
+    let workloads: Vec<&'static str> = workloads::NAMES
+        .iter()
+        .copied()
+        .filter(|w| args.workloads.is_empty() || args.workloads.iter().any(|a| a == w))
+        .collect();
+    cleanup::install_signal_handler()?;
+
+    println!("compare: {} building blockmap (release)", at());
+    let mut build = Command::new(crate::cargo());
+    build
+        .current_dir(crate::project_root())
+        .args(["build", "--release", "-p", "blockmap-cli"]);
+    let status = cmd::run_inherited(&mut build)?;
+    cleanup::check_interrupted()?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", cmd::describe(&build));
+    }
+    let blockmap = crate::target_dir().join("release/blockmap");
+
+    let guard = cleanup::Guard::new();
+    let result = compare_all(args, &workloads, &blockmap);
+    let problems = guard.finish();
+    for p in &problems {
+        eprintln!("compare: cleanup: {p}");
+    }
+    cleanup::check_interrupted()?;
+    let results = result?;
+    if !problems.is_empty() {
+        bail!("cleanup failed: {}", problems.join("; "));
+    }
+
+    let total = started.elapsed();
+    let report = render(args, &results, total);
+    println!("\n{report}");
+    let path = crate::target_dir().join("compare-report.md");
+    fs::create_dir_all(crate::target_dir())?;
+    fs::write(&path, &report).with_context(|| format!("cannot write {}", path.display()))?;
+    println!("compare: report written to {}", path.display());
+    if !args.no_results {
+        let results_md = crate::project_root().join("benches/RESULTS.md");
+        write_results(&results_md, &report)?;
+        println!("compare: section replaced in {}", results_md.display());
+    }
+    println!("compare: total {:.0} s", total.as_secs_f64());
+    Ok(())
+}
+
+/// apt-get installs whatever is missing (`apt-get update` once, first).
+fn install_missing_programs() -> Result<()> {
+    let mut packages: Vec<&str> = PROGRAMS
+        .iter()
+        .filter(|(program, _)| find_program(program).is_none())
+        .map(|(_, package)| *package)
+        .collect();
+    packages.dedup();
+    if packages.is_empty() {
+        return Ok(());
+    }
+    println!("compare: {} installing {}", at(), packages.join(" "));
+    let mut update = Command::new(cmd::program("apt-get"));
+    update.args(["update", "-q"]);
+    cmd::run_captured(&mut update, Interruptible::Yes)?;
+    let mut install = Command::new(cmd::program("apt-get"));
+    install
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&packages)
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    cmd::run_captured(&mut install, Interruptible::Yes)?;
+    let still: Vec<&str> = PROGRAMS
+        .iter()
+        .map(|(program, _)| *program)
+        .filter(|program| find_program(program).is_none())
+        .collect();
+    if !still.is_empty() {
+        bail!("still missing after apt-get install: {}", still.join(", "));
+    }
+    Ok(())
+}
+
+/// Everything measured on one filesystem.
+#[derive(Debug)]
+struct FsResult {
+    fs: String,
+    sources: Vec<SourceInfo>,
+    rows: Vec<Row>,
+}
+
+#[derive(Debug)]
+struct SourceInfo {
+    name: &'static str,
+    size: u64,
+    data_bytes: u64,
+    segments: usize,
+    allocated: u64,
+    made_secs: f64,
+}
+
+/// One line of a table: a tool on a workload.
+#[derive(Debug)]
+struct Row {
+    workload: &'static str,
+    tool: Tool,
+    /// Wall seconds of the timed runs.
+    secs: Vec<f64>,
+    rss_kib: u64,
+    /// Allocated bytes of the copies (the largest seen).
+    allocated: Option<u64>,
+    /// Check failures and command failures, first of each kind.
+    failures: Vec<String>,
+    /// Why the tool was not run at all, or stopped.
+    note: Option<String>,
+}
+
+fn compare_all(args: &Args, workloads: &[&'static str], blockmap: &Path) -> Result<Vec<FsResult>> {
+    let base = std::env::var_os("TMPDIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| PathBuf::from("/var/tmp"), PathBuf::from);
+    let tmp = tempfile::Builder::new()
+        .prefix(DIR_PREFIX)
+        .tempdir_in(&base)
+        .with_context(|| format!("cannot create a temporary directory in {}", base.display()))?;
+    let dir = tmp.path().canonicalize()?;
+    cleanup::push(Undo::RemoveDir(tmp));
+    let reference = if args.reference.is_file() {
+        let copy = dir.join("reference").join("filemap.py");
+        fs::create_dir_all(copy.parent().expect("a file in a directory"))?;
+        fs::copy(&args.reference, &copy)
+            .with_context(|| format!("cannot copy {}", args.reference.display()))?;
+        Some(copy)
+    } else {
+        eprintln!(
+            "compare: {} not found; the reference module's rows are skipped",
+            args.reference.display()
+        );
+        None
+    };
+    let mut results = Vec::new();
+    for (fs_name, mkfs, mkfs_args) in FILESYSTEMS
+        .iter()
+        .filter(|f| args.fs.iter().any(|a| a == f.0))
+    {
+        cleanup::check_interrupted()?;
+        let mark = cleanup::depth();
+        let scratch = dir.join(fs_name);
+        fs::create_dir_all(&scratch)?;
+        let mountpoint = dir.join("mnt").join(fs_name);
+        fs::create_dir_all(&mountpoint)?;
+        let image = scratch.join("fs.img");
+        let device = fs_test::attach_loop(&image, IMAGE_SIZE)?;
+        let mut make = Command::new(cmd::program(mkfs));
+        make.args(*mkfs_args).arg(&device);
+        cmd::run_captured(&mut make, Interruptible::Yes)?;
+        let mut mount = Command::new(cmd::program("mount"));
+        mount.args(["-t", fs_name]).arg(&device).arg(&mountpoint);
+        fs_test::mount_with(&mut mount, &mountpoint)?;
+        println!(
+            "compare: {fs_name} on {} at {}",
+            device.display(),
+            mountpoint.display()
+        );
+        let setup = Setup {
+            blockmap: blockmap.to_owned(),
+            time: cmd::program("time"),
+            reference: reference.clone(),
+            scratch: scratch.clone(),
+            fs: fs_name.to_string(),
+            timeout: Duration::from_secs(args.timeout),
+        };
+        let result = compare_on(args, &setup, workloads, &mountpoint);
+        // Unmount and detach now: the next filesystem gets the space and the memory.
+        let problems = cleanup::unwind_to(mark);
+        let _ = fs::remove_file(&image);
+        let result = result?;
+        if !problems.is_empty() {
+            bail!("cleanup of {fs_name} failed: {}", problems.join("; "));
+        }
+        results.push(result);
+    }
+    Ok(results)
+}
+
+fn compare_on(
+    args: &Args,
+    setup: &Setup,
+    workloads: &[&'static str],
+    mountpoint: &Path,
+) -> Result<FsResult> {
+    let mut result = FsResult {
+        fs: setup.fs.clone(),
+        sources: Vec::new(),
+        rows: Vec::new(),
+    };
+    let dst = mountpoint.join("copy.img");
+    for &name in workloads {
+        cleanup::check_interrupted()?;
+        let made = Instant::now();
+        let src = workloads::make(name, mountpoint, &setup.scratch)
+            .with_context(|| format!("cannot make the {name} workload on {}", setup.fs))?;
+        let made_secs = made.elapsed().as_secs_f64();
+        println!(
+            "compare: {} {}/{name}: {} data segments, {} MiB data of {} MiB, made in {made_secs:.1} s",
+            at(),
+            setup.fs,
+            src.data.len(),
+            src.data_bytes() >> 20,
+            src.size >> 20
+        );
+        result.sources.push(SourceInfo {
+            name,
+            size: src.size,
+            data_bytes: src.data_bytes(),
+            segments: src.data.len(),
+            allocated: src.allocated,
+            made_secs,
+        });
+        let mut bmap = Command::new(cmd::program("bmaptool"));
+        bmap.args(["--quiet", "create", "-o"])
+            .arg(setup.bmap_of(&src))
+            .arg(&src.path);
+        let bmap_started = Instant::now();
+        cmd::run_captured(&mut bmap, Interruptible::Yes)?;
+        println!(
+            "compare: {} {}/{name}: bmaptool create took {:.1} s (untimed)",
+            at(),
+            setup.fs,
+            bmap_started.elapsed().as_secs_f64()
+        );
+        result
+            .rows
+            .extend(measure_workload(args, setup, &src, &dst, mountpoint)?);
+        // The source is done with: free its space for the next one.
+        fs::remove_file(&src.path)?;
+        sync(mountpoint)?;
+    }
+    Ok(result)
+}
+
+/// The warm-up and the interleaved runs of every tool on one workload.
+fn measure_workload(
+    args: &Args,
+    setup: &Setup,
+    src: &Source,
+    dst: &Path,
+    mountpoint: &Path,
+) -> Result<Vec<Row>> {
+    let mut rows: Vec<Row> = TOOLS
+        .iter()
+        .map(|&tool| Row {
+            workload: src.name,
+            tool,
+            secs: Vec::new(),
+            rss_kib: 0,
+            allocated: None,
+            failures: Vec::new(),
+            note: tool.skip_reason(src.name, setup),
+        })
+        .collect();
+    let mut wanted = vec![0u32; rows.len()];
+    // The warm-up, with `cmp` on every copy (not on the 1 TiB file).
+    for (i, row) in rows.iter_mut().enumerate() {
+        if row.note.is_some() {
+            continue;
+        }
+        let m = run_one(setup, row, src, dst, mountpoint, src.name != "tera")?;
+        wanted[i] = if m.timed_out {
+            row.note = Some(format!("skipped: >{} s (warm-up timed out)", args.timeout));
+            0
+        } else if m.secs > args.slow {
+            args.runs.min(args.slow_runs)
+        } else {
+            args.runs
+        };
+        // The warm-up's time is not a sample; what it found wrong stays.
+        row.secs.clear();
+    }
+    let n = rows.len();
+    for run in 0..args.runs.max(1) as usize {
+        for k in 0..n {
+            let i = (run + k) % n;
+            let row = &mut rows[i];
+            if row.note.is_some() || row.secs.len() >= wanted[i] as usize {
+                continue;
+            }
+            let m = run_one(setup, row, src, dst, mountpoint, false)?;
+            if m.timed_out {
+                row.note = Some(format!("stopped: a run took >{} s", args.timeout));
+            }
+        }
+    }
+    for row in &rows {
+        println!(
+            "compare: {} {}/{}: {:<28} {}",
+            at(),
+            setup.fs,
+            src.name,
+            row.tool.name,
+            row.note.clone().unwrap_or_else(|| format!(
+                "median {:.3} s of {}{}",
+                median(&row.secs),
+                row.secs.len(),
+                if row.failures.is_empty() {
+                    ""
+                } else {
+                    "  FAIL"
+                }
+            ))
+        );
+    }
+    Ok(rows)
+}
+
+/// Times one run of `row.tool`, checks a copy, removes it and syncs the filesystem.
+fn run_one(
+    setup: &Setup,
+    row: &mut Row,
+    src: &Source,
+    dst: &Path,
+    mountpoint: &Path,
+    full_cmp: bool,
+) -> Result<Measured> {
+    cleanup::check_interrupted()?;
+    let command = row.tool.command(setup, src, dst);
+    let m = tools::measure(setup, &command)?;
+    row.secs.push(m.secs);
+    row.rss_kib = row.rss_kib.max(m.rss_kib.unwrap_or(0));
+    let mut failure = m.failure.clone();
+    if row.tool.op == Op::Copy {
+        if failure.is_none() {
+            let checked = tools::check_copy(src, dst, full_cmp)
+                .with_context(|| format!("cannot check the copy of {}", row.tool.name))?;
+            row.allocated = Some(row.allocated.unwrap_or(0).max(checked.allocated));
+            failure = checked.failure;
+        }
+        match fs::remove_file(dst) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("cannot remove {}", dst.display()));
+            }
+            _ => {}
+        }
+    }
+    if let Some(f) = failure
+        && !m.timed_out
+        && !row.failures.contains(&f)
+    {
+        eprintln!(
+            "compare: {} {}/{}: {}: {f}",
+            at(),
+            setup.fs,
+            src.name,
+            row.tool.name
+        );
+        row.failures.push(f);
+    }
+    sync(mountpoint)?;
+    Ok(m)
+}
+
+/// `syncfs` on the filesystem under test.
+fn sync(mountpoint: &Path) -> Result<()> {
+    let dir = fs::File::open(mountpoint)?;
+    rustix::fs::syncfs(&dir).with_context(|| format!("cannot sync {}", mountpoint.display()))?;
+    Ok(())
+}
+
+fn median(secs: &[f64]) -> f64 {
+    let mut v = secs.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+const MIB: f64 = (1u64 << 20) as f64;
+
+/// The report: command, machine, date, then per filesystem its workloads and its table.
+fn render(args: &Args, results: &[FsResult], total: Duration) -> String {
+    let mut out = String::new();
+    let command: Vec<String> = std::env::args().skip(1).collect();
+    let _ = writeln!(out, "Command: `cargo xtask {}`  ", command.join(" "));
+    let _ = writeln!(out, "Machine: {}  ", machine());
+    let _ = writeln!(out, "Date: {}  ", date());
+    let _ = writeln!(
+        out,
+        "Runs: {} timed per tool after one warm-up ({} for a tool whose warm-up took >{} s), \
+         round-robin over the tools; per-command timeout {} s. Total runtime: {:.0} s.",
+        args.runs,
+        args.runs.min(args.slow_runs),
+        args.slow,
+        args.timeout,
+        total.as_secs_f64()
+    );
+    let _ = writeln!(
+        out,
+        "\nWall seconds, warm cache, destination a new file on the same filesystem. Ratio = the \
+         tool's median / blockmap's (copy rows: `blockmap copy`; map rows: \
+         `blockmap map --json`); above 1 means blockmap is faster. Allocated = the copy's \
+         `st_blocks * 512`. Check: the copy equals SRC (every data range of either compared, \
+         plus `cmp` of the whole files after the warm-up, except on tera) and has no data where \
+         SRC has holes (by `SEEK_DATA`), else FAIL. Peak RSS from GNU `time -f %M`."
+    );
+    for r in results {
+        let _ = writeln!(out, "\n### {}\n", r.fs);
+        for s in &r.sources {
+            let _ = writeln!(
+                out,
+                "- `{}`: {}; {:.0} MiB of data in {} segments, {:.0} MiB allocated, size {} MiB \
+                 (made in {:.1} s)",
+                s.name,
+                workloads::describe(s.name),
+                s.data_bytes as f64 / MIB,
+                s.segments,
+                s.allocated as f64 / MIB,
+                s.size >> 20,
+                s.made_secs
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\n| workload | op | tool | runs | median s | min s | max s | ratio vs blockmap | \
+             allocated MiB | peak RSS MiB | check |"
+        );
+        let _ = writeln!(
+            out,
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+        );
+        let baselines: BTreeMap<(&str, &str), f64> = r
+            .rows
+            .iter()
+            .filter(|row| {
+                row.tool.name == "blockmap copy" || row.tool.name == "blockmap map --json"
+            })
+            .filter(|row| !row.secs.is_empty())
+            .map(|row| ((row.workload, row.tool.op.name()), median(&row.secs)))
+            .collect();
+        for row in &r.rows {
+            let _ = write!(
+                out,
+                "| {} | {} | {} |",
+                row.workload,
+                row.tool.op.name(),
+                row.tool.name
+            );
+            if row.secs.is_empty() {
+                let note = row.note.as_deref().unwrap_or("not run");
+                let _ = writeln!(out, " 0 | — | — | — | — | — | — | {note} |");
+                continue;
+            }
+            let med = median(&row.secs);
+            let min = row.secs.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = row.secs.iter().copied().fold(0.0, f64::max);
+            let ratio = baselines
+                .get(&(row.workload, row.tool.op.name()))
+                .map_or("—".to_string(), |b| format!("{:.2}", med / b));
+            let allocated = row
+                .allocated
+                .map_or("—".to_string(), |a| format!("{:.1}", a as f64 / MIB));
+            let check = match (row.failures.is_empty(), &row.note) {
+                (true, None) => "OK".to_string(),
+                (true, Some(note)) => note.clone(),
+                (false, _) => format!("**FAIL**: {}", row.failures.join("; ")),
+            };
+            let _ = writeln!(
+                out,
+                " {} | {} | {} | {} | {ratio} | {allocated} | {:.1} | {check} |",
+                row.secs.len(),
+                secs(med),
+                secs(min),
+                secs(max),
+                row.rss_kib as f64 / 1024.0
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nNotes: `bmaptool copy` is given the bmap made by `bmaptool create` beforehand \
+         (untimed); `bmaptool copy --nobmap` would copy every byte, holes included, and is not \
+         measured. The reference module is `/work/shared/reference/filemap.py`, copied at run \
+         time and imported by `python3` with `os.errno` patched back in; its rows include \
+         Python's start-up. `xfs_io` runs with `-r` (read-only) on every filesystem. \
+         `prealloc`: a read of an unwritten extent (`bmaptool create` reads every extent FIEMAP \
+         reports, unwritten ones included, before anything is timed) leaves zero pages in the \
+         page cache, and from then on the kernel's `SEEK_DATA` reports those ranges as data; \
+         so the segments listed above are the file as made, the tools that follow \
+         `SEEK_DATA` copy the whole GiB (zeros included), and the check compares against \
+         SRC's map at check time."
+    );
+    out
+}
+
+/// Three significant figures, at least three decimals below 1 s.
+fn secs(s: f64) -> String {
+    if s >= 10.0 {
+        format!("{s:.1}")
+    } else if s >= 1.0 {
+        format!("{s:.2}")
+    } else {
+        format!("{s:.3}")
+    }
+}
+
+fn machine() -> String {
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|k| k.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    let mem = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<u64>().ok())
+        })
+        .map_or(String::new(), |kib| format!(", {} GiB RAM", kib >> 20));
+    format!("nproc {nproc}, {cpu}, Linux {kernel}{mem}")
+}
+
+fn date() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Replaces the text between the compare markers of `path` (or appends the section).
+fn write_results(path: &Path, report: &str) -> Result<()> {
+    let old = fs::read_to_string(path)
+        .unwrap_or_else(|_| "# Benchmark results\n\n## `cargo xtask compare`\n\n".to_string());
+    let section = format!("{BEGIN}\n{report}{END}");
+    let new = match (old.find(BEGIN), old.find(END)) {
+        (Some(b), Some(e)) if b < e => {
+            format!("{}{section}{}", &old[..b], &old[e + END.len()..])
+        }
+        _ => format!("{}{section}\n", old),
+    };
+    fs::write(path, new).with_context(|| format!("cannot write {}", path.display()))
+}

@@ -1,0 +1,392 @@
+//! The commands `cargo xtask compare` times, how one run is timed (wall clock, peak RSS from
+//! GNU `time`, a per-command timeout), and how each copy is checked.
+
+use std::fs::File;
+use std::io;
+use std::ops::Range;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use rustix::process::{Pid, Signal, kill_process_group};
+
+use super::workloads::{self, Source};
+use crate::cleanup;
+use crate::cmd::{self, Interruptible};
+
+/// What a tool does to the source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Copies SRC to a new DST on the same filesystem.
+    Copy,
+    /// Maps SRC, output to /dev/null.
+    Map,
+}
+
+impl Op {
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Copy => "copy",
+            Op::Map => "map",
+        }
+    }
+}
+
+/// One tool, as shown in the tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tool {
+    pub op: Op,
+    pub name: &'static str,
+}
+
+/// The tools in table order; the first of each op is the baseline of the ratios.
+pub const TOOLS: &[Tool] = &[
+    Tool::copy("blockmap copy"),
+    Tool::copy("cp --sparse=auto"),
+    Tool::copy("cp --sparse=always"),
+    Tool::copy("dd conv=sparse"),
+    Tool::copy("bmaptool copy"),
+    Tool::copy("reference sparse_copy"),
+    Tool::map("blockmap map --json"),
+    Tool::map("blockmap map"),
+    Tool::map("filefrag -e"),
+    Tool::map("xfs_io fiemap"),
+    Tool::map("xfs_io seek -a -r 0"),
+    Tool::map("reference get_mapped_ranges"),
+];
+
+impl Tool {
+    const fn copy(name: &'static str) -> Tool {
+        Tool { op: Op::Copy, name }
+    }
+    const fn map(name: &'static str) -> Tool {
+        Tool { op: Op::Map, name }
+    }
+
+    /// Why this tool is not run on this workload, if it is not.
+    pub fn skip_reason(self, workload: &str, ctx: &Setup) -> Option<String> {
+        if self.name.starts_with("reference") && ctx.reference.is_none() {
+            return Some("skipped: the reference module was not found".into());
+        }
+        if self.name == "dd conv=sparse" && workload == "tera" {
+            // dd reads every byte, holes included: 1 TiB of zeros, minutes on this machine.
+            return Some("skipped: >60 s (reads the whole 1 TiB, holes included)".into());
+        }
+        None
+    }
+
+    /// The command line of one run; `dst` is the copy's destination (unused by maps).
+    pub fn command(self, ctx: &Setup, src: &Source, dst: &Path) -> Command {
+        let program = |name: &str| Command::new(cmd::program(name));
+        let mut c;
+        match self.name {
+            "blockmap copy" => {
+                c = Command::new(&ctx.blockmap);
+                c.arg("copy").arg(&src.path).arg(dst).arg("--no-progress");
+            }
+            "cp --sparse=auto" | "cp --sparse=always" => {
+                c = program("cp");
+                c.arg(&self.name[3..]).arg(&src.path).arg(dst);
+            }
+            "dd conv=sparse" => {
+                c = program("dd");
+                c.arg(arg_path("if=", &src.path))
+                    .arg(arg_path("of=", dst))
+                    .args(["conv=sparse", "bs=1M", "status=none"]);
+            }
+            "bmaptool copy" => {
+                c = program("bmaptool");
+                c.args(["--quiet", "copy", "--bmap"])
+                    .arg(ctx.bmap_of(src))
+                    .arg(&src.path)
+                    .arg(dst);
+            }
+            "reference sparse_copy" => {
+                c = python(ctx, REFERENCE_COPY);
+                c.arg(&src.path).arg(dst);
+            }
+            "blockmap map --json" | "blockmap map" => {
+                c = Command::new(&ctx.blockmap);
+                c.arg("map");
+                if self.name.ends_with("--json") {
+                    c.arg("--json");
+                }
+                c.arg(&src.path);
+            }
+            "filefrag -e" => {
+                c = program("filefrag");
+                c.arg("-e").arg(&src.path);
+            }
+            "xfs_io fiemap" | "xfs_io seek -a -r 0" => {
+                c = program("xfs_io");
+                c.args(["-r", "-c", &self.name[7..]]).arg(&src.path);
+            }
+            "reference get_mapped_ranges" => {
+                c = python(ctx, REFERENCE_MAP);
+                c.arg(&src.path);
+            }
+            other => unreachable!("no command for {other}"),
+        }
+        c
+    }
+}
+
+fn arg_path(prefix: &str, path: &Path) -> std::ffi::OsString {
+    let mut s = std::ffi::OsString::from(prefix);
+    s.push(path);
+    s
+}
+
+/// The reference module predates Python 3.7, which dropped `os.errno`: patch it back in, then
+/// import the module from the copy made at run time (argv[1] is its directory).
+const REFERENCE_PRELUDE: &str = "import errno, os, sys\nos.errno = errno\n\
+                                 sys.path.insert(0, sys.argv[1])\nimport filemap\n";
+const REFERENCE_COPY: &str = "filemap.sparse_copy(sys.argv[2], sys.argv[3])\n";
+const REFERENCE_MAP: &str = "fm = filemap.filemap(sys.argv[2])\n\
+                             n = sum(1 for _ in fm.get_mapped_ranges(0, fm.blocks_cnt))\n\
+                             print(n)\n";
+
+fn python(ctx: &Setup, body: &str) -> Command {
+    let mut c = Command::new(cmd::program("python3"));
+    let dir = ctx
+        .reference
+        .as_deref()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("."));
+    c.arg("-c")
+        .arg(format!("{REFERENCE_PRELUDE}{body}"))
+        .arg(dir);
+    c
+}
+
+/// What every run needs to know.
+#[derive(Debug)]
+pub struct Setup {
+    /// The release `blockmap` binary.
+    pub blockmap: PathBuf,
+    /// GNU time.
+    pub time: PathBuf,
+    /// The run-time copy of the reference module, if there is one.
+    pub reference: Option<PathBuf>,
+    /// Where bmap files and command stderr go (not on the filesystem under test).
+    pub scratch: PathBuf,
+    /// The fs under test's name (bmap file names).
+    pub fs: String,
+    pub timeout: Duration,
+}
+
+impl Setup {
+    pub fn bmap_of(&self, src: &Source) -> PathBuf {
+        self.scratch.join(format!("{}-{}.bmap", self.fs, src.name))
+    }
+}
+
+/// One timed run.
+#[derive(Debug)]
+pub struct Measured {
+    pub secs: f64,
+    pub rss_kib: Option<u64>,
+    /// `None` when the command exited 0; else what went wrong.
+    pub failure: Option<String>,
+    pub timed_out: bool,
+}
+
+/// Runs `c` under GNU time (for the peak RSS), with stdin and stdout on /dev/null, stderr
+/// kept in a file, killed (its whole process group) after the timeout. The wall time is
+/// taken around the whole, so it includes `time`'s own fork and exec, the same for every
+/// tool.
+pub fn measure(ctx: &Setup, c: &Command) -> Result<Measured> {
+    let rss_file = ctx.scratch.join("rss.txt");
+    let err_file = ctx.scratch.join("stderr.txt");
+    let mut timed = Command::new(&ctx.time);
+    timed
+        .args(["-f", "%M", "-o"])
+        .arg(&rss_file)
+        .arg(c.get_program())
+        .args(c.get_args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(&err_file)?)
+        .process_group(0);
+    let started = Instant::now();
+    let mut child = timed
+        .spawn()
+        .with_context(|| format!("cannot run `{}`", cmd::describe(c)))?;
+    let tracked = cleanup::track_child(&child);
+    let group = Pid::from_child(&child);
+    let (done, wait_done) = mpsc::channel::<()>();
+    let timeout = ctx.timeout;
+    let watchdog = thread::spawn(move || {
+        let expired = wait_done.recv_timeout(timeout) == Err(mpsc::RecvTimeoutError::Timeout);
+        if expired {
+            // ESRCH (it ended meanwhile) is fine.
+            let _ = kill_process_group(group, Signal::KILL);
+        }
+        expired
+    });
+    let status = child.wait();
+    let secs = started.elapsed().as_secs_f64();
+    drop(done);
+    drop(tracked);
+    let timed_out = watchdog.join().unwrap_or(false);
+    let status = status.with_context(|| format!("waiting for `{}`", cmd::describe(c)))?;
+    cleanup::check_interrupted()?;
+    let rss_kib = std::fs::read_to_string(&rss_file)
+        .ok()
+        .and_then(|s| s.lines().last().and_then(|l| l.trim().parse().ok()));
+    let failure = if timed_out {
+        Some(format!("timeout >{} s", timeout.as_secs()))
+    } else if status.success() {
+        None
+    } else {
+        let stderr = std::fs::read_to_string(&err_file).unwrap_or_default();
+        let first = stderr
+            .lines()
+            .find(|l| !l.starts_with("Command exited"))
+            .unwrap_or("");
+        Some(format!("{status}: {}", first.trim()))
+    };
+    Ok(Measured {
+        secs,
+        rss_kib,
+        failure,
+        timed_out,
+    })
+}
+
+/// The verdict on one copy.
+#[derive(Debug)]
+pub struct Checked {
+    /// `None` if DST equals SRC and has no data where SRC has holes.
+    pub failure: Option<String>,
+    /// DST's `st_blocks * 512`.
+    pub allocated: u64,
+}
+
+/// Checks DST against SRC without reading the holes of both: sizes equal; the bytes equal
+/// over every range that is data in either (outside those both read as zeros, by the kernel's
+/// word); and DST has no data where SRC has a hole now (a copy that filled holes fails).
+/// `full_cmp` also runs `cmp` on the whole files, an oracle independent of this code (never
+/// on the 1 TiB workload).
+pub fn check_copy(src: &Source, dst: &Path, full_cmp: bool) -> Result<Checked> {
+    let file =
+        File::open(dst).with_context(|| format!("cannot open the copy {}", dst.display()))?;
+    let meta = file.metadata()?;
+    let allocated = meta.blocks() * 512;
+    let verdict = |failure| Ok(Checked { failure, allocated });
+    if meta.len() != src.size {
+        return verdict(Some(format!("size {} instead of {}", meta.len(), src.size)));
+    }
+    let dst_data = workloads::data_ranges(&file, meta.len())?;
+    // SRC's map as it is now, not as it was made: reading an unwritten (preallocated) extent
+    // leaves zero pages in the page cache, and from then on SEEK_DATA calls it data.
+    let src_file = File::open(&src.path)?;
+    let src_data = workloads::data_ranges(&src_file, src.size)?;
+    let filled = bytes_outside(&dst_data, &src_data);
+    if let Some(at) = first_difference(&src_file, &file, &union(&src_data, &dst_data))? {
+        return verdict(Some(format!("differs from SRC at byte {at}")));
+    }
+    if full_cmp {
+        let mut c = Command::new(cmd::program("cmp"));
+        c.arg(&src.path).arg(dst);
+        let out = cmd::output(&mut c, Interruptible::Yes)?;
+        if !out.status.success() {
+            return verdict(Some(format!(
+                "cmp: {}",
+                String::from_utf8_lossy(&out.stdout).trim()
+            )));
+        }
+    }
+    if filled > 0 {
+        return verdict(Some(format!(
+            "filled holes: {:.1} MiB of data where SRC has holes",
+            filled as f64 / (1 << 20) as f64
+        )));
+    }
+    verdict(None)
+}
+
+/// Bytes of `a` not covered by `b` (both sorted, disjoint).
+fn bytes_outside(a: &[Range<u64>], b: &[Range<u64>]) -> u64 {
+    let mut outside = 0;
+    let mut j = 0;
+    for r in a {
+        let mut at = r.start;
+        while at < r.end {
+            while j < b.len() && b[j].end <= at {
+                j += 1;
+            }
+            match b.get(j) {
+                Some(cover) if cover.start <= at => at = cover.end.min(r.end),
+                Some(cover) if cover.start < r.end => {
+                    outside += cover.start - at;
+                    at = cover.start;
+                }
+                _ => {
+                    outside += r.end - at;
+                    at = r.end;
+                }
+            }
+        }
+    }
+    outside
+}
+
+/// The merged union of two sorted, disjoint range lists.
+fn union(a: &[Range<u64>], b: &[Range<u64>]) -> Vec<Range<u64>> {
+    let mut all: Vec<Range<u64>> = a.iter().chain(b).cloned().collect();
+    all.sort_by_key(|r| r.start);
+    let mut out: Vec<Range<u64>> = Vec::with_capacity(all.len());
+    for r in all {
+        match out.last_mut() {
+            Some(last) if last.end >= r.start => last.end = last.end.max(r.end),
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+/// The first offset inside `ranges` where the two files differ.
+fn first_difference(a: &File, b: &File, ranges: &[Range<u64>]) -> io::Result<Option<u64>> {
+    const CHUNK: u64 = 1 << 20;
+    let (mut x, mut y) = (vec![0u8; CHUNK as usize], vec![0u8; CHUNK as usize]);
+    for r in ranges {
+        let mut at = r.start;
+        while at < r.end {
+            let n = (r.end - at).min(CHUNK) as usize;
+            a.read_exact_at(&mut x[..n], at)?;
+            b.read_exact_at(&mut y[..n], at)?;
+            if x[..n] != y[..n] {
+                let i = x[..n].iter().zip(&y[..n]).position(|(p, q)| p != q);
+                return Ok(Some(at + i.unwrap_or(0) as u64));
+            }
+            at += n as u64;
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_outside_counts_the_uncovered_parts() {
+        // a: [0,10) [20,30)    b: [5,8) [25,40)
+        // uncovered: [0,5) [8,10) [20,25) = 5 + 2 + 5
+        assert_eq!(bytes_outside(&[0..10, 20..30], &[5..8, 25..40]), 12);
+        assert_eq!(bytes_outside(&[0..10], &[0..10]), 0);
+        assert_eq!(bytes_outside(&[0..10], &[]), 10);
+        assert_eq!(bytes_outside(&[], &[0..10]), 0);
+    }
+
+    #[test]
+    fn union_merges_touching_and_overlapping() {
+        assert_eq!(union(&[0..4, 10..12], &[4..6, 11..20]), vec![0..6, 10..20]);
+    }
+}

@@ -53,6 +53,16 @@ pub struct Source {
 }
 
 impl Source {
+    /// Walks SRC's data again. Needed after a tool read it: reading an unwritten
+    /// (preallocated) extent leaves zero pages in the page cache, and from then on the
+    /// kernel's SEEK_DATA calls that range data.
+    pub fn refresh(&mut self) -> Result<()> {
+        let file = File::open(&self.path)?;
+        self.data = data_ranges(&file, self.size)
+            .with_context(|| format!("cannot walk the data of {}", self.path.display()))?;
+        Ok(())
+    }
+
     pub fn data_bytes(&self) -> u64 {
         self.data.iter().map(|r| r.end - r.start).sum()
     }

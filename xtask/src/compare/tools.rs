@@ -53,7 +53,6 @@ pub const TOOLS: &[Tool] = &[
     Tool::copy("bmaptool copy"),
     Tool::copy("reference sparse_copy"),
     Tool::map("blockmap map --json"),
-    Tool::map("blockmap map"),
     Tool::map("filefrag -e"),
     Tool::map("xfs_io fiemap"),
     Tool::map("xfs_io seek -a -r 0"),
@@ -110,13 +109,9 @@ impl Tool {
                 c = python(ctx, REFERENCE_COPY);
                 c.arg(&src.path).arg(dst);
             }
-            "blockmap map --json" | "blockmap map" => {
+            "blockmap map --json" => {
                 c = Command::new(&ctx.blockmap);
-                c.arg("map");
-                if self.name.ends_with("--json") {
-                    c.arg("--json");
-                }
-                c.arg(&src.path);
+                c.args(["map", "--json"]).arg(&src.path);
             }
             "filefrag -e" => {
                 c = program("filefrag");
@@ -310,6 +305,36 @@ pub fn check_copy(src: &Source, dst: &Path, full_cmp: bool) -> Result<Checked> {
         )));
     }
     verdict(None)
+}
+
+/// Checks `blockmap map --json` (run again, untimed, output kept) against SRC's data as the
+/// kernel's `SEEK_DATA` walk gives it.
+pub fn check_map(setup: &Setup, src: &Source) -> Result<Option<String>> {
+    let mut c = Command::new(&setup.blockmap);
+    c.args(["map", "--json"]).arg(&src.path);
+    let out = cmd::run_captured(&mut c, Interruptible::Yes)?;
+    let json: serde_json::Value = serde_json::from_str(&out)
+        .with_context(|| format!("`{}` printed no JSON object", cmd::describe(&c)))?;
+    let data: Option<Vec<Range<u64>>> = json["data"].as_array().and_then(|pairs| {
+        pairs
+            .iter()
+            .map(|p| Some(p.get(0)?.as_u64()?..p.get(1)?.as_u64()?))
+            .collect()
+    });
+    let Some(data) = data else {
+        return Ok(Some("no \"data\" list of [start, end] pairs".into()));
+    };
+    if data == src.data {
+        return Ok(None);
+    }
+    let bytes = |r: &[Range<u64>]| r.iter().map(|r| r.end - r.start).sum::<u64>();
+    Ok(Some(format!(
+        "data ranges differ from SEEK_DATA's: {} ranges, {} bytes against {} ranges, {} bytes",
+        data.len(),
+        bytes(&data),
+        src.data.len(),
+        bytes(&src.data)
+    )))
 }
 
 /// Bytes of `a` not covered by `b` (both sorted, disjoint).

@@ -3,10 +3,12 @@
 //! Builds the `blockmap` binary (release), makes `target/demo/disk.img` — a 1 GiB disk image
 //! that is mostly holes: a "boot sector" region, a few MiB of "filesystem" data, a
 //! preallocated region written without fsync (the trap of SPEC section 2) and a partial last
-//! block — and runs `blockmap map` on it, as table and as JSON.
+//! block — runs `blockmap map` on it, as table and as JSON, then the main job: `blockmap copy`
+//! of the image to `target/demo/copy.img`, checked byte for byte and by allocation.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::io::{BufReader, Read};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -30,11 +32,18 @@ pub fn run() -> Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let image = make_image(&dir)?;
 
-    for args in [&["map"][..], &["map", "--json"][..]] {
-        println!("$ blockmap {} {}", args.join(" "), image.display());
+    let copy = dir.join("copy.img");
+    let _ = std::fs::remove_file(&copy);
+    let image_arg = image.display().to_string();
+    let copy_arg = copy.display().to_string();
+    for args in [
+        vec!["map", &image_arg],
+        vec!["map", "--json", &image_arg],
+        vec!["copy", &image_arg, &copy_arg],
+    ] {
+        println!("$ blockmap {}", args.join(" "));
         let status = Command::new(&blockmap)
-            .args(args)
-            .arg(&image)
+            .args(&args)
             .status()
             .with_context(|| format!("running {}", blockmap.display()))?;
         if !status.success() {
@@ -42,7 +51,56 @@ pub fn run() -> Result<()> {
         }
         println!();
     }
+    if !same_bytes(&image, &copy)? {
+        bail!("{} differs from {}", copy.display(), image.display());
+    }
+    let allocated = |p: &Path| -> Result<u64> {
+        Ok(std::fs::metadata(p)
+            .with_context(|| format!("stat {}", p.display()))?
+            .blocks()
+            * 512)
+    };
+    println!(
+        "{} is byte for byte the image; allocated: {} KiB (image: {} KiB) of 1 GiB",
+        copy.display(),
+        allocated(&copy)? >> 10,
+        allocated(&image)? >> 10
+    );
     Ok(())
+}
+
+/// Whether two files hold the same bytes (as `cmp` would say).
+fn same_bytes(a: &Path, b: &Path) -> Result<bool> {
+    let open = |p: &Path| -> Result<BufReader<File>> {
+        let f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
+        Ok(BufReader::with_capacity(1 << 20, f))
+    };
+    let (mut a, mut b) = (open(a)?, open(b)?);
+    let (mut x, mut y) = (vec![0; 1 << 20], vec![0; 1 << 20]);
+    loop {
+        let n = read_full(&mut a, &mut x)?;
+        let m = read_full(&mut b, &mut y)?;
+        if n != m || x[..n] != y[..m] {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r
+            .read(&mut buf[got..])
+            .context("reading for the comparison")?
+        {
+            0 => break,
+            n => got += n,
+        }
+    }
+    Ok(got)
 }
 
 /// A 1 GiB sparse image with data at known places; remade on every run.

@@ -196,6 +196,25 @@ fn dest_pick() -> impl Strategy<Value = DestPick> {
     ]
 }
 
+/// Many small extents: 20 to 300 short writes (some of zeros) anywhere in 4 MiB, then
+/// random ops: the engine reads close extents together, ahead of its writes.
+fn scattered_ops() -> impl Strategy<Value = Vec<Op>> {
+    let fill = prop_oneof![4 => common::fill(), 1 => Just(Fill::Zeros)];
+    let write = (common::offset(), 1..9000u64, fill).prop_map(|(at, len, fill)| Op::Write {
+        at,
+        len,
+        fill,
+    });
+    (
+        proptest::collection::vec(write, 20..300),
+        proptest::collection::vec(common::op(), 0..=4),
+    )
+        .prop_map(|(mut writes, more)| {
+            writes.extend(more);
+            writes
+        })
+}
+
 /// One random copy.
 #[derive(Debug, Clone)]
 struct Case {
@@ -225,7 +244,7 @@ fn case() -> impl Strategy<Value = Case> {
         ops
     });
     (
-        ops,
+        prop_oneof![3 => ops, 1 => scattered_ops()],
         skip_pick(),
         seek_pick(),
         length_pick(),
@@ -489,14 +508,15 @@ fn allocation_budget(plan: &Plan, data: &[Range<u64>], dst: &Mount, block: u64) 
     total(&merged(landed)) + meta
 }
 
-/// Runs one case: builds the source and the destination, copies, checks.
+/// Runs one case: builds the source and the destination, copies, checks. `Ok(true)`: it
+/// met the known defect that `copy_and_check` describes.
 fn run_case(
     pair: &Pair,
     src_dir: &Path,
     dst_dir: &Path,
     n: u32,
     case: &Case,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let (src_path, src_file) = fresh_file(src_dir, &format!("src{n}"));
     let mut src = Model::new();
     let mut skipped = Vec::new();
@@ -526,7 +546,7 @@ fn copy_and_check(
     src: &Model,
     dst_path: &Path,
     case: &Case,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let size = src.len();
     let nonzero = src.nonzero_runs();
     let skip = case.skip.resolve(size, &nonzero);
@@ -566,17 +586,50 @@ fn copy_and_check(
     } else {
         cli_copy(src_path, dst_path, &plan, &opts)?
     };
+    // Before the checks read the source again.
+    let kernel_after = kernel_walk(src_file)?.unwrap_or_else(|| vec![0..size]);
+    let kernel_after_in = clip(&kernel_after, &plan.src());
     let what = format!("{plan:?}, expected {expect:?}");
+    let mut known_bug = false;
     match outcome {
         Ok(report) => {
             ensure!(
                 !matches!(expect, Expect::Misaligned | Expect::CannotShare),
                 "{what}: the copy succeeded: {report}"
             );
+            // A known engine defect (reproduced by the ignored test
+            // `copy_reads_turn_source_holes_into_data`): the copy's own reads of the source
+            // put zero pages of its unwritten extents in the page cache before the engine's
+            // map has settled them, which then calls them data; the destination gets written
+            // zeros where the source has holes. Met by about one random case in a thousand
+            // (xfs and ext4 sources, copies through user space). Recognised only when every byte of
+            // the excess is data the source gained during the copy, and counted apart, as
+            // test `known_bug_copy_reads_fill_holes` in the report, rather than failing the
+            // run; the bytes are still checked.
+            let data = field(&report, "data_bytes")?;
+            known_bug = data > total(&kernel_in)
+                && data <= total(&kernel_after_in)
+                && common::first_uncovered(&kernel_after_in, &kernel_in).is_none();
+            if known_bug {
+                eprintln!(
+                    "{}: known engine defect met: {what}: data {data} > kernel {} before the \
+                     copy, {} after\n{}{:?}",
+                    pair.name(),
+                    total(&kernel_in),
+                    total(&kernel_after_in),
+                    OpList(&case.ops),
+                    case.dest
+                );
+            }
+            let kernel_in = if known_bug {
+                &kernel_after_in
+            } else {
+                &kernel_in
+            };
             let sizes = Sizes {
                 block,
                 nonzero: total(&nonzero_in),
-                kernel: total(&kernel_in),
+                kernel: total(kernel_in),
                 can_share: pair.same_fs() && shares(&pair.dst),
             };
             check_report(&report, &plan, case, &sizes).map_err(|e| format!("{what}: {e}"))?;
@@ -590,7 +643,7 @@ fn copy_and_check(
             let (data, kind) = if zeros_left_out {
                 (&nonzero_in, "non-zero bytes")
             } else {
-                (&kernel_in, "data")
+                (kernel_in, "data")
             };
             let budget = allocation_budget(&plan, data, &pair.dst, block);
             let allocated = dst.metadata().map_err(|e| format!("fstat: {e}"))?.blocks() * 512;
@@ -677,7 +730,8 @@ fn copy_and_check(
         "{what}: the source's mtime or size changed"
     );
     src.compare_with(src_file)
-        .map_err(|e| format!("{what}: the source changed: {e}"))
+        .map_err(|e| format!("{what}: the source changed: {e}"))?;
+    Ok(known_bug)
 }
 
 /// What the report's numbers are checked against.
@@ -758,6 +812,10 @@ fn check_report(r: &serde_json::Value, plan: &Plan, case: &Case, s: &Sizes) -> R
     Ok(())
 }
 
+/// The report's name for random cases that met the defect reproduced by
+/// [`copy_reads_turn_source_holes_into_data`].
+const KNOWN_BUG: &str = "known_bug_copy_reads_fill_holes";
+
 /// Runs the random cases on each pair.
 fn random_copies(test: &'static str, pairs: impl Fn(&common::FsEnv) -> Vec<Pair>) {
     let Some(env) = fs_env(test) else { return };
@@ -775,12 +833,18 @@ fn random_copies(test: &'static str, pairs: impl Fn(&common::FsEnv) -> Vec<Pair>
         };
         let mut runner = TestRunner::new(config);
         let n = Cell::new(0u32);
+        let known = Cell::new(0u32);
         let result = runner.run(&strategy, |case| {
             n.set(n.get() + 1);
-            run_case(pair, src_dir.path(), dst_dir.path(), n.get(), &case)
-                .map_err(TestCaseError::fail)
+            let met = run_case(pair, src_dir.path(), dst_dir.path(), n.get(), &case)
+                .map_err(TestCaseError::fail)?;
+            known.set(known.get() + u32::from(met));
+            Ok(())
         });
         *count = n.get();
+        if known.get() > 0 {
+            env.report_as(KNOWN_BUG, &pair.name(), known.get());
+        }
         match result {
             Ok(()) => Ok(()),
             Err(TestError::Fail(reason, case)) => Err(format!(
@@ -1449,4 +1513,118 @@ fn reflink_always_misaligned_names_the_destination() {
         message.contains(&*dst.to_string_lossy()),
         "the refusal does not name the destination: {message}"
     );
+}
+
+/// The copy's own reads turn holes of its source into data. Found by
+/// `random_copies_across_filesystems` (xfs -> tmpfs), here with the writes of that case: 47
+/// small writes without fsync, in this order, on xfs. Growing the file past its end makes xfs
+/// write back the speculative preallocation beyond the old end as an unwritten extent:
+/// FIEMAP shows `3969024..3997696` unwritten with one written page (987 bytes) at its start,
+/// and the kernel's SEEK_DATA walk has 704975 bytes of data. A copy to another filesystem
+/// (read/write) reports 729551 bytes of data: the 24576 bytes `3973120..3997696` are read,
+/// written as zeros and allocated in the destination, where the source has a hole, and the
+/// source's walk after the copy shows them as data: reading the source's data ranges
+/// (kernel readahead past them) put zero pages of the unwritten extent in the page cache
+/// before the engine settled that extent with SEEK_DATA, which then calls cached pages data
+/// (SPEC section 2, the one rule's trap, met from the engine's own side). The bytes copied are
+/// right; the destination is less sparse than the source. Every run of this layout showed it
+/// (30 of 30); smaller layouts only now and then. Expected: the report's data and the
+/// destination's allocation within the source's data as the kernel saw it before the copy.
+#[test]
+#[ignore = "sparsecopy: the copy's reads make later parts of the source's map data; see the fs-copy report"]
+fn copy_reads_turn_source_holes_into_data() {
+    const TEST: &str = "copy_reads_turn_source_holes_into_data";
+    let Some(env) = fs_env(TEST) else { return };
+    let writes: &[(u64, u64, Fill)] = &[
+        (368640, 1, Fill::Random(8921405575588791)),
+        (3969024, 987, Fill::Random(11505642185122929797)),
+        (206743, 6481, Fill::Byte(0xcf)),
+        (767578, 8505, Fill::Byte(0x67)),
+        (2681856, 8933, Fill::Byte(0x3c)),
+        (2076672, 8763, Fill::Byte(0x5f)),
+        (2547712, 8113, Fill::Random(15261754803598049998)),
+        (434176, 1996, Fill::Byte(0x4e)),
+        (2623488, 8461, Fill::Random(16119066695800966695)),
+        (2952239, 1996, Fill::Byte(0x1a)),
+        (1961612, 4643, Fill::Random(4570949125866982563)),
+        (3767992, 1171, Fill::Byte(0x35)),
+        (2465792, 697, Fill::Byte(0xb3)),
+        (779005, 1851, Fill::Byte(0xc5)),
+        (2373770, 565, Fill::Random(13847925075928784656)),
+        (364544, 3929, Fill::Random(3108121380795934645)),
+        (1396445, 2661, Fill::Random(16933528239893043111)),
+        (3945010, 6015, Fill::Byte(0x50)),
+        (684032, 6966, Fill::Byte(0xb1)),
+        (4119338, 1701, Fill::Byte(0x87)),
+        (2929664, 1374, Fill::Byte(0x18)),
+        (1503232, 4929, Fill::Random(14422721042840686076)),
+        (2860032, 8927, Fill::Random(13021251653998158253)),
+        (3260416, 4607, Fill::Byte(0x71)),
+        (225280, 2574, Fill::Byte(0xa5)),
+        (2605056, 5545, Fill::Byte(0xb9)),
+        (220160, 1034, Fill::Random(7922861202985088528)),
+        (3791342, 2532, Fill::Byte(0x9b)),
+        (4096, 7238, Fill::Random(16908053580321302569)),
+        (451584, 6442, Fill::Byte(0x2a)),
+        (3446784, 6237, Fill::Random(923357829829080532)),
+        (192512, 1977, Fill::Byte(0xdd)),
+        (1687552, 2173, Fill::Byte(0xcb)),
+        (1057792, 4920, Fill::Random(18109897710186255954)),
+        (3753984, 6429, Fill::Byte(0x94)),
+        (2460672, 3118, Fill::Random(4988154121570169740)),
+        (245760, 6808, Fill::Random(5202852859341808500)),
+        (1644544, 5293, Fill::Byte(0xa3)),
+        (872448, 4677, Fill::Byte(0x0a)),
+        (235393, 6118, Fill::Random(16711453860982383922)),
+        (2597387, 5366, Fill::Byte(0x9a)),
+        (253952, 769, Fill::Byte(0x24)),
+        (196608, 3914, Fill::Random(5598737508532615616)),
+        (18432, 7826, Fill::Byte(0x05)),
+        (3032064, 6905, Fill::Byte(0xc1)),
+        (3538944, 200704, Fill::Byte(0xcd)),
+        (35931, 147456, Fill::Random(16459215633900251927)),
+    ];
+    let Some(tmpfs) = env.mounts.iter().find(|m| m.kind == FsKind::Tmpfs) else {
+        eprintln!("{TEST}: needs a tmpfs to copy to");
+        return;
+    };
+    let dst_dir = tmpfs.scratch(TEST);
+    env.run_on(&env.mounts_where(|m| m.kind == FsKind::Xfs), |m, cases| {
+        let dir = m.scratch(TEST);
+        for round in 0..3 {
+            let (path, file) = fresh_file(dir.path(), &format!("src{round}"));
+            let mut src = Model::new();
+            for &(at, len, fill) in writes {
+                apply(&file, &mut src, Op::Write { at, len, fill })?;
+            }
+            let kernel = kernel_walk(&file)?.ok_or("no SEEK_DATA")?;
+            let dst = dst_dir.path().join(format!("dst{round}"));
+            let plan = Plan {
+                skip: 0,
+                seek: 0,
+                length: None,
+                len: src.len(),
+            };
+            let report = cli_copy(&path, &dst, &plan, &Options::new())??;
+            let after = kernel_walk(&file)?.ok_or("no SEEK_DATA")?;
+            *cases += 1;
+            let data = field(&report, "data_bytes")?;
+            let allocated = std::fs::metadata(&dst).map_err(|e| e.to_string())?.blocks() * 512;
+            let budget = allocation_budget(&plan, &kernel, tmpfs, PAGE);
+            ensure!(
+                data == total(&kernel) && allocated <= budget,
+                "round {round}: the kernel saw {} bytes of data before the copy, {} after; \
+                 the copy reports {data} and the destination allocated {allocated} (at most \
+                 {budget}); new data: {:?}",
+                total(&kernel),
+                total(&after),
+                after
+                    .iter()
+                    .filter(|r| !common::covered(&kernel, r))
+                    .collect::<Vec<_>>()
+            );
+            src.compare_with(&File::open(&dst).map_err(|e| e.to_string())?)?;
+        }
+        Ok(())
+    });
 }

@@ -159,6 +159,8 @@ pub fn run(args: &Args) -> Result<()> {
         bail!("`{}` failed ({status})", cmd::describe(&build));
     }
     let blockmap = crate::target_dir().join("release/blockmap");
+    // What was built, taken now: the tree may change while the run goes on.
+    let commit = commit();
 
     let guard = cleanup::Guard::new();
     let result = compare_all(args, &workloads, &blockmap);
@@ -173,7 +175,7 @@ pub fn run(args: &Args) -> Result<()> {
     }
 
     let total = started.elapsed();
-    let report = render(args, &results, total);
+    let report = render(args, &results, total, &commit);
     println!("\n{report}");
     let path = crate::target_dir().join("compare-report.md");
     fs::create_dir_all(crate::target_dir())?;
@@ -546,12 +548,13 @@ fn median(secs: &[f64]) -> f64 {
 const MIB: f64 = (1u64 << 20) as f64;
 
 /// The report: command, machine, date, then per filesystem its workloads and its table.
-fn render(args: &Args, results: &[FsResult], total: Duration) -> String {
+fn render(args: &Args, results: &[FsResult], total: Duration, commit: &str) -> String {
     let mut out = String::new();
     let command: Vec<String> = std::env::args().skip(1).collect();
     let _ = writeln!(out, "Command: `cargo xtask {}`  ", command.join(" "));
     let _ = writeln!(out, "Machine: {}  ", machine());
     let _ = writeln!(out, "Date: {}  ", date());
+    let _ = writeln!(out, "Commit: {commit}  ");
     let _ = writeln!(
         out,
         "Runs: {} timed per tool after one warm-up ({} for a tool whose warm-up took >{} s), \
@@ -696,6 +699,26 @@ fn machine() -> String {
         })
         .map_or(String::new(), |kib| format!(", {} GiB RAM", kib >> 20));
     format!("nproc {nproc}, {cpu}, Linux {kernel}{mem}")
+}
+
+/// The workspace's commit, `+dirty` when the tree has changes (the measured binary is built
+/// from the tree).
+fn commit() -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .current_dir(crate::project_root())
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let Some(head) = git(&["rev-parse", "--short", "HEAD"]) else {
+        return "unknown".into();
+    };
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    if dirty { format!("{head}+dirty") } else { head }
 }
 
 fn date() -> String {

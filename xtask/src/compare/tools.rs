@@ -299,9 +299,13 @@ pub fn check_copy(src: &Source, dst: &Path, full_cmp: bool) -> Result<Checked> {
         }
     }
     if filled > 0 {
+        let amount = if filled < 1 << 20 {
+            format!("{} KiB", filled.div_ceil(1024))
+        } else {
+            format!("{:.1} MiB", filled as f64 / (1 << 20) as f64)
+        };
         return verdict(Some(format!(
-            "filled holes: {:.1} MiB of data where SRC has holes",
-            filled as f64 / (1 << 20) as f64
+            "filled holes: {amount} of data where SRC has holes"
         )));
     }
     verdict(None)

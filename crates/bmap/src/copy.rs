@@ -13,7 +13,7 @@ use tracing::debug;
 
 use crate::checksum::ChecksumType;
 use crate::error::{Error, Result};
-use crate::format::{BlockRange, Bmap, human_size};
+use crate::format::{Bmap, human_size};
 use crate::source::{Compression, Source};
 
 /// Size of one chunk of data on its way from the image to the destination and the hasher:
@@ -245,27 +245,45 @@ impl<'a> Copier<'a> {
         for _ in 0..CHUNKS {
             free_tx.send(vec![0; CHUNK]).expect("the receiver is here");
         }
-        let (work_tx, work_rx) = sync_channel::<Work>(CHUNKS + 1);
+        let (work_tx, work_rx) = sync_channel::<Batch>(CHUNKS);
         let (result_tx, result_rx) = sync_channel::<Result<u64>>(1);
         let mismatch = AtomicBool::new(false);
 
         std::thread::scope(|s| {
-            let hasher_free = free_tx.clone();
+            // The hasher holds the only sender: if it died, `recv` would fail rather than hang.
+            let hasher_free = free_tx;
             let mismatch = &mismatch;
-            s.spawn(move || hasher(work_rx, hasher_free, result_tx, mismatch, image, bs, size));
+            s.spawn(move || hasher(work_rx, hasher_free, result_tx, mismatch, image, bmap));
 
             let mut run = || -> Result<()> {
+                // Small ranges share a buffer: one hand-over to the hasher per buffer, not per
+                // range (a file of 131072 small extents would otherwise be all hand-overs).
+                let mut batch = Batch {
+                    buf: free_rx.recv().expect("the pool is full"),
+                    pieces: Vec::new(),
+                };
+                let mut fill = 0;
                 for (index, range) in bmap.ranges.iter().enumerate() {
                     let bytes = range.bytes(bs, size);
-                    let check = kind.zip(range.checksum.as_ref());
-                    if let Some((kind, _)) = check {
-                        send(&work_tx, Work::Start(kind))?;
-                    }
+                    let check = kind.filter(|_| range.checksum.is_some());
                     let mut pos = bytes.start;
                     while pos < bytes.end {
-                        let mut buf = free_rx.recv().expect("the hasher returns buffers");
-                        let n = (bytes.end - pos).min(CHUNK as u64) as usize;
-                        let got = source.read_at(pos, &mut buf[..n]).map_err(|e| {
+                        if fill == CHUNK {
+                            let next = free_rx.recv().expect("the hasher returns buffers");
+                            let full = std::mem::replace(
+                                &mut batch,
+                                Batch {
+                                    buf: next,
+                                    pieces: Vec::new(),
+                                },
+                            );
+                            // The hasher reads until this side hangs up.
+                            let _ = work_tx.send(full);
+                            fill = 0;
+                        }
+                        let n = (bytes.end - pos).min((CHUNK - fill) as u64) as usize;
+                        let piece = &mut batch.buf[fill..fill + n];
+                        let got = source.read_at(pos, piece).map_err(|e| {
                             Error::io(format!("read bytes {}-{}", pos, pos + n as u64), image, e)
                         })?;
                         if got < n {
@@ -276,7 +294,7 @@ impl<'a> Copier<'a> {
                                 at: pos + got as u64,
                             });
                         }
-                        out.write_all_at(&buf[..n], pos).map_err(|e| {
+                        out.write_all_at(piece, pos).map_err(|e| {
                             Error::io(
                                 format!(
                                     "write blocks {}-{} (bytes {}-{})",
@@ -289,6 +307,13 @@ impl<'a> Copier<'a> {
                                 e,
                             )
                         })?;
+                        batch.pieces.push(Piece {
+                            at: fill,
+                            len: n,
+                            begin: check.filter(|_| pos == bytes.start),
+                            end: (check.is_some() && pos + n as u64 == bytes.end).then_some(index),
+                        });
+                        fill += n;
                         if is_stream {
                             report.skipped_bytes += pos - streamed_to;
                             streamed_to = pos + n as u64;
@@ -301,29 +326,15 @@ impl<'a> Copier<'a> {
                         if let Some(p) = self.progress.as_mut() {
                             p(report.mapped_bytes, total);
                         }
-                        if check.is_some() {
-                            send(&work_tx, Work::Data(buf, n))?;
-                        } else {
-                            free_tx.send(buf).expect("the receiver is here");
-                        }
                         // A mismatch found by the hasher stops the copy at once; the hasher
                         // tells which when it is done.
                         if mismatch.load(Ordering::Relaxed) {
                             return Ok(());
                         }
                     }
-                    if let Some((_, expected)) = check {
-                        send(
-                            &work_tx,
-                            Work::End {
-                                index,
-                                range: range.clone(),
-                                expected: expected.clone(),
-                            },
-                        )?;
-                    }
                     report.ranges += 1;
                 }
+                let _ = work_tx.send(batch);
                 Ok(())
             };
             let outcome = run();
@@ -369,78 +380,67 @@ impl Writeback {
     }
 }
 
-/// Work for the hashing thread.
-enum Work {
-    /// A range with a checksum begins.
-    Start(ChecksumType),
-    /// Its next bytes (the buffer goes back to the pool).
-    Data(Vec<u8>, usize),
-    /// It ends: compare.
-    End {
-        index: usize,
-        range: BlockRange,
-        expected: String,
-    },
+/// A buffer on its way to the hashing thread, and what its bytes are.
+struct Batch {
+    buf: Vec<u8>,
+    pieces: Vec<Piece>,
 }
 
-fn send(tx: &SyncSender<Work>, w: Work) -> Result<()> {
-    // The hasher reads until this side hangs up.
-    let _ = tx.send(w);
-    Ok(())
+/// Consecutive bytes of one range in a [`Batch`].
+struct Piece {
+    /// Where in the buffer.
+    at: usize,
+    len: usize,
+    /// The range begins here and is to be hashed this way.
+    begin: Option<ChecksumType>,
+    /// The range (its index in the bmap) ends here: compare.
+    end: Option<usize>,
 }
 
 fn hasher(
-    work: Receiver<Work>,
+    work: Receiver<Batch>,
     free: SyncSender<Vec<u8>>,
     result: SyncSender<Result<u64>>,
     mismatch: &AtomicBool,
     image: &Path,
-    bs: u64,
-    size: u64,
+    bmap: &Bmap,
 ) {
     let mut current = None;
     let mut verified = 0;
     let mut failure = None;
     // After a mismatch, keep draining (handing the buffers back) until the copier stops.
-    for w in work {
-        if failure.is_some() {
-            if let Work::Data(buf, _) = w {
-                let _ = free.send(buf);
+    for batch in work {
+        for piece in &batch.pieces {
+            if failure.is_some() {
+                break;
             }
-            continue;
-        }
-        match w {
-            Work::Start(kind) => current = Some(kind.hasher()),
-            Work::Data(buf, n) => {
-                if let Some(h) = current.as_mut() {
-                    h.update(&buf[..n]);
-                }
-                let _ = free.send(buf);
+            if let Some(kind) = piece.begin {
+                current = Some(kind.hasher());
             }
-            Work::End {
-                index,
-                range,
-                expected,
-            } => {
-                let calculated = current.take().map(|h| h.finish_hex()).unwrap_or_default();
-                if !calculated.eq_ignore_ascii_case(&expected) {
-                    let bytes = range.bytes(bs, size);
-                    debug!(index, "checksum mismatch");
-                    mismatch.store(true, Ordering::Relaxed);
-                    failure = Some(Error::RangeChecksum {
-                        path: image.to_owned(),
-                        first: range.first,
-                        last: range.last,
-                        start: bytes.start,
-                        end: bytes.end,
-                        expected,
-                        calculated,
-                    });
-                    continue;
-                }
+            let Some(h) = current.as_mut() else { continue };
+            h.update(&batch.buf[piece.at..piece.at + piece.len]);
+            let Some(index) = piece.end else { continue };
+            let calculated = current.take().map(|h| h.finish_hex()).unwrap_or_default();
+            let range = &bmap.ranges[index];
+            let expected = range.checksum.as_deref().unwrap_or_default();
+            if calculated.eq_ignore_ascii_case(expected) {
                 verified += 1;
+                continue;
             }
+            let bytes = range.bytes(bmap.block_size, bmap.image_size);
+            debug!(index, "checksum mismatch");
+            mismatch.store(true, Ordering::Relaxed);
+            failure = Some(Error::RangeChecksum {
+                path: image.to_owned(),
+                first: range.first,
+                last: range.last,
+                start: bytes.start,
+                end: bytes.end,
+                expected: expected.to_owned(),
+                calculated,
+            });
         }
+        let _ = free.send(batch.buf);
     }
     let _ = result.send(match failure {
         Some(e) => Err(e),

@@ -194,9 +194,11 @@ impl Bmap {
             return Ok(());
         };
         let at = find(raw, expected.as_bytes()).expect("the checksum was read from the file");
-        let mut copy = raw.to_vec();
-        copy[at..at + expected.len()].fill(b'0');
-        let calculated = kind.hex_digest(&copy);
+        let mut h = kind.hasher();
+        h.update(&raw[..at]);
+        h.update(&b"0".repeat(expected.len()));
+        h.update(&raw[at + expected.len()..]);
+        let calculated = h.finish_hex();
         if calculated != *expected {
             return Err(Error::BmapChecksum {
                 path: path.to_owned(),
@@ -380,16 +382,18 @@ fn line_of(raw: &[u8], pos: u64) -> u64 {
     raw[..pos].iter().filter(|&&c| c == b'\n').count() as u64 + 1
 }
 
-/// A field of the header, with the line it was on.
+/// A field of the header, with the byte offset of its start tag.
 #[derive(Default)]
 struct Field {
     text: Option<(String, u64)>,
 }
 
 fn parse(raw: &[u8], path: &Path) -> Result<Bmap> {
-    let err = |line: u64, message: String| Error::Format {
+    // Positions are byte offsets until an error needs its at: counting lines at every
+    // event would be quadratic in the size of the file.
+    let err = |at: u64, message: String| Error::Format {
         path: path.to_owned(),
-        line,
+        line: line_of(raw, at),
         message,
     };
     let mut reader = quick_xml::Reader::from_reader(raw);
@@ -406,39 +410,38 @@ fn parse(raw: &[u8], path: &Path) -> Result<Bmap> {
         ("BmapFileChecksum", Field::default()),
         ("BmapFileSHA1", Field::default()),
     ];
-    // Ranges as read: (text, checksum attributes by name, line).
+    // Ranges as read: (text, checksum attributes by name, at).
     struct RawRange {
         text: String,
         chksum: Option<String>,
         sha1: Option<String>,
-        line: u64,
+        at: u64,
     }
     let mut raw_ranges: Vec<RawRange> = Vec::new();
     let mut text = String::new();
-    let mut start_line = 1;
+    let mut start_at = 1;
     let mut seen_root = false;
 
     loop {
         let before = reader.buffer_position();
-        let event = reader.read_event().map_err(|e| {
-            let at = reader.error_position();
-            err(line_of(raw, at), format!("not well-formed XML: {e}"))
-        })?;
-        let line = line_of(raw, before) + leading_newlines(raw, before);
+        let event = reader
+            .read_event()
+            .map_err(|e| err(reader.error_position(), format!("not well-formed XML: {e}")))?;
+        let at = before + leading_whitespace(raw, before);
         match event {
             Event::Start(e) | Event::Empty(e) if stack.is_empty() => {
                 let name = e.name().as_ref().to_owned();
                 if name != "bmap" || seen_root {
                     return Err(err(
-                        line,
+                        at,
                         format!("expected the root element <bmap>, found <{name}>"),
                     ));
                 }
                 seen_root = true;
                 for a in e.attributes() {
-                    let a = a.map_err(|e| err(line, format!("bad attribute of <bmap>: {e}")))?;
+                    let a = a.map_err(|e| err(at, format!("bad attribute of <bmap>: {e}")))?;
                     if a.key.as_ref() == "version" {
-                        version = Some((a.value.into_owned(), line));
+                        version = Some((a.value.into_owned(), at));
                     }
                 }
                 stack.push(name);
@@ -450,8 +453,7 @@ fn parse(raw: &[u8], path: &Path) -> Result<Bmap> {
                     let mut chksum = None;
                     let mut sha1 = None;
                     for a in e.attributes() {
-                        let a =
-                            a.map_err(|e| err(line, format!("bad attribute of <Range>: {e}")))?;
+                        let a = a.map_err(|e| err(at, format!("bad attribute of <Range>: {e}")))?;
                         let v = a.value.trim().to_owned();
                         match a.key.as_ref() {
                             "chksum" => chksum = Some(v),
@@ -463,17 +465,17 @@ fn parse(raw: &[u8], path: &Path) -> Result<Bmap> {
                         text: String::new(),
                         chksum,
                         sha1,
-                        line,
+                        at,
                     });
                 }
                 stack.push(name);
                 text.clear();
-                start_line = line;
+                start_at = at;
             }
             Event::Empty(e) => {
                 let name = e.name().as_ref().to_owned();
                 if name == "Range" || fields.iter().any(|(n, _)| *n == name) {
-                    return Err(err(line, format!("<{name}/> is empty")));
+                    return Err(err(at, format!("<{name}/> is empty")));
                 }
             }
             Event::Text(t) => {
@@ -481,7 +483,7 @@ fn parse(raw: &[u8], path: &Path) -> Result<Bmap> {
             }
             Event::CData(t) => text.push_str(&t),
             Event::GeneralRef(r) => {
-                return Err(err(line, format!("unexpected entity &{};", &*r)));
+                return Err(err(at, format!("unexpected entity &{};", &*r)));
             }
             Event::End(_) => {
                 let name = stack.pop().unwrap_or_default();
@@ -489,9 +491,9 @@ fn parse(raw: &[u8], path: &Path) -> Result<Bmap> {
                 if depth == 1 {
                     if let Some((_, f)) = fields.iter_mut().find(|(n, _)| *n == name) {
                         if f.text.is_some() {
-                            return Err(err(start_line, format!("<{name}> appears twice")));
+                            return Err(err(start_at, format!("<{name}> appears twice")));
                         }
-                        f.text = Some((text.trim().to_owned(), start_line));
+                        f.text = Some((text.trim().to_owned(), start_at));
                     }
                 } else if depth == 2 && name == "Range" && stack[1] == "BlockMap" {
                     let r = raw_ranges.last_mut().expect("pushed at the start tag");
@@ -503,33 +505,33 @@ fn parse(raw: &[u8], path: &Path) -> Result<Bmap> {
             Event::Comment(_) | Event::Decl(_) | Event::PI(_) | Event::DocType(_) => {}
         }
     }
-    let end_line = line_of(raw, raw.len() as u64);
+    let end_at = raw.len() as u64;
     if !seen_root {
-        return Err(err(end_line, "no <bmap> element".into()));
+        return Err(err(end_at, "no <bmap> element".into()));
     }
     if !stack.is_empty() {
         return Err(err(
-            end_line,
+            end_at,
             format!("<{}> is not closed", stack.last().unwrap()),
         ));
     }
 
-    let (version_text, version_line) =
-        version.ok_or_else(|| err(1, "<bmap> has no version attribute".into()))?;
+    let (version_text, version_at) =
+        version.ok_or_else(|| err(0, "<bmap> has no version attribute".into()))?;
     let version = parse_version(&version_text).ok_or_else(|| {
         err(
-            version_line,
+            version_at,
             format!("bad version {version_text:?}: expected major.minor"),
         )
     })?;
     if version.major > 2 || version.major == 0 {
         return Err(err(
-            version_line,
+            version_at,
             format!("bmap format version {version} is not supported (1.0 to 2.x are)"),
         ));
     }
 
-    let blocks_count_line = fields[2].1.text.as_ref().map_or(end_line, |(_, l)| *l);
+    let blocks_count_at = fields[2].1.text.as_ref().map_or(end_at, |(_, l)| *l);
     let mut field = |name: &str| -> Option<(String, u64)> {
         fields
             .iter_mut()
@@ -537,20 +539,20 @@ fn parse(raw: &[u8], path: &Path) -> Result<Bmap> {
             .and_then(|(_, f)| f.text.take())
     };
     let mut number = |name: &str| -> Result<u64> {
-        let (t, line) = field(name).ok_or_else(|| err(end_line, format!("<{name}> is missing")))?;
+        let (t, at) = field(name).ok_or_else(|| err(end_at, format!("<{name}> is missing")))?;
         t.parse::<u64>()
-            .map_err(|_| err(line, format!("<{name}> {t:?} is not a number")))
+            .map_err(|_| err(at, format!("<{name}> {t:?} is not a number")))
     };
     let image_size = number("ImageSize")?;
     let block_size = number("BlockSize")?;
     let blocks_count = number("BlocksCount")?;
     let mapped_blocks_count = number("MappedBlocksCount")?;
     if block_size == 0 {
-        return Err(err(end_line, "<BlockSize> is 0".into()));
+        return Err(err(end_at, "<BlockSize> is 0".into()));
     }
     if image_size.div_ceil(block_size) != blocks_count {
         return Err(err(
-            blocks_count_line,
+            blocks_count_at,
             format!(
                 "inconsistent bmap: <BlocksCount> {blocks_count} is not <ImageSize> {image_size} in blocks of {block_size}"
             ),
@@ -564,15 +566,14 @@ fn parse(raw: &[u8], path: &Path) -> Result<Bmap> {
             let kind = if checksums == Checksums::Sha1 {
                 ChecksumType::Sha1
             } else {
-                let (t, line) = field("ChecksumType")
-                    .ok_or_else(|| err(end_line, "<ChecksumType> is missing".into()))?;
+                let (t, at) = field("ChecksumType")
+                    .ok_or_else(|| err(end_at, "<ChecksumType> is missing".into()))?;
                 t.parse()
-                    .map_err(|e| err(line, format!("<ChecksumType>: {e}")))?
+                    .map_err(|e| err(at, format!("<ChecksumType>: {e}")))?
             };
             let tag = checksums.file_tag();
-            let (sum, line) =
-                field(tag).ok_or_else(|| err(end_line, format!("<{tag}> is missing")))?;
-            check_hex(&sum, kind).map_err(|m| err(line, format!("<{tag}> {m}")))?;
+            let (sum, at) = field(tag).ok_or_else(|| err(end_at, format!("<{tag}> is missing")))?;
+            check_hex(&sum, kind).map_err(|m| err(at, format!("<{tag}> {m}")))?;
             (Some(kind), Some(sum))
         }
     };
@@ -582,7 +583,7 @@ fn parse(raw: &[u8], path: &Path) -> Result<Bmap> {
     let mut counted = 0u64;
     let mut next_free = 0u64;
     for r in raw_ranges {
-        let bad = |m: String| err(r.line, m);
+        let bad = |m: String| err(r.at, m);
         let (first, last) = match r.text.split_once('-') {
             Some((a, b)) => (a.trim(), Some(b.trim())),
             None => (r.text.as_str(), None),
@@ -632,7 +633,7 @@ fn parse(raw: &[u8], path: &Path) -> Result<Bmap> {
     }
     if counted != mapped_blocks_count {
         return Err(err(
-            end_line,
+            end_at,
             format!(
                 "inconsistent bmap: <MappedBlocksCount> is {mapped_blocks_count} but the ranges hold {counted} blocks"
             ),
@@ -651,13 +652,10 @@ fn parse(raw: &[u8], path: &Path) -> Result<Bmap> {
 }
 
 /// quick-xml reports an event's position before the whitespace that leads into it; point at
-/// the line of the markup itself.
-fn leading_newlines(raw: &[u8], pos: u64) -> u64 {
+/// the markup itself.
+fn leading_whitespace(raw: &[u8], pos: u64) -> u64 {
     let rest = &raw[(pos as usize).min(raw.len())..];
-    rest.iter()
-        .take_while(|c| c.is_ascii_whitespace())
-        .filter(|&&c| c == b'\n')
-        .count() as u64
+    rest.iter().take_while(|c| c.is_ascii_whitespace()).count() as u64
 }
 
 fn parse_version(s: &str) -> Option<Version> {

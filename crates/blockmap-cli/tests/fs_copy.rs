@@ -20,9 +20,8 @@
 //! - [`a_full_destination_fails_cleanly`]: more data than the 4 MiB tmpfs
 //!   `$BLOCKMAP_FS_TEST_TINY` holds: one error line naming the destination and ENOSPC.
 //!
-//! - Known defects, reproduced by ignored tests (`cargo xtask fs-test -- --ignored`):
-//!   [`copy_reads_turn_source_holes_into_data`] (random cases that meet it are counted as
-//!   `known_bug_copy_reads_fill_holes` instead of failing) and
+//! - Regression tests for defects these found: [`copy_reads_turn_source_holes_into_data`]
+//!   (fixed by walking SRC's map ahead of every read) and
 //!   [`reflink_always_misaligned_names_the_destination`].
 //!
 //! Pairs are reported as `fs=<src>-><dst>` (`blockdev` and `tiny` as destinations too).
@@ -521,7 +520,7 @@ fn run_case(
     dst_dir: &Path,
     n: u32,
     case: &Case,
-) -> Result<bool, String> {
+) -> Result<(), String> {
     let (src_path, src_file) = fresh_file(src_dir, &format!("src{n}"));
     let mut src = Model::new();
     let mut skipped = Vec::new();
@@ -551,7 +550,7 @@ fn copy_and_check(
     src: &Model,
     dst_path: &Path,
     case: &Case,
-) -> Result<bool, String> {
+) -> Result<(), String> {
     let size = src.len();
     let nonzero = src.nonzero_runs();
     let skip = case.skip.resolve(size, &nonzero);
@@ -591,50 +590,17 @@ fn copy_and_check(
     } else {
         cli_copy(src_path, dst_path, &plan, &opts)?
     };
-    // Before the checks read the source again.
-    let kernel_after = kernel_walk(src_file)?.unwrap_or_else(|| vec![0..size]);
-    let kernel_after_in = clip(&kernel_after, &plan.src());
     let what = format!("{plan:?}, expected {expect:?}");
-    let mut known_bug = false;
     match outcome {
         Ok(report) => {
             ensure!(
                 !matches!(expect, Expect::Misaligned | Expect::CannotShare),
                 "{what}: the copy succeeded: {report}"
             );
-            // A known engine defect (reproduced by the ignored test
-            // `copy_reads_turn_source_holes_into_data`): the copy's own reads of the source
-            // put zero pages of its unwritten extents in the page cache before the engine's
-            // map has settled them, which then calls them data; the destination gets written
-            // zeros where the source has holes. Met by about one random case in a thousand
-            // (xfs and ext4 sources, copies through user space). Recognised only when every byte of
-            // the excess is data the source gained during the copy, and counted apart, as
-            // test `known_bug_copy_reads_fill_holes` in the report, rather than failing the
-            // run; the bytes are still checked.
-            let data = field(&report, "data_bytes")?;
-            known_bug = data > total(&kernel_in)
-                && data <= total(&kernel_after_in)
-                && common::first_uncovered(&kernel_after_in, &kernel_in).is_none();
-            if known_bug {
-                eprintln!(
-                    "{}: known engine defect met: {what}: data {data} > kernel {} before the \
-                     copy, {} after\n{}{:?}",
-                    pair.name(),
-                    total(&kernel_in),
-                    total(&kernel_after_in),
-                    OpList(&case.ops),
-                    case.dest
-                );
-            }
-            let kernel_in = if known_bug {
-                &kernel_after_in
-            } else {
-                &kernel_in
-            };
             let sizes = Sizes {
                 block,
                 nonzero: total(&nonzero_in),
-                kernel: total(kernel_in),
+                kernel: total(&kernel_in),
                 can_share: pair.same_fs() && shares(&pair.dst),
             };
             check_report(&report, &plan, case, &sizes).map_err(|e| format!("{what}: {e}"))?;
@@ -648,7 +614,7 @@ fn copy_and_check(
             let (data, kind) = if zeros_left_out {
                 (&nonzero_in, "non-zero bytes")
             } else {
-                (kernel_in, "data")
+                (&kernel_in, "data")
             };
             let budget = allocation_budget(&plan, data, &pair.dst, block);
             let allocated = dst.metadata().map_err(|e| format!("fstat: {e}"))?.blocks() * 512;
@@ -736,7 +702,7 @@ fn copy_and_check(
     );
     src.compare_with(src_file)
         .map_err(|e| format!("{what}: the source changed: {e}"))?;
-    Ok(known_bug)
+    Ok(())
 }
 
 /// What the report's numbers are checked against.
@@ -817,10 +783,6 @@ fn check_report(r: &serde_json::Value, plan: &Plan, case: &Case, s: &Sizes) -> R
     Ok(())
 }
 
-/// The report's name for random cases that met the defect reproduced by
-/// [`copy_reads_turn_source_holes_into_data`].
-const KNOWN_BUG: &str = "known_bug_copy_reads_fill_holes";
-
 /// Runs the random cases on each pair.
 fn random_copies(test: &'static str, pairs: impl Fn(&common::FsEnv) -> Vec<Pair>) {
     let Some(env) = fs_env(test) else { return };
@@ -838,18 +800,12 @@ fn random_copies(test: &'static str, pairs: impl Fn(&common::FsEnv) -> Vec<Pair>
         };
         let mut runner = TestRunner::new(config);
         let n = Cell::new(0u32);
-        let known = Cell::new(0u32);
         let result = runner.run(&strategy, |case| {
             n.set(n.get() + 1);
-            let met = run_case(pair, src_dir.path(), dst_dir.path(), n.get(), &case)
-                .map_err(TestCaseError::fail)?;
-            known.set(known.get() + u32::from(met));
-            Ok(())
+            run_case(pair, src_dir.path(), dst_dir.path(), n.get(), &case)
+                .map_err(TestCaseError::fail)
         });
         *count = n.get();
-        if known.get() > 0 {
-            env.report_as(KNOWN_BUG, &pair.name(), known.get());
-        }
         match result {
             Ok(()) => Ok(()),
             Err(TestError::Fail(reason, case)) => Err(format!(
@@ -1491,14 +1447,13 @@ fn reflink_always_case(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Known defects, reproduced.
+// Defects found here, fixed; their reproductions stay as regression tests.
 
 /// SPEC section 5: every failure is one line naming the path and the cause. A
-/// `--reflink always` copy whose skip and seek do not line up names neither file:
+/// `--reflink always` copy whose skip and seek do not line up named neither file:
 /// `blockmap: cannot reflink: skip (0) and seek (5) do not differ by a multiple of the block
 /// size (4096)`. (Runs anywhere: the refusal comes before any filesystem is asked.)
 #[test]
-#[ignore = "sparsecopy's Error::ReflinkMisaligned names no path (SPEC section 5)"]
 fn reflink_always_misaligned_names_the_destination() {
     let dir = tempfile::tempdir().unwrap();
     let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
@@ -1520,7 +1475,8 @@ fn reflink_always_misaligned_names_the_destination() {
     );
 }
 
-/// The copy's own reads turn holes of its source into data. Found by
+/// The copy's own reads turned holes of its source into data (fixed: the feed now walks SRC's
+/// map 32 MiB ahead of every read; with that margin set to 0 this test fails). Found by
 /// `random_copies_across_filesystems` (xfs -> tmpfs), here with the writes of that case: 47
 /// small writes without fsync, in this order, on xfs. Growing the file past its end makes xfs
 /// write back the speculative preallocation beyond the old end as an unwritten extent:
@@ -1536,7 +1492,6 @@ fn reflink_always_misaligned_names_the_destination() {
 /// (30 of 30); smaller layouts only now and then. Expected: the report's data and the
 /// destination's allocation within the source's data as the kernel saw it before the copy.
 #[test]
-#[ignore = "sparsecopy: the copy's reads make later parts of the source's map data; see the fs-copy report"]
 fn copy_reads_turn_source_holes_into_data() {
     const TEST: &str = "copy_reads_turn_source_holes_into_data";
     let Some(env) = fs_env(TEST) else { return };

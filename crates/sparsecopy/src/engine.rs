@@ -104,6 +104,7 @@ pub(crate) fn run(job: Job<'_, '_>) -> Result<Report> {
         }
         if !lines_up {
             return Err(Error::ReflinkMisaligned {
+                path: dst_path.to_owned(),
                 skip: window.skip,
                 seek: window.seek,
                 block_size: bs,

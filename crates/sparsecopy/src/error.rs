@@ -97,10 +97,13 @@ pub enum Error {
     },
     /// [`crate::Reflink::Always`], and the blocks of SRC and DST do not line up.
     #[error(
-        "cannot reflink: skip ({skip}) and seek ({seek}) do not differ by a multiple of the \
-         block size ({block_size})"
+        "cannot reflink into {}: skip ({skip}) and seek ({seek}) do not differ by a multiple \
+         of its block size ({block_size})",
+        path.display()
     )]
     ReflinkMisaligned {
+        /// DST.
+        path: PathBuf,
         /// The window's skip.
         skip: u64,
         /// The window's seek.

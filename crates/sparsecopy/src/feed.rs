@@ -12,6 +12,7 @@
 //! Large ranges are not read here: the engine copies them in the kernel (`FICLONERANGE`,
 //! `copy_file_range`) or streams them itself.
 
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::os::fd::BorrowedFd;
 use std::path::Path;
@@ -31,6 +32,12 @@ pub(crate) const POOL: usize = 3;
 const MAX_GAP: u64 = 32 << 10;
 /// At most this many steps in a batch.
 const MAX_STEPS: usize = 4096;
+/// SRC's map is walked this far ahead of what is read. The kernel reads ahead of what it is
+/// asked (a few hundred KiB by default, more where a device asks for it); the zero pages of
+/// an unwritten extent that land in the page cache that way make SEEK_DATA call the extent
+/// data, so a map settled after the read would copy zeros as data (bytes right, holes
+/// filled). Settled before, its answer stands.
+const MAP_AHEAD: u64 = 32 << 20;
 /// Items go to the engine in chunks of up to this many, so that a file of many extents
 /// does not cost a thread handoff per extent.
 const CHUNK: usize = 256;
@@ -139,7 +146,8 @@ impl<'a> Feed<'a> {
     where
         Error: From<E>,
     {
-        for step in steps {
+        let mut steps = MapAhead::new(steps);
+        while let Some(step) = steps.next() {
             let step = match step {
                 Ok(step) => step,
                 Err(e) => return self.fail(e.into()),
@@ -279,4 +287,57 @@ pub(crate) fn read_exact(
         }
     }
     Ok(calls)
+}
+
+/// The steps, handed out only once the map has been walked [`MAP_AHEAD`] bytes past the end
+/// of the one handed out. A walk error comes as soon as it is met.
+struct MapAhead<I> {
+    steps: I,
+    queue: VecDeque<Step>,
+    /// The end of the last step walked.
+    walked: u64,
+    ended: bool,
+}
+
+impl<I, E> MapAhead<I>
+where
+    I: Iterator<Item = std::result::Result<Step, E>>,
+{
+    fn new(steps: I) -> Self {
+        MapAhead {
+            steps,
+            queue: VecDeque::new(),
+            walked: 0,
+            ended: false,
+        }
+    }
+
+    /// Walks one more step; `Err` when the walk failed.
+    fn pull(&mut self) -> std::result::Result<(), E> {
+        match self.steps.next() {
+            Some(Ok(step)) => {
+                self.walked = step.range().end;
+                self.queue.push_back(step);
+            }
+            Some(Err(e)) => return Err(e),
+            None => self.ended = true,
+        }
+        Ok(())
+    }
+
+    fn next(&mut self) -> Option<std::result::Result<Step, E>> {
+        if self.queue.is_empty()
+            && !self.ended
+            && let Err(e) = self.pull()
+        {
+            return Some(Err(e));
+        }
+        let target = self.queue.front()?.range().end.saturating_add(MAP_AHEAD);
+        while !self.ended && self.walked < target {
+            if let Err(e) = self.pull() {
+                return Some(Err(e));
+            }
+        }
+        self.queue.pop_front().map(Ok)
+    }
 }

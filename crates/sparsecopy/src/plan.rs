@@ -19,6 +19,15 @@ pub(crate) enum Step {
     Hole(Range<u64>),
 }
 
+impl Step {
+    /// The SRC range of the step.
+    pub(crate) fn range(&self) -> &Range<u64> {
+        match self {
+            Step::Data(r) | Step::Hole(r) => r,
+        }
+    }
+}
+
 /// Turns the data ranges of a window (sorted, disjoint, inside the window, as
 /// [`blockmap_core::BlockMap::data`] yields them) into steps that tile the window exactly.
 #[derive(Debug)]

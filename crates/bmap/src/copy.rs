@@ -238,7 +238,6 @@ impl<'a> Copier<'a> {
             elapsed: Duration::ZERO,
         };
         let is_stream = matches!(source, Source::Stream { .. });
-        let mut writeback = Writeback::default();
         let mut streamed_to = 0u64;
 
         let (free_tx, free_rx) = sync_channel::<Vec<u8>>(CHUNKS);
@@ -320,9 +319,6 @@ impl<'a> Copier<'a> {
                         }
                         pos += n as u64;
                         report.mapped_bytes += n as u64;
-                        if self.sync {
-                            writeback.wrote(out, pos);
-                        }
                         if let Some(p) = self.progress.as_mut() {
                             p(report.mapped_bytes, total);
                         }
@@ -346,37 +342,6 @@ impl<'a> Copier<'a> {
             outcome?;
             Ok(report)
         })
-    }
-}
-
-/// Starts the write-back of what was written, a window at a time, so that the disks work
-/// while we copy and the final fsync finds little left to do. `POSIX_FADV_DONTNEED` starts
-/// write-back of the dirty pages of a range (without waiting) and drops its clean ones, which
-/// also keeps a big image from pushing everything else out of the page cache.
-#[derive(Debug, Default)]
-struct Writeback {
-    /// Where the range not yet pushed out starts.
-    from: u64,
-    /// Where the last write ended.
-    to: u64,
-}
-
-/// Bytes written before their write-back is started.
-const WRITEBACK_WINDOW: u64 = 16 << 20;
-
-impl Writeback {
-    fn wrote(&mut self, out: &File, end: u64) {
-        if end < self.to || end - self.from > 4 * WRITEBACK_WINDOW {
-            // A jump: start over from the range that holds `end`.
-            self.from = end.saturating_sub(CHUNK as u64);
-        }
-        self.to = end;
-        if self.to - self.from >= WRITEBACK_WINDOW {
-            let len = std::num::NonZeroU64::new(self.to - self.from);
-            // Advice only: a failure changes nothing but the speed.
-            let _ = rustix::fs::fadvise(out, self.from, len, rustix::fs::Advice::DontNeed);
-            self.from = self.to;
-        }
     }
 }
 

@@ -99,6 +99,7 @@ fn hash_ranges(
     }
     .min(blocks.len())
     .max(1);
+    debug!(threads, ranges = blocks.len(), "hashing");
     // Longest first, so that no thread is left alone with a big range at the end.
     let mut order: Vec<usize> = (0..blocks.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(blocks[i].end - blocks[i].start));

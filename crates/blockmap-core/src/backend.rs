@@ -162,16 +162,84 @@ impl Iterator for Source<'_> {
     type Item = Result<Range<u64>>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        self.next_marked().map(|r| r.map(|(r, _)| r))
+    }
+}
+
+impl Source<'_> {
+    /// The next range, and whether it was settled by SEEK_DATA inside a preallocated extent.
+    fn next_marked(&mut self) -> Option<Result<(Range<u64>, bool)>> {
         match self {
-            Source::Fiemap(f) => f.next(),
+            Source::Fiemap(f) => f.next_marked(),
             Source::Seek { segments, path } => segments.next().map(|r| {
-                r.map_err(|source| Error::Seek {
+                r.map(|r| (r, false)).map_err(|source| Error::Seek {
                     path: path.to_path_buf(),
                     source,
                 })
             }),
-            Source::None(window) => window.take().map(Ok),
+            Source::None(window) => window.take().map(|r| Ok((r, false))),
         }
+    }
+}
+
+/// A data range, and how sure the map is of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataRange {
+    /// The bytes.
+    pub range: Range<u64>,
+    /// Found by `SEEK_DATA` inside an unwritten (preallocated) extent: data written since the
+    /// last writeback, or pages of zeros that a read put in the page cache. The kernel cannot
+    /// tell the two apart, so it is data; a copier may look for all-zero blocks in it and
+    /// leave holes there, as the rest of the extent reads as zeros too.
+    pub settled: bool,
+}
+
+/// [`DataRanges`] with each range's [`DataRange::settled`] mark: sorted, disjoint, never
+/// empty; touching ranges are merged when their marks agree. Made by
+/// [`crate::BlockMap::data_marked`].
+#[derive(Debug)]
+pub struct MarkedDataRanges<'a> {
+    pub(crate) source: Source<'a>,
+    pub(crate) pending: Option<DataRange>,
+    pub(crate) done: bool,
+}
+
+impl Iterator for MarkedDataRanges<'_> {
+    type Item = Result<DataRange>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.done {
+            match self.source.next_marked() {
+                None => self.done = true,
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+                Some(Ok((r, settled))) => {
+                    // Never backwards, never empty.
+                    let start = self
+                        .pending
+                        .as_ref()
+                        .map_or(r.start, |p| r.start.max(p.range.end));
+                    if start >= r.end {
+                        continue;
+                    }
+                    let r = start..r.end;
+                    match &mut self.pending {
+                        Some(p) if p.range.end == r.start && p.settled == settled => {
+                            p.range.end = r.end;
+                        }
+                        pending => {
+                            let next = DataRange { range: r, settled };
+                            if let Some(out) = pending.replace(next) {
+                                return Some(Ok(out));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.pending.take().map(Ok)
     }
 }
 

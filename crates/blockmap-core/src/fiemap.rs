@@ -295,10 +295,18 @@ impl Iterator for FiemapData<'_> {
     type Item = Result<Range<u64>>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        self.next_marked().map(|r| r.map(|(r, _)| r))
+    }
+}
+
+impl FiemapData<'_> {
+    /// The next data range, and whether SEEK_DATA found it while settling (it may be pages of
+    /// zeros in the page cache over a preallocated extent).
+    pub(crate) fn next_marked(&mut self) -> Option<Result<(Range<u64>, bool)>> {
         loop {
             if let Some(segments) = &mut self.settling {
                 match segments.next() {
-                    Some(Ok(r)) => return Some(Ok(r)),
+                    Some(Ok(r)) => return Some(Ok((r, true))),
                     None => self.settling = None,
                     Some(Err(seekmap::Error::Unsupported { offset, .. })) => {
                         // No SEEK_DATA to tell: the doubtful rest counts as data.
@@ -307,7 +315,7 @@ impl Iterator for FiemapData<'_> {
                             "SEEK_DATA unsupported while settling; counting as data"
                         );
                         self.settling = None;
-                        return Some(Ok(offset..self.settling_end));
+                        return Some(Ok((offset..self.settling_end, true)));
                     }
                     Some(Err(source)) => {
                         self.settling = None;
@@ -319,7 +327,7 @@ impl Iterator for FiemapData<'_> {
                 }
             }
             if let Some(r) = self.ready.pop_front() {
-                return Some(Ok(r));
+                return Some(Ok((r, false)));
             }
             match self.walk.next_piece() {
                 None if self.doubt.is_some() => self.settle(),
@@ -342,7 +350,7 @@ impl Iterator for FiemapData<'_> {
                             self.settle();
                         }
                     } else {
-                        return Some(Ok(r));
+                        return Some(Ok((r, false)));
                     }
                 }
             }

@@ -57,7 +57,9 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{FileType, Mode, OFlags, SeekFrom};
 use tracing::debug;
 
-pub use backend::{Backend, BackendChoice, DataRanges, UnknownBackend};
+pub use backend::{
+    Backend, BackendChoice, DataRange, DataRanges, MarkedDataRanges, UnknownBackend,
+};
 pub use error::{Error, Result, is_unsupported_errno};
 use ranges::{Invert, Merge, RangeIterExt, from_blocks, to_blocks};
 
@@ -314,6 +316,18 @@ impl<F: AsFd> BlockMap<F> {
         };
         DataRanges {
             inner: Merge::new(source),
+        }
+    }
+
+    /// The data ranges of `window` as [`BlockMap::data`] finds them, each marked with whether
+    /// it was settled by `SEEK_DATA` inside a preallocated extent (and so may be zeros in the
+    /// page cache). Touching ranges with different marks are not merged.
+    pub fn data_marked(&self, window: Range<u64>) -> MarkedDataRanges<'_> {
+        let DataRanges { inner } = self.data(window);
+        MarkedDataRanges {
+            source: inner.into_inner(),
+            pending: None,
+            done: false,
         }
     }
 

@@ -97,6 +97,11 @@ impl<I> Merge<I> {
             pending: None,
         }
     }
+
+    /// The iterator being merged.
+    pub fn into_inner(self) -> I {
+        self.inner
+    }
 }
 
 impl<I, E> Iterator for Merge<I>

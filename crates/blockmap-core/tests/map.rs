@@ -186,7 +186,41 @@ fn written_blocks_between_unwritten_extents_are_settled_together() {
         file.write_all_at(&[0xC3; 4096], 6 * MIB + 8192).unwrap();
     }
     let data = check_all(&file);
-    for block in (0..1024).step_by(2).chain([301, 303, 777]).chain(far) {
+    let map = BlockMap::new(&file, BackendChoice::Auto).unwrap();
+    let marked: Vec<_> = map.data_marked(0..u64::MAX).map(Result::unwrap).collect();
+    let plain: Vec<Range<u64>> = marked.iter().map(|d| d.range.clone()).collect();
+    assert_eq!(
+        collect(blockmap_core::ranges::Merge::new(plain.into_iter().map(Ok))),
+        collect(map.data(0..u64::MAX)),
+        "the marked ranges are the data ranges"
+    );
+    if map.backend() == Backend::Fiemap {
+        // The blocks written past the preallocation never needed settling.
+        for &block in &far {
+            let at = block * 4096;
+            let d = marked
+                .iter()
+                .find(|d| d.range.start <= at && d.range.end > at)
+                .unwrap();
+            assert!(
+                !d.settled,
+                "block {block} written outside any preallocation: {d:?}"
+            );
+        }
+        // The block written into the second preallocation without fsync was settled.
+        let at = 6 * MIB + 8192;
+        if let Some(d) = marked
+            .iter()
+            .find(|d| d.range.start <= at && d.range.end > at)
+        {
+            assert!(d.settled, "{d:?}");
+        }
+    }
+    for block in (0..1024)
+        .step_by(2)
+        .chain([301, 303, 777])
+        .chain(far.iter().copied())
+    {
         let at = block * 4096;
         assert!(
             data.iter().any(|r| r.start <= at && r.end >= at + 4096),

@@ -216,6 +216,8 @@ pub(crate) fn run(job: Job<'_, '_>) -> Result<Report> {
             read_max,
             user_space: &user_space,
             buf_len: buf_len as usize,
+            settled_zeros: options.method != Method::CopyFileRange
+                && options.reflink != Reflink::Always,
         };
         pipeline(&mut engine, src_map, part, policy)?;
     }
@@ -248,7 +250,7 @@ fn pipeline(
         let span = tracing::Span::current();
         let feeder = scope.spawn(move || {
             let _span = span.entered();
-            let steps = Steps::new(src_map.data(part.clone()), part);
+            let steps = Steps::new(src_map.data_marked(part.clone()), part);
             Feed::new(src, src_path, policy, items_tx, returned).run(steps);
         });
         let written = engine.consume(items, give_back);
@@ -445,6 +447,11 @@ impl Engine<'_, '_> {
             match item {
                 Item::Hole(r) => self.hole(r)?,
                 Item::Data(r) => self.data(r)?,
+                Item::Settled(r) => {
+                    self.report.data_bytes += r.end - r.start;
+                    self.report.data_ranges += 1;
+                    self.stream(r, true)?;
+                }
                 Item::Batch(batch) => {
                     self.batch(&batch)?;
                     // The feed may have stopped already; then the buffer is just dropped.
@@ -472,10 +479,11 @@ impl Engine<'_, '_> {
         self.report.syscalls.pread += batch.preads;
         for step in &batch.steps {
             match step {
-                Step::Data(r) => {
+                Step::Data(r) | Step::Settled(r) => {
                     self.report.data_bytes += r.end - r.start;
                     self.report.data_ranges += 1;
-                    self.write_out(batch.bytes(r), self.window.dst_offset(r.start))?;
+                    let zeros = matches!(step, Step::Settled(_));
+                    self.write_out(batch.bytes(r), self.window.dst_offset(r.start), zeros)?;
                 }
                 Step::Hole(r) => self.hole(r.clone())?,
             }
@@ -674,7 +682,7 @@ impl Engine<'_, '_> {
         } else {
             src
         };
-        self.stream(src)
+        self.stream(src, false)
     }
 
     /// The choice between the kernel's copy and user space, for a range of `len` bytes.
@@ -754,7 +762,7 @@ impl Engine<'_, '_> {
 
     /// Copies a range through user space, a buffer at a time; the pieces end on DST's block
     /// boundaries so zero detection sees whole blocks.
-    fn stream(&mut self, src: Range<u64>) -> Result<()> {
+    fn stream(&mut self, src: Range<u64>, zeros: bool) -> Result<()> {
         let mut buf = self.take_buf();
         let mut at = src.start;
         while at < src.end {
@@ -762,7 +770,7 @@ impl Engine<'_, '_> {
             let room = self.buf_len - (dst_at % self.bs) as usize;
             let n = ((src.end - at) as usize).min(room);
             self.read_exact(at, &mut buf[..n])?;
-            self.write_out(&buf[..n], dst_at)?;
+            self.write_out(&buf[..n], dst_at, zeros)?;
             at += n as u64;
         }
         self.buf = buf;
@@ -770,9 +778,10 @@ impl Engine<'_, '_> {
     }
 
     /// Writes bytes read from SRC at DST offset `at`, leaving out all-zero blocks when
-    /// detecting zeros (they are cleared instead, as holes are).
-    fn write_out(&mut self, bytes: &[u8], at: u64) -> Result<()> {
-        if !self.options.detect_zeros {
+    /// detecting zeros or told to (`zeros`: settled data); they are cleared instead, as holes
+    /// are.
+    fn write_out(&mut self, bytes: &[u8], at: u64, zeros: bool) -> Result<()> {
+        if !self.options.detect_zeros && !zeros {
             self.write_all(bytes, at)?;
             self.transferred(Transfer::ReadWrite, bytes.len() as u64);
             return Ok(());

@@ -49,6 +49,9 @@ pub(crate) enum Item {
     Hole(Range<u64>),
     /// A data range of SRC, not read: the engine copies it.
     Data(Range<u64>),
+    /// A settled data range of SRC ([`Step::Settled`]), not read: the engine copies it
+    /// through user space, leaving out all-zero blocks.
+    Settled(Range<u64>),
     /// Small data ranges and the holes between them, with SRC's bytes of their span.
     Batch(Batch),
     /// The walk or a read failed; nothing follows.
@@ -82,6 +85,9 @@ pub(crate) struct Policy<'a> {
     pub user_space: &'a AtomicBool,
     /// The buffers' length.
     pub buf_len: usize,
+    /// Settled data goes through user space, its all-zero blocks left out; otherwise it is
+    /// copied as any data (a method or reflinks were forced).
+    pub settled_zeros: bool,
 }
 
 impl Policy<'_> {
@@ -163,19 +169,39 @@ impl<'a> Feed<'a> {
                         self.send(Item::Hole(r))?;
                     }
                 },
-                Step::Data(r) if self.policy.reads_ahead(r.end - r.start) => self.add(r)?,
+                Step::Data(r) if self.policy.reads_ahead(r.end - r.start) => {
+                    self.add(Step::Data(r))?;
+                }
                 Step::Data(r) => {
                     self.flush()?;
                     self.send(Item::Data(r))?;
+                }
+                Step::Settled(r) if !self.policy.settled_zeros => {
+                    let len = r.end - r.start;
+                    if self.policy.reads_ahead(len) {
+                        self.add(Step::Data(r))?;
+                    } else {
+                        self.flush()?;
+                        self.send(Item::Data(r))?;
+                    }
+                }
+                // Read through user space in any case, to find the zeros.
+                Step::Settled(r) if r.end - r.start <= self.policy.buf_len as u64 => {
+                    self.add(Step::Settled(r))?;
+                }
+                Step::Settled(r) => {
+                    self.flush()?;
+                    self.send(Item::Settled(r))?;
                 }
             }
         }
         self.flush()
     }
 
-    /// Adds a small data range to the open batch, first sending that batch if the range
-    /// does not belong with it.
-    fn add(&mut self, r: Range<u64>) -> std::result::Result<(), Gone> {
+    /// Adds a small data step to the open batch, first sending that batch if the range does
+    /// not belong with it.
+    fn add(&mut self, step: Step) -> std::result::Result<(), Gone> {
+        let r = step.range().clone();
         if let Some(batch) = &self.open
             && (r.start - batch.span.end > MAX_GAP
                 || r.end - batch.span.start > self.policy.buf_len as u64
@@ -186,13 +212,13 @@ impl<'a> Feed<'a> {
         match &mut self.open {
             Some(batch) => {
                 batch.span.end = r.end;
-                batch.steps.push(Step::Data(r));
+                batch.steps.push(step);
             }
             None => {
                 let buf = self.buffer()?;
                 self.open = Some(Batch {
-                    span: r.clone(),
-                    steps: vec![Step::Data(r)],
+                    span: r,
+                    steps: vec![step],
                     buf,
                     preads: 0,
                 });

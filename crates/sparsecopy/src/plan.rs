@@ -17,13 +17,41 @@ pub(crate) enum Step {
     Data(Range<u64>),
     /// A hole of SRC: DST must read zeros there.
     Hole(Range<u64>),
+    /// Data of SRC found by SEEK_DATA inside a preallocated extent: written since, or pages of
+    /// zeros a read put in the page cache. Copied with its all-zero blocks left out.
+    Settled(Range<u64>),
+}
+
+/// A data range as the map gives it: plain, or with [`blockmap_core::DataRange::settled`].
+pub(crate) trait Marked {
+    fn parts(self) -> (Range<u64>, bool);
+}
+
+impl Marked for Range<u64> {
+    fn parts(self) -> (Range<u64>, bool) {
+        (self, false)
+    }
+}
+
+impl Marked for blockmap_core::DataRange {
+    fn parts(self) -> (Range<u64>, bool) {
+        (self.range, self.settled)
+    }
+}
+
+fn data_step(range: Range<u64>, settled: bool) -> Step {
+    if settled {
+        Step::Settled(range)
+    } else {
+        Step::Data(range)
+    }
 }
 
 impl Step {
     /// The SRC range of the step.
     pub(crate) fn range(&self) -> &Range<u64> {
         match self {
-            Step::Data(r) | Step::Hole(r) => r,
+            Step::Data(r) | Step::Hole(r) | Step::Settled(r) => r,
         }
     }
 }
@@ -37,7 +65,7 @@ pub(crate) struct Steps<I> {
     cursor: u64,
     end: u64,
     /// A data range found after a hole, yielded next.
-    pending: Option<Range<u64>>,
+    pending: Option<(Range<u64>, bool)>,
     failed: bool,
 }
 
@@ -54,9 +82,10 @@ impl<I> Steps<I> {
     }
 }
 
-impl<I, E> Iterator for Steps<I>
+impl<I, D, E> Iterator for Steps<I>
 where
-    I: Iterator<Item = Result<Range<u64>, E>>,
+    I: Iterator<Item = Result<D, E>>,
+    D: Marked,
 {
     type Item = Result<Step, E>;
 
@@ -64,9 +93,9 @@ where
         if self.failed {
             return None;
         }
-        if let Some(d) = self.pending.take() {
+        if let Some((d, settled)) = self.pending.take() {
             self.cursor = d.end;
-            return Some(Ok(Step::Data(d)));
+            return Some(Ok(data_step(d, settled)));
         }
         loop {
             match self.data.next() {
@@ -75,6 +104,7 @@ where
                     return Some(Err(e));
                 }
                 Some(Ok(d)) => {
+                    let (d, settled) = d.parts();
                     // Defensive: never step backwards nor past the window.
                     let d = d.start.max(self.cursor)..d.end.min(self.end);
                     if d.is_empty() {
@@ -83,11 +113,11 @@ where
                     if d.start > self.cursor {
                         let hole = self.cursor..d.start;
                         self.cursor = d.start;
-                        self.pending = Some(d);
+                        self.pending = Some((d, settled));
                         return Some(Ok(Step::Hole(hole)));
                     }
                     self.cursor = d.end;
-                    return Some(Ok(Step::Data(d)));
+                    return Some(Ok(data_step(d, settled)));
                 }
                 None if self.cursor < self.end => {
                     let hole = self.cursor..self.end;

@@ -165,6 +165,42 @@ fn written_but_unflushed_preallocated_data_is_copied() {
 }
 
 #[test]
+fn preallocated_zeros_read_into_the_cache_stay_holes() {
+    // Reading a preallocation puts pages of zeros in the page cache, and SEEK_DATA then calls
+    // the whole extent data: the copy finds those zeros and leaves holes, without
+    // --detect-zeros; the block written since (no fsync) is copied.
+    for dir in test_dirs() {
+        let tmp = tempdir_in(&dir);
+        let src = tmp.path().join("src");
+        let f = File::create(&src).unwrap();
+        if rustix::fs::fallocate(&f, FallocateFlags::empty(), 0, 8 * MIB).is_err() {
+            eprintln!("{}: no fallocate", dir.display());
+            continue;
+        }
+        let mut whole = vec![0; 8 << 20];
+        File::open(&src)
+            .unwrap()
+            .read_exact_at(&mut whole, 0)
+            .unwrap();
+        f.write_all_at(&bytes(9, 4096), 5 * MIB).unwrap(); // no fsync
+        let dst = tmp.path().join("dst");
+        let r = sparsecopy::copy(&src, &dst, Window::new(), &Options::new()).unwrap();
+        assert_same(&read(&dst), &read(&src), &dir.display().to_string());
+        let map = blockmap_core::BlockMap::open(&src, blockmap_core::BackendChoice::Auto).unwrap();
+        if map.backend() != blockmap_core::Backend::Fiemap {
+            continue;
+        }
+        assert!(
+            allocated(&dst) <= 64 * KIB,
+            "{}: {} bytes allocated for one written block: {r}",
+            dir.display(),
+            allocated(&dst)
+        );
+        assert!(r.zero_skipped_bytes >= 7 * MIB, "{r:?}");
+    }
+}
+
+#[test]
 fn progress_is_monotonic_and_ends_at_the_total() {
     let tmp = tempdir_in(&std::env::temp_dir());
     let src = tmp.path().join("src");

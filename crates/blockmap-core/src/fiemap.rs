@@ -228,6 +228,9 @@ fn trim_start(e: &mut Extent, start: u64) {
 /// Written extents held back behind a doubtful span, waiting to see whether another doubtful
 /// extent follows (then they join the span) or not (then they go out after it).
 const MAX_HELD: usize = 32;
+/// At most this many written extents inside one doubtful span (memory stays bounded); a span
+/// that would hold more is settled and the next one begun.
+const MAX_INSIDE: usize = 4096;
 
 /// The data ranges of a window by FIEMAP, unmerged, with doubtful extents settled.
 ///
@@ -246,6 +249,12 @@ pub(crate) struct FiemapData<'a> {
     settling_end: u64,
     /// The doubtful span being gathered.
     doubt: Option<Range<u64>>,
+    /// The written extents inside it: data for sure, whatever the SEEK walk over the span.
+    inside: Vec<Range<u64>>,
+    /// Those of the span being settled, not yet passed.
+    settling_inside: VecDeque<Range<u64>>,
+    /// The rest of a settled segment still to be split against `settling_inside`.
+    segment: Option<Range<u64>>,
     /// Written extents after `doubt`, not yet passed on.
     held: VecDeque<Range<u64>>,
     /// Written extents to pass on once the settling walk is done.
@@ -261,6 +270,9 @@ impl<'a> FiemapData<'a> {
             settling: None,
             settling_end: 0,
             doubt: None,
+            inside: Vec::new(),
+            settling_inside: VecDeque::new(),
+            segment: None,
             held: VecDeque::new(),
             ready: VecDeque::new(),
         }
@@ -268,7 +280,10 @@ impl<'a> FiemapData<'a> {
 
     /// Adds a doubtful range to the span: the written extents held since its end join it.
     fn doubt(&mut self, range: Range<u64>) {
-        self.held.clear();
+        if self.doubt.is_some() && self.inside.len() + self.held.len() > MAX_INSIDE {
+            self.settle();
+        }
+        self.inside.extend(self.held.drain(..));
         match &mut self.doubt {
             Some(d) => d.end = d.end.max(range.end),
             None => self.doubt = Some(range),
@@ -288,6 +303,34 @@ impl<'a> FiemapData<'a> {
             self.granule,
         ));
         self.ready = std::mem::take(&mut self.held);
+        self.settling_inside = std::mem::take(&mut self.inside).into();
+    }
+
+    /// The next piece of a settled segment: parts under a written extent are certain data,
+    /// the rest settled.
+    fn split_segment(&mut self) -> Option<(Range<u64>, bool)> {
+        let seg = self.segment.take()?;
+        while self
+            .settling_inside
+            .front()
+            .is_some_and(|w| w.end <= seg.start)
+        {
+            self.settling_inside.pop_front();
+        }
+        let (piece, certain) = match self.settling_inside.front() {
+            Some(w) if w.start < seg.end => {
+                if w.start > seg.start {
+                    (seg.start..w.start, false)
+                } else {
+                    (seg.start..w.end.min(seg.end), true)
+                }
+            }
+            _ => (seg.clone(), false),
+        };
+        if piece.end < seg.end {
+            self.segment = Some(piece.end..seg.end);
+        }
+        Some((piece, !certain))
     }
 }
 
@@ -304,9 +347,15 @@ impl FiemapData<'_> {
     /// zeros in the page cache over a preallocated extent).
     pub(crate) fn next_marked(&mut self) -> Option<Result<(Range<u64>, bool)>> {
         loop {
+            if let Some(piece) = self.split_segment() {
+                return Some(Ok(piece));
+            }
             if let Some(segments) = &mut self.settling {
                 match segments.next() {
-                    Some(Ok(r)) => return Some(Ok((r, true))),
+                    Some(Ok(r)) => {
+                        self.segment = Some(r);
+                        continue;
+                    }
                     None => self.settling = None,
                     Some(Err(seekmap::Error::Unsupported { offset, .. })) => {
                         // No SEEK_DATA to tell: the doubtful rest counts as data.

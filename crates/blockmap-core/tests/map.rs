@@ -207,6 +207,21 @@ fn written_blocks_between_unwritten_extents_are_settled_together() {
                 "block {block} written outside any preallocation: {d:?}"
             );
         }
+        // Inside the span settled with SEEK, the written extents stay certain.
+        let mark = |block: u64| {
+            let at = block * 4096;
+            marked
+                .iter()
+                .find(|d| d.range.start <= at && d.range.end >= at + 4096)
+                .map(|d| (d.range.clone(), d.settled))
+        };
+        for block in [0, 2, 500, 1022] {
+            let found = mark(block);
+            assert!(
+                matches!(found, Some((_, false))),
+                "synced block {block}: {found:?}"
+            );
+        }
         // The block written into the second preallocation without fsync was settled.
         let at = 6 * MIB + 8192;
         if let Some(d) = marked

@@ -39,6 +39,9 @@ use crate::report::{Report, Transfer};
 const READ_AHEAD_MAX: u64 = 64 << 10;
 /// `copy_file_range` and `FICLONERANGE` calls are cut to this size, so progress moves.
 const KERNEL_CHUNK: u64 = 1 << 30;
+/// A whole window is reflinked in pieces of this size: mostly holes, as a disk image is, each
+/// call costs next to nothing, and one per GiB made a 1 TiB image cost a thousand calls.
+const CLONE_CHUNK: u64 = 1 << 40;
 /// The progress callback is called at most once per this many bytes (and at the end).
 const PROGRESS_EVERY: u64 = 1 << 20;
 /// Zeros for filling where a hole cannot be punched.
@@ -528,7 +531,7 @@ impl Engine<'_, '_> {
         Ok(())
     }
 
-    /// Reflinks all the window's whole blocks with a few `FICLONERANGE` calls (one per GiB),
+    /// Reflinks all the window's whole blocks with a few `FICLONERANGE` calls (one per TiB),
     /// holes and all, as `cp --reflink` does: the kernel walks the extents, not us. Returns
     /// the SRC range cloned, or `None` when the window is left to range-by-range copying:
     /// SRC mapped without FIEMAP, or holding preallocated extents there (a clone would share
@@ -570,12 +573,12 @@ impl Engine<'_, '_> {
         }
         let mut at = span.start;
         while at < span.end {
-            let piece = at..span.end.min(at + KERNEL_CHUNK);
+            let piece = at..span.end.min(at + CLONE_CHUNK);
             if !self.ficlonerange(&piece)? {
                 if at == span.start {
                     return Ok(None);
                 }
-                // It cloned the first GiB of these same two files.
+                // It cloned the first piece of these same two files.
                 return Err(Error::Reflink {
                     src: self.src_path.to_owned(),
                     dst: self.dst_path.to_owned(),

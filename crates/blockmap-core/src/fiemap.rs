@@ -228,9 +228,10 @@ fn trim_start(e: &mut Extent, start: u64) {
 /// Written extents held back behind a doubtful span, waiting to see whether another doubtful
 /// extent follows (then they join the span) or not (then they go out after it).
 const MAX_HELD: usize = 32;
-/// At most this many written extents inside one doubtful span (memory stays bounded); a span
-/// that would hold more is settled and the next one begun.
-const MAX_INSIDE: usize = 4096;
+/// At most this many written extents inside one doubtful span (1 MiB of ranges: memory stays
+/// bounded); a span that would hold more is settled and the next one begun. Each span costs
+/// the kernel a walk to the next hole, which may be the end of the file: few and long spans.
+const MAX_INSIDE: usize = 1 << 16;
 
 /// The data ranges of a window by FIEMAP, unmerged, with doubtful extents settled.
 ///

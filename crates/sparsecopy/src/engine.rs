@@ -347,10 +347,10 @@ fn reflink_unsupported(e: Errno) -> bool {
     )
 }
 
-/// Whether DST's filesystem reflinks small extents more slowly than it copies them: xfs,
-/// where reflinking 131072 extents of 4 KiB costs about twice the kernel time of writing
-/// them, and four times the wall time (SPEC section 7); btrfs is the other way round.
-fn clones_extents_slowly(dst: BorrowedFd<'_>) -> bool {
+/// Whether DST is on xfs. xfs reflinks small extents more slowly than it copies them
+/// (131072 extents of 4 KiB: about twice the kernel time of writing them, four times the wall
+/// time, SPEC section 7; btrfs is the other way round), and it shares only written blocks.
+fn is_xfs(dst: BorrowedFd<'_>) -> bool {
     const XFS_SUPER_MAGIC: u64 = 0x5846_5342;
     rustix::fs::fstatfs(dst).is_ok_and(|s| s.f_type as u64 == XFS_SUPER_MAGIC)
 }
@@ -541,13 +541,22 @@ impl Engine<'_, '_> {
         if span.is_empty() || src_map.backend() != blockmap_core::Backend::Fiemap {
             return Ok(None);
         }
+        let xfs = is_xfs(self.dst);
         // What is cloned, counted as a copy would: data and holes, bytes and ranges.
         let (mut data, mut data_ranges, mut hole_ranges, mut pos) = (0u64, 0u64, 0u64, span.start);
+        let mut unwritten = false;
         for e in src_map.extents(span.clone()) {
             let e = e?;
             if e.is_unwritten() {
-                debug!(extent = ?e.logical, "preallocated extent in SRC: reflinking range by range");
-                return Ok(None);
+                // xfs shares only written blocks: an unwritten extent lands as a hole, its
+                // data in the page cache written back first. btrfs would share it as
+                // allocated space that SEEK_DATA calls data.
+                if !xfs {
+                    debug!(extent = ?e.logical, "preallocated extent in SRC: reflinking range by range");
+                    return Ok(None);
+                }
+                unwritten = true;
+                continue;
             }
             let r = e.logical.start.max(pos)..e.logical.end.min(span.end);
             if r.is_empty() {
@@ -563,7 +572,7 @@ impl Engine<'_, '_> {
         hole_ranges += u64::from(pos < span.end);
         if self.options.reflink == Reflink::Auto
             && data < data_ranges.saturating_mul(self.options.reflink_min)
-            && clones_extents_slowly(self.dst)
+            && xfs
         {
             debug!(
                 data,
@@ -589,6 +598,29 @@ impl Engine<'_, '_> {
             at = piece.end;
         }
         self.prelinked = None;
+        if unwritten {
+            // Counted again now that the clone has written back SRC's dirty pages: what is
+            // still settled data is clean pages of zeros over unwritten extents, cloned as holes.
+            (data, data_ranges, hole_ranges) = (0, 0, 0);
+            let mut pos = span.start;
+            for d in src_map.data_marked(span.clone()) {
+                let d = d?;
+                if d.settled {
+                    continue;
+                }
+                let r = d.range;
+                if r.start == pos && data_ranges > 0 {
+                    data += r.end - r.start;
+                    pos = r.end;
+                    continue;
+                }
+                data += r.end - r.start;
+                data_ranges += 1;
+                hole_ranges += u64::from(r.start > pos);
+                pos = r.end;
+            }
+            hole_ranges += u64::from(pos < span.end);
+        }
         let holes = (span.end - span.start) - data;
         debug!(?span, data, data_ranges, "window reflinked whole");
         self.report.data_bytes += data;

@@ -20,7 +20,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use blockmap_core::ranges::round_in;
-use blockmap_core::{BlockMap, DataRanges};
+use blockmap_core::{BlockMap, DataRanges, is_unsupported_errno};
 use rustix::fs::FallocateFlags;
 use rustix::io::Errno;
 use tracing::{debug, trace};
@@ -332,19 +332,12 @@ impl<'m> DstCursor<'m> {
     }
 }
 
-/// Whether an errno from `FICLONERANGE` means "cannot share these" rather than an I/O error.
-fn reflink_unsupported(e: Errno) -> bool {
-    // EBADF: the source filesystem cannot share (older kernels); ETXTBSY: a swap file.
-    matches!(
-        e,
-        Errno::XDEV
-            | Errno::OPNOTSUPP
-            | Errno::INVAL
-            | Errno::NOSYS
-            | Errno::NOTTY
-            | Errno::BADF
-            | Errno::TXTBSY
-    )
+/// Whether an errno from `FICLONERANGE` or `copy_file_range` means "not between these two
+/// files" rather than an I/O error: the unsupported errnos of any call, and EXDEV (two
+/// filesystems), EBADF (a filesystem that cannot share on older kernels, or a descriptor the
+/// kernel will not copy with, e.g. O_APPEND), ETXTBSY (a swap file).
+fn unsupported_between(e: Errno) -> bool {
+    is_unsupported_errno(e) || matches!(e, Errno::XDEV | Errno::BADF | Errno::TXTBSY)
 }
 
 /// Whether DST is on xfs. xfs reflinks small extents more slowly than it copies them
@@ -353,24 +346,6 @@ fn reflink_unsupported(e: Errno) -> bool {
 fn is_xfs(dst: BorrowedFd<'_>) -> bool {
     const XFS_SUPER_MAGIC: u64 = 0x5846_5342;
     rustix::fs::fstatfs(dst).is_ok_and(|s| s.f_type as u64 == XFS_SUPER_MAGIC)
-}
-
-/// Whether an errno from `copy_file_range` means "not for these files" rather than an I/O
-/// error.
-fn copy_unsupported(e: Errno) -> bool {
-    // EBADF: a descriptor the kernel will not copy with (e.g. O_APPEND); ETXTBSY: a swap file.
-    matches!(
-        e,
-        Errno::XDEV | Errno::OPNOTSUPP | Errno::INVAL | Errno::NOSYS | Errno::BADF | Errno::TXTBSY
-    )
-}
-
-/// Whether an errno from `fallocate` means "this mode is not supported here".
-fn fallocate_unsupported(e: Errno) -> bool {
-    matches!(
-        e,
-        Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL | Errno::NODEV
-    )
 }
 
 struct Engine<'a, 'p> {
@@ -665,7 +640,7 @@ impl Engine<'_, '_> {
                 Err(Errno::INTR) => continue,
                 Err(e) => e,
             };
-            if !reflink_unsupported(e) {
+            if !unsupported_between(e) {
                 return Err(Error::Reflink {
                     src: self.src_path.to_owned(),
                     dst: self.dst_path.to_owned(),
@@ -760,7 +735,7 @@ impl Engine<'_, '_> {
                 }
                 Ok(n) => self.transferred(Transfer::CopyFileRange, n as u64),
                 Err(Errno::INTR) => {}
-                Err(e) if copy_unsupported(e) => {
+                Err(e) if unsupported_between(e) => {
                     if self.options.method == Method::CopyFileRange {
                         return Err(Error::MethodUnsupported {
                             method: "copy_file_range",
@@ -915,7 +890,7 @@ impl Engine<'_, '_> {
             match rustix::fs::fallocate(self.dst, mode, dst.start, dst.end - dst.start) {
                 Ok(()) => return Ok(true),
                 Err(Errno::INTR) => {}
-                Err(e) if fallocate_unsupported(e) => {
+                Err(e) if is_unsupported_errno(e) => {
                     debug!(errno = %e, ?mode, "fallocate mode not supported here");
                     return Ok(false);
                 }

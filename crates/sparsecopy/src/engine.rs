@@ -265,6 +265,47 @@ fn pipeline(
     })
 }
 
+/// Data and holes of a span counted from its data ranges, given in order: bytes of data,
+/// data ranges (touching ones counted as one), hole ranges.
+struct Tally {
+    span: Range<u64>,
+    /// Everything before it has been counted.
+    pos: u64,
+    data: u64,
+    data_ranges: u64,
+    hole_ranges: u64,
+}
+
+impl Tally {
+    fn new(span: Range<u64>) -> Self {
+        Tally {
+            pos: span.start,
+            span,
+            data: 0,
+            data_ranges: 0,
+            hole_ranges: 0,
+        }
+    }
+
+    fn add(&mut self, r: Range<u64>) {
+        let r = r.start.max(self.pos)..r.end.min(self.span.end);
+        if r.is_empty() {
+            return;
+        }
+        self.data += r.end - r.start;
+        if r.start > self.pos || self.data_ranges == 0 {
+            self.data_ranges += 1;
+        }
+        self.hole_ranges += u64::from(r.start > self.pos);
+        self.pos = r.end;
+    }
+
+    fn finish(self) -> (u64, u64, u64) {
+        let trailing = u64::from(self.pos < self.span.end);
+        (self.data, self.data_ranges, self.hole_ranges + trailing)
+    }
+}
+
 /// A forward walk over DST's data ranges, answering "which parts of this range hold data"
 /// for ranges asked in ascending order.
 struct DstCursor<'m> {
@@ -518,7 +559,7 @@ impl Engine<'_, '_> {
         }
         let xfs = is_xfs(self.dst);
         // What is cloned, counted as a copy would: data and holes, bytes and ranges.
-        let (mut data, mut data_ranges, mut hole_ranges, mut pos) = (0u64, 0u64, 0u64, span.start);
+        let mut tally = Tally::new(span.clone());
         let mut unwritten = false;
         for e in src_map.extents(span.clone()) {
             let e = e?;
@@ -533,18 +574,11 @@ impl Engine<'_, '_> {
                 unwritten = true;
                 continue;
             }
-            let r = e.logical.start.max(pos)..e.logical.end.min(span.end);
-            if r.is_empty() {
-                continue;
-            }
-            data += r.end - r.start;
-            if r.start > pos || data_ranges == 0 {
-                data_ranges += 1;
-            }
-            hole_ranges += u64::from(r.start > pos);
-            pos = r.end;
+            tally.add(e.logical);
         }
-        hole_ranges += u64::from(pos < span.end);
+        let Tally {
+            data, data_ranges, ..
+        } = tally;
         if self.options.reflink == Reflink::Auto
             && data < data_ranges.saturating_mul(self.options.reflink_min)
             && xfs
@@ -576,26 +610,15 @@ impl Engine<'_, '_> {
         if unwritten {
             // Counted again now that the clone has written back SRC's dirty pages: what is
             // still settled data is clean pages of zeros over unwritten extents, cloned as holes.
-            (data, data_ranges, hole_ranges) = (0, 0, 0);
-            let mut pos = span.start;
+            tally = Tally::new(span.clone());
             for d in src_map.data_marked(span.clone()) {
                 let d = d?;
-                if d.settled {
-                    continue;
+                if !d.settled {
+                    tally.add(d.range);
                 }
-                let r = d.range;
-                if r.start == pos && data_ranges > 0 {
-                    data += r.end - r.start;
-                    pos = r.end;
-                    continue;
-                }
-                data += r.end - r.start;
-                data_ranges += 1;
-                hole_ranges += u64::from(r.start > pos);
-                pos = r.end;
             }
-            hole_ranges += u64::from(pos < span.end);
         }
+        let (data, data_ranges, hole_ranges) = tally.finish();
         let holes = (span.end - span.start) - data;
         debug!(?span, data, data_ranges, "window reflinked whole");
         self.report.data_bytes += data;

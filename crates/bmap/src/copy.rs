@@ -2,30 +2,41 @@
 
 use std::fmt;
 use std::fs::File;
+use std::num::NonZeroU64;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, channel, sync_channel};
 use std::time::{Duration, Instant};
 
+use rustix::fs::Advice;
 use sparsecopy::Destination;
 use tracing::debug;
 
-use crate::checksum::ChecksumType;
+use crate::checksum::{ChecksumType, Hasher};
 use crate::error::{Error, Result};
-use crate::format::{Bmap, human_size};
+use crate::format::{BlockRange, Bmap, human_size};
 use crate::source::{Compression, Source};
 
 /// Size of one chunk of data on its way from the image to the destination and the hasher:
 /// small enough to stay in a core's L2 cache (1 MiB here) between the `pread` that fills it
 /// and the `pwrite` that empties it, large enough that the syscalls cost nothing.
 const CHUNK: usize = 256 << 10;
-/// Chunks in flight: one being read and written, the others being hashed or waiting.
+/// Chunks in flight (compressed images): one being read and written, the others being hashed
+/// or waiting.
 const CHUNKS: usize = 8;
+/// How often the progress callback hears of the copy of a plain image.
+const PROGRESS_TICK: Duration = Duration::from_millis(50);
 
 /// Copies an image by its bmap: only the mapped ranges are read and written, each range's
-/// checksum is verified as its bytes pass (in a second thread, while the next chunk is read
-/// and written).
+/// checksum is verified as its bytes pass. A plain image is copied by one thread per core,
+/// each taking the next range and reading, writing and hashing it chunk by chunk; a
+/// compressed one is decompressed in order by one thread while a second hashes.
+///
+/// With the final fsync on (the default), writeback of the destination is started as the
+/// copy goes, so that the disk writes while the image is read and hashed.
 ///
 /// The destination:
 /// - **a regular file** becomes the image: created if absent, else truncated (as bmaptool
@@ -199,9 +210,11 @@ impl<'a> Copier<'a> {
             "copying"
         );
 
-        let source = Source::new(file, image, compression)?;
         let sync = self.sync;
-        let mut report = self.pump(source, image, out.file(), dest)?;
+        let mut report = match Source::new(file, image, compression)? {
+            Source::File(file) => self.lanes(&file, image, out.file(), dest)?,
+            stream => self.pump(stream, image, out.file(), dest)?,
+        };
         if sync {
             out.file()
                 .sync_all()
@@ -213,8 +226,122 @@ impl<'a> Copier<'a> {
         Ok(report)
     }
 
-    /// The data path: this thread reads and writes chunks, a second thread hashes them; the
-    /// chunk buffers go round between the two.
+    /// The data path of a plain image: one lane per core, each taking the next range and
+    /// reading, writing and hashing it chunk by chunk, the chunk still in the core's cache
+    /// (a range is hashed in order, so ranges are what runs in parallel). This thread passes
+    /// the progress on.
+    fn lanes(mut self, file: &File, image: &Path, out: &File, dest: &Path) -> Result<CopyReport> {
+        let bmap = &self.bmap;
+        let kind = bmap.checksum_type.filter(|_| self.verify);
+        let total = bmap.mapped_bytes();
+        let lanes = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(bmap.ranges.len())
+            .max(1);
+        debug!(lanes, "copying a plain image");
+        let next = AtomicUsize::new(0);
+        let stop = AtomicBool::new(false);
+        let copied = AtomicU64::new(0);
+        let (ranges, verified) = (AtomicU64::new(0), AtomicU64::new(0));
+        // Of several failures, the first range's is reported.
+        let failure: Mutex<Option<(usize, Error)>> = Mutex::new(None);
+        let sync = self.sync;
+        let lane = || {
+            let mut buf = vec![0u8; CHUNK];
+            let mut writeback = sync.then(|| Writeback::new(out, dest));
+            while !stop.load(Ordering::Relaxed) {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                let Some(range) = bmap.ranges.get(index) else {
+                    break;
+                };
+                let mut hasher = kind
+                    .filter(|_| range.checksum.is_some())
+                    .map(|k| k.hasher());
+                let bytes = range.bytes(bmap.block_size, bmap.image_size);
+                let mut pos = bytes.start;
+                let outcome = loop {
+                    if pos == bytes.end {
+                        break Ok(());
+                    }
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let n = (bytes.end - pos).min(CHUNK as u64) as usize;
+                    let piece = &mut buf[..n];
+                    if let Err(e) = read_piece(file, image, range, pos, piece)
+                        .and_then(|()| write_piece(out, dest, range, pos, piece))
+                    {
+                        break Err(e);
+                    }
+                    if let Some(w) = writeback.as_mut() {
+                        w.written(pos..pos + n as u64);
+                    }
+                    if let Some(h) = hasher.as_mut() {
+                        h.update(piece);
+                    }
+                    pos += n as u64;
+                    copied.fetch_add(n as u64, Ordering::Relaxed);
+                };
+                let outcome = outcome.and_then(|()| match hasher {
+                    Some(h) => check(h, image, bmap, index).map(|()| 1),
+                    None => Ok(0),
+                });
+                match outcome {
+                    Ok(n) => {
+                        verified.fetch_add(n, Ordering::Relaxed);
+                        ranges.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        stop.store(true, Ordering::Relaxed);
+                        let mut failure = failure.lock().unwrap_or_else(|p| p.into_inner());
+                        if failure.as_ref().is_none_or(|(first, _)| index < *first) {
+                            *failure = Some((index, e));
+                        }
+                        return;
+                    }
+                }
+            }
+        };
+        std::thread::scope(|s| {
+            let (done_tx, done_rx) = channel::<()>();
+            for _ in 0..lanes {
+                let done = done_tx.clone();
+                let lane = &lane;
+                s.spawn(move || {
+                    lane();
+                    drop(done);
+                });
+            }
+            drop(done_tx);
+            // Until every lane has hung up.
+            while let Err(RecvTimeoutError::Timeout) = done_rx.recv_timeout(PROGRESS_TICK) {
+                if let Some(p) = self.progress.as_mut() {
+                    p(copied.load(Ordering::Relaxed), total);
+                }
+            }
+        });
+        if let Some((_, e)) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            return Err(e);
+        }
+        let mapped_bytes = copied.into_inner();
+        if let Some(p) = self.progress.as_mut() {
+            p(mapped_bytes, total);
+        }
+        Ok(CopyReport {
+            image_size: bmap.image_size,
+            mapped_bytes,
+            skipped_bytes: 0,
+            ranges: ranges.into_inner(),
+            verified_ranges: verified.into_inner(),
+            checksum_type: kind,
+            compression: Compression::None,
+            block_device: false,
+            elapsed: Duration::ZERO,
+        })
+    }
+
+    /// The data path of a compressed image: this thread decompresses, reads and writes chunks
+    /// in order, a second thread hashes them; the chunk buffers go round between the two.
     fn pump(
         mut self,
         mut source: Source,
@@ -237,8 +364,8 @@ impl<'a> Copier<'a> {
             block_device: false,
             elapsed: Duration::ZERO,
         };
-        let is_stream = matches!(source, Source::Stream { .. });
         let mut streamed_to = 0u64;
+        let mut writeback = self.sync.then(|| Writeback::new(out, dest));
 
         let (free_tx, free_rx) = sync_channel::<Vec<u8>>(CHUNKS);
         for _ in 0..CHUNKS {
@@ -286,26 +413,12 @@ impl<'a> Copier<'a> {
                             Error::io(format!("read bytes {}-{}", pos, pos + n as u64), image, e)
                         })?;
                         if got < n {
-                            return Err(Error::ImageTooShort {
-                                path: image.to_owned(),
-                                first: range.first,
-                                last: range.last,
-                                at: pos + got as u64,
-                            });
+                            return Err(too_short(image, range, pos + got as u64));
                         }
-                        out.write_all_at(piece, pos).map_err(|e| {
-                            Error::io(
-                                format!(
-                                    "write blocks {}-{} (bytes {}-{})",
-                                    range.first,
-                                    range.last,
-                                    pos,
-                                    pos + n as u64
-                                ),
-                                dest,
-                                e,
-                            )
-                        })?;
+                        write_piece(out, dest, range, pos, piece)?;
+                        if let Some(w) = writeback.as_mut() {
+                            w.written(pos..pos + n as u64);
+                        }
                         batch.pieces.push(Piece {
                             at: fill,
                             len: n,
@@ -313,10 +426,8 @@ impl<'a> Copier<'a> {
                             end: (check.is_some() && pos + n as u64 == bytes.end).then_some(index),
                         });
                         fill += n;
-                        if is_stream {
-                            report.skipped_bytes += pos - streamed_to;
-                            streamed_to = pos + n as u64;
-                        }
+                        report.skipped_bytes += pos - streamed_to;
+                        streamed_to = pos + n as u64;
                         pos += n as u64;
                         report.mapped_bytes += n as u64;
                         if let Some(p) = self.progress.as_mut() {
@@ -385,25 +496,14 @@ fn hasher(
             let Some(h) = current.as_mut() else { continue };
             h.update(&batch.buf[piece.at..piece.at + piece.len]);
             let Some(index) = piece.end else { continue };
-            let calculated = current.take().map(|h| h.finish_hex()).unwrap_or_default();
-            let range = &bmap.ranges[index];
-            let expected = range.checksum.as_deref().unwrap_or_default();
-            if calculated.eq_ignore_ascii_case(expected) {
-                verified += 1;
-                continue;
+            let Some(h) = current.take() else { continue };
+            match check(h, image, bmap, index) {
+                Ok(()) => verified += 1,
+                Err(e) => {
+                    mismatch.store(true, Ordering::Relaxed);
+                    failure = Some(e);
+                }
             }
-            let bytes = range.bytes(bmap.block_size, bmap.image_size);
-            debug!(index, "checksum mismatch");
-            mismatch.store(true, Ordering::Relaxed);
-            failure = Some(Error::RangeChecksum {
-                path: image.to_owned(),
-                first: range.first,
-                last: range.last,
-                start: bytes.start,
-                end: bytes.end,
-                expected: expected.to_owned(),
-                calculated,
-            });
         }
         let _ = free.send(batch.buf);
     }
@@ -411,4 +511,121 @@ fn hasher(
         Some(e) => Err(e),
         None => Ok(verified),
     });
+}
+
+/// Compares the hash of range `index` with its checksum.
+fn check(hasher: Hasher, image: &Path, bmap: &Bmap, index: usize) -> Result<()> {
+    let calculated = hasher.finish_hex();
+    let range = &bmap.ranges[index];
+    let expected = range.checksum.as_deref().unwrap_or_default();
+    if calculated.eq_ignore_ascii_case(expected) {
+        return Ok(());
+    }
+    debug!(index, "checksum mismatch");
+    let bytes = range.bytes(bmap.block_size, bmap.image_size);
+    Err(Error::RangeChecksum {
+        path: image.to_owned(),
+        first: range.first,
+        last: range.last,
+        start: bytes.start,
+        end: bytes.end,
+        expected: expected.to_owned(),
+        calculated,
+    })
+}
+
+/// Reads all of `piece` at `pos` of a plain image.
+fn read_piece(
+    file: &File,
+    image: &Path,
+    range: &BlockRange,
+    pos: u64,
+    piece: &mut [u8],
+) -> Result<()> {
+    let mut done = 0;
+    while done < piece.len() {
+        match file.read_at(&mut piece[done..], pos + done as u64) {
+            Ok(0) => return Err(too_short(image, range, pos + done as u64)),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                let what = format!("read bytes {}-{}", pos, pos + piece.len() as u64);
+                return Err(Error::io(what, image, e));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn too_short(image: &Path, range: &BlockRange, at: u64) -> Error {
+    Error::ImageTooShort {
+        path: image.to_owned(),
+        first: range.first,
+        last: range.last,
+        at,
+    }
+}
+
+/// Writes `piece` of `range` at `pos` of the destination.
+fn write_piece(out: &File, dest: &Path, range: &BlockRange, pos: u64, piece: &[u8]) -> Result<()> {
+    out.write_all_at(piece, pos).map_err(|e| {
+        let what = format!(
+            "write blocks {}-{} (bytes {}-{})",
+            range.first,
+            range.last,
+            pos,
+            pos + piece.len() as u64
+        );
+        Error::io(what, dest, e)
+    })
+}
+
+/// Writeback of the destination started as the copy goes, when it ends in an fsync: the disk
+/// writes while the image is read and hashed, and the fsync waits only for the last window
+/// (otherwise nothing reaches the disk before the fsync, a disk image's data being far below
+/// the kernel's background writeback threshold).
+struct Writeback<'a> {
+    out: &'a File,
+    dest: &'a Path,
+    /// Written and not yet handed to writeback.
+    pending: Option<Range<u64>>,
+    pending_bytes: u64,
+}
+
+/// Bytes written between two starts of writeback.
+const WRITEBACK_WINDOW: u64 = 16 << 20;
+
+impl<'a> Writeback<'a> {
+    fn new(out: &'a File, dest: &'a Path) -> Self {
+        Writeback {
+            out,
+            dest,
+            pending: None,
+            pending_bytes: 0,
+        }
+    }
+
+    /// `bytes` were written.
+    fn written(&mut self, bytes: Range<u64>) {
+        self.pending_bytes += bytes.end - bytes.start;
+        let pending = match self.pending.take() {
+            Some(p) => p.start.min(bytes.start)..p.end.max(bytes.end),
+            None => bytes,
+        };
+        if self.pending_bytes < WRITEBACK_WINDOW {
+            self.pending = Some(pending);
+            return;
+        }
+        self.pending_bytes = 0;
+        // POSIX_FADV_DONTNEED starts writeback of the range's dirty pages without waiting for
+        // it (WB_SYNC_NONE) and drops the range's clean pages, which the pages just written are
+        // not yet: this is `sync_file_range(SYNC_FILE_RANGE_WRITE)`, which rustix lacks, and
+        // it keeps an image being flashed from crowding the page cache (`dd oflag=nocache`
+        // does the same). Advice only: a failure costs speed, never data (the final fsync
+        // reports write errors).
+        let len = NonZeroU64::new(pending.end - pending.start);
+        if let Err(e) = rustix::fs::fadvise(self.out, pending.start, len, Advice::DontNeed) {
+            debug!(dest = %self.dest.display(), error = %e, "no early writeback");
+        }
+    }
 }

@@ -1,0 +1,167 @@
+//! `Copier` against a model: random sparse images made here (their data known byte for byte)
+//! are copied by their bmaps, plain (one lane per core) and gzip-compressed (one stream), and
+//! the copies compared with the images; corrupted bytes are caught and named by their range.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use bmap::{Bmap, Copier, CreateOptions, Error};
+use proptest::prelude::*;
+
+const BLOCK: u64 = 4096;
+
+/// A sparse image of `size` bytes with `extents` (offset, length) of pseudo-random data.
+fn make_image(path: &Path, size: u64, extents: &[(u64, u64)], seed: u64) {
+    let file = File::create(path).unwrap();
+    file.set_len(size).unwrap();
+    let mut x = seed | 1;
+    for &(at, len) in extents {
+        let data: Vec<u8> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect();
+        file.write_all_at(&data, at).unwrap();
+    }
+    file.sync_all().unwrap();
+}
+
+/// Extents in block units: (first block, blocks), sorted, apart, inside `blocks`.
+fn arb_layout() -> impl Strategy<Value = (u64, Vec<(u64, u64)>)> {
+    // Lengths from one block to 4500 blocks (past the 16 MiB writeback window).
+    let len = prop_oneof![6 => 1u64..4, 3 => 4u64..200, 1 => 200u64..4500];
+    (prop::collection::vec((1u64..300, len), 1..24), 0u64..3).prop_map(|(gaps, tail)| {
+        let mut at = 0;
+        let mut extents = Vec::new();
+        for (gap, len) in gaps {
+            at += gap;
+            extents.push((at, len));
+            at += len;
+        }
+        (at + tail, extents)
+    })
+}
+
+fn bytes_of(extents: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    extents
+        .iter()
+        .map(|&(b, n)| (b * BLOCK, n * BLOCK))
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// The copy is the image; every range is verified; the progress climbs to the mapped total.
+    #[test]
+    fn copies_equal_the_image((blocks, extents) in arb_layout(), seed in any::<u64>(), sync in any::<bool>()) {
+        let dir = tempfile::tempdir().unwrap();
+        let (image, copy) = (dir.path().join("disk.img"), dir.path().join("copy.img"));
+        make_image(&image, blocks * BLOCK + 123, &bytes_of(&extents), seed);
+        let bmap = bmap::create(&image, &CreateOptions::default()).unwrap();
+        let mut seen = Vec::new();
+        let mut progress = |done: u64, total: u64| seen.push((done, total));
+        let report = Copier::new(bmap.clone())
+            .sync(sync)
+            .progress(&mut progress)
+            .copy(&image, &copy)
+            .unwrap();
+        prop_assert!(std::fs::read(&image).unwrap() == std::fs::read(&copy).unwrap());
+        prop_assert_eq!(report.ranges, bmap.ranges.len() as u64);
+        prop_assert_eq!(report.verified_ranges, bmap.ranges.len() as u64);
+        prop_assert_eq!(report.mapped_bytes, bmap.mapped_bytes());
+        prop_assert_eq!(seen.last().copied(), Some((bmap.mapped_bytes(), bmap.mapped_bytes())));
+        prop_assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0));
+    }
+
+    /// One corrupted byte per chosen range: the copy fails naming one of those ranges.
+    #[test]
+    fn corruption_is_named((blocks, extents) in arb_layout(), seed in any::<u64>(),
+                           picks in prop::collection::vec(any::<prop::sample::Index>(), 1..3),
+                           gzip in any::<bool>()) {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("disk.img");
+        make_image(&image, blocks * BLOCK, &bytes_of(&extents), seed);
+        let bmap = bmap::create(&image, &CreateOptions::default()).unwrap();
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(&image).unwrap();
+        let mut picked: Vec<usize> = picks.iter().map(|p| p.index(bmap.ranges.len())).collect();
+        picked.sort_unstable();
+        picked.dedup();
+        let mut corrupted = Vec::new();
+        for index in picked {
+            let range = &bmap.ranges[index];
+            let bytes = range.bytes(bmap.block_size, bmap.image_size);
+            let at = bytes.start + (seed % (bytes.end - bytes.start));
+            let mut b = [0u8];
+            file.read_exact_at(&mut b, at).unwrap();
+            file.write_all_at(&[!b[0]], at).unwrap();
+            corrupted.push((range.first, range.last));
+        }
+        drop(file);
+        let source = if gzip {
+            let gz = dir.path().join("disk.img.gz");
+            let mut enc = flate2::write::GzEncoder::new(File::create(&gz).unwrap(), flate2::Compression::fast());
+            enc.write_all(&std::fs::read(&image).unwrap()).unwrap();
+            enc.finish().unwrap();
+            gz
+        } else {
+            image
+        };
+        let err = Copier::new(bmap).copy(&source, dir.path().join("copy.img")).unwrap_err();
+        match err {
+            Error::RangeChecksum { first, last, .. } => {
+                prop_assert!(corrupted.contains(&(first, last)), "{first}-{last} not in {corrupted:?}");
+            }
+            other => prop_assert!(false, "not a checksum error: {other}"),
+        }
+    }
+}
+
+/// A bmap without checksums copies without verifying; one with a wrong checksum in its last
+/// range fails after the others were written.
+#[test]
+fn unverified_and_last_range_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, copy) = (dir.path().join("disk.img"), dir.path().join("copy.img"));
+    let extents = [
+        (0, 3 * BLOCK),
+        (40 * BLOCK, 300 * BLOCK),
+        (900 * BLOCK, BLOCK),
+    ];
+    make_image(&image, 1000 * BLOCK, &extents, 7);
+
+    let options = CreateOptions {
+        checksums: false,
+        ..CreateOptions::default()
+    };
+    let bare = bmap::create(&image, &options).unwrap();
+    let report = Copier::new(bare).copy(&image, &copy).unwrap();
+    assert_eq!(report.verified_ranges, 0);
+    assert_eq!(
+        std::fs::read(&image).unwrap(),
+        std::fs::read(&copy).unwrap()
+    );
+
+    let mut bmap = bmap::create(&image, &CreateOptions::default()).unwrap();
+    let last = bmap.ranges.len() - 1;
+    bmap.ranges[last].checksum = Some("0".repeat(64));
+    let xml = bmap.to_xml();
+    let bmap = Bmap::from_bytes(&xml, "edited.bmap").unwrap();
+    let err = Copier::new(bmap).copy(&image, &copy).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::RangeChecksum {
+                first: 900,
+                last: 900,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use bmap::{Bmap, Copier, CreateOptions, human_size};
+use bmap::{Copier, CreateOptions, SignatureCheck, human_size};
 
 use crate::cli::{BmapCommand, BmapCopyArgs, BmapCreateArgs};
 use crate::copy::progress_bar;
@@ -64,7 +64,7 @@ fn create(args: &BmapCreateArgs) -> Result<()> {
 }
 
 fn copy(args: &BmapCopyArgs) -> Result<()> {
-    let (bmap, bmap_path) = if args.nobmap {
+    let (bmap, bmap_path, signer) = if args.nobmap {
         if bmap::Compression::of(&args.image)? != bmap::Compression::None {
             bail!(
                 "{}: --nobmap needs an uncompressed image (its block map stands for the bmap)",
@@ -75,7 +75,11 @@ fn copy(args: &BmapCopyArgs) -> Result<()> {
             checksums: false,
             ..CreateOptions::default()
         };
-        (bmap::create(&args.image, &options)?, PathBuf::from("-"))
+        (
+            bmap::create(&args.image, &options)?,
+            PathBuf::from("-"),
+            None,
+        )
     } else {
         let path = match &args.bmap {
             Some(p) => p.clone(),
@@ -87,7 +91,18 @@ fn copy(args: &BmapCopyArgs) -> Result<()> {
                 args.image.display()
             );
         }
-        (Bmap::read(&path)?, path)
+        let check = if args.no_sig_verify {
+            SignatureCheck::Skip
+        } else {
+            SignatureCheck::Verify
+        };
+        let (bmap, signer) = match bmap::read_signed(&path, args.bmap_sig.as_deref(), check) {
+            Err(e @ bmap::Error::Signature { .. }) => {
+                bail!("{e}; --no-sig-verify skips the check")
+            }
+            other => other?,
+        };
+        (bmap, path, signer)
     };
 
     let show_progress = !args.no_progress && (args.progress || io::stderr().is_terminal());
@@ -109,10 +124,15 @@ fn copy(args: &BmapCopyArgs) -> Result<()> {
         bar.finish_and_clear();
     }
     let report = result?;
-    let source = if args.nobmap {
-        "no bmap: the image's own block map".to_owned()
-    } else {
-        format!("bmap {}", bmap_path.display())
+    let source = match (&signer, args.nobmap) {
+        (_, true) => "no bmap: the image's own block map".to_owned(),
+        (None, false) => format!("bmap {}", bmap_path.display()),
+        (Some(signer), false) => format!(
+            "bmap {}, signed by {} ({})",
+            bmap_path.display(),
+            signer.user_id,
+            signer.fingerprint
+        ),
     };
     let _ = writeln!(io::stderr().lock(), "blockmap: {report} ({source})");
     Ok(())

@@ -83,7 +83,12 @@ pub(crate) struct BmapCopyArgs {
     #[arg(long)]
     pub no_verify: bool,
 
-    /// Accepted for bmaptool compatibility: GPG signatures of bmap files are not checked.
+    /// The detached GPG signature of the bmap file (default: BMAP.asc or BMAP.sig if present;
+    /// a clearsigned bmap carries its own).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["nobmap", "no_sig_verify"])]
+    pub bmap_sig: Option<PathBuf>,
+
+    /// Do not verify the bmap file's GPG signature.
     #[arg(long = "no-sig-verify", alias = "no-sig")]
     pub no_sig_verify: bool,
 

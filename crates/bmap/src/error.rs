@@ -41,6 +41,15 @@ pub enum Error {
         /// What its bytes hash to.
         calculated: String,
     },
+    /// The bmap file's GPG signature is bad, by an unknown, expired or revoked key, absent
+    /// from its signature file, or cannot be checked.
+    #[error("{}: signature not verified: {reason}", path.display())]
+    Signature {
+        /// The signature: a detached signature file, or the clearsigned bmap file.
+        path: PathBuf,
+        /// What GnuPG found.
+        reason: String,
+    },
     /// A range of the image does not hash to the checksum the bmap file gives for it.
     #[error(
         "{}: checksum mismatch for blocks {first}-{last} (bytes {start}-{}): calculated {calculated}, the bmap says {expected}",

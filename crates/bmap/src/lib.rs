@@ -16,6 +16,8 @@
 //!   range's checksum as the data passes; `.gz`, `.xz`, `.zst` and `.bz2` images are streamed
 //!   through their decompressors ([`find_bmap`] finds the bmap beside an image as bmaptool
 //!   does).
+//! - [`read_signed`]: reads a bmap file verifying its GPG signature (detached or clearsigned)
+//!   with GnuPG, as bmaptool does.
 //!
 //! # Example
 //! ```
@@ -49,6 +51,7 @@ mod copy;
 mod create;
 mod error;
 mod format;
+mod signature;
 mod source;
 
 pub use checksum::{ChecksumType, Hasher, UnknownChecksumType};
@@ -56,4 +59,5 @@ pub use copy::{Copier, CopyReport};
 pub use create::{CreateOptions, create};
 pub use error::{Error, Result};
 pub use format::{BlockRange, Bmap, Version, human_size};
+pub use signature::{SignatureCheck, Signer, read_signed};
 pub use source::{Compression, find_bmap};

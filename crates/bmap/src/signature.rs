@@ -1,0 +1,176 @@
+//! GPG signatures of bmap files, checked as bmaptool checks them: a detached signature given
+//! or found beside the bmap (`disk.img.bmap.asc`, then `disk.img.bmap.sig`), or a bmap file
+//! clearsigned as a whole. GnuPG itself (`gpg`, as bmaptool's gpgme runs it) does the
+//! cryptography, with the caller's keyring (`GNUPGHOME`); its machine-readable status lines
+//! are what is read. `BLOCKMAP_GPG` names another `gpg` program.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use tracing::debug;
+
+use crate::error::{Error, Result};
+use crate::format::Bmap;
+
+/// What starts a clearsigned bmap file.
+const CLEARSIGN_MARKER: &[u8] = b"-----BEGIN PGP SIGNED MESSAGE-----";
+
+/// How [`read_signed`] treats signatures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureCheck {
+    /// Verify the signature when there is one (a detached one given, found beside the bmap,
+    /// or the bmap clearsigned), as `bmaptool copy` does.
+    Verify,
+    /// Do not verify (`--no-sig-verify`); a clearsigned bmap is still unwrapped.
+    Skip,
+}
+
+/// A signature that [`read_signed`] verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Signer {
+    /// The signature: the detached file, or the bmap file itself when clearsigned.
+    pub signature: PathBuf,
+    /// The signing key's fingerprint.
+    pub fingerprint: String,
+    /// The user id GnuPG names for the key.
+    pub user_id: String,
+}
+
+/// Reads the bmap file at `path`, verifying its GPG signature as bmaptool does: the detached
+/// signature `detached` if given (an error if it cannot be read), else `path.asc` or
+/// `path.sig` if present, or the file's own clearsign signature. `Ok((bmap, None))` when the
+/// file is not signed or `check` is [`SignatureCheck::Skip`].
+///
+/// A bad signature, a signature by a key not in the keyring (GnuPG's `NO_PUBKEY`), an expired
+/// or revoked key, or a signature file without a signature is an [`Error::Signature`] naming
+/// the signature file; so is a signed file when `gpg` cannot be run.
+pub fn read_signed(
+    path: impl AsRef<Path>,
+    detached: Option<&Path>,
+    check: SignatureCheck,
+) -> Result<(Bmap, Option<Signer>)> {
+    let path = path.as_ref();
+    let raw = std::fs::read(path).map_err(|e| Error::io("read the bmap file", path, e))?;
+    if raw.starts_with(CLEARSIGN_MARKER) {
+        if let Some(sig) = detached {
+            return Err(Error::Signature {
+                path: sig.to_owned(),
+                reason: format!(
+                    "{} is clearsigned and holds its own signature: give no detached one",
+                    path.display()
+                ),
+            });
+        }
+        let (plain, status) = gpg(path, &["--output", "-", "--decrypt"], &[path])?;
+        let signer = match check {
+            SignatureCheck::Verify => Some(signer(path, &status)?),
+            SignatureCheck::Skip => None,
+        };
+        if plain.is_empty() {
+            return Err(Error::Signature {
+                path: path.to_owned(),
+                reason: "gpg found no signed text in the clearsigned file".to_owned(),
+            });
+        }
+        return Ok((Bmap::from_bytes(&plain, path)?, signer));
+    }
+    let bmap = Bmap::from_bytes(&raw, path)?;
+    if check == SignatureCheck::Skip {
+        return Ok((bmap, None));
+    }
+    let sig = match detached {
+        Some(sig) => {
+            // Named on the command line: it must be there.
+            std::fs::metadata(sig).map_err(|e| Error::io("read the bmap signature", sig, e))?;
+            sig.to_owned()
+        }
+        None => {
+            let beside = |ext: &str| {
+                let mut p = path.as_os_str().to_owned();
+                p.push(ext);
+                PathBuf::from(p)
+            };
+            match [beside(".asc"), beside(".sig")]
+                .into_iter()
+                .find(|p| p.is_file())
+            {
+                Some(sig) => sig,
+                None => return Ok((bmap, None)),
+            }
+        }
+    };
+    debug!(signature = %sig.display(), "verifying the bmap's detached signature");
+    let (_, status) = gpg(&sig, &["--verify"], &[&sig, path])?;
+    Ok((bmap, Some(signer(&sig, &status)?)))
+}
+
+/// Runs `gpg` in batch mode with `args` then `files`; returns its standard output and its
+/// status lines (`--status-fd`). Its exit code is not judged here: the status lines say what
+/// it found.
+fn gpg(sig: &Path, args: &[&str], files: &[&Path]) -> Result<(Vec<u8>, String)> {
+    let program = std::env::var_os("BLOCKMAP_GPG").unwrap_or_else(|| "gpg".into());
+    let out = Command::new(&program)
+        .args(["--batch", "--no-tty", "--status-fd", "2"])
+        .args(args)
+        .args(files)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error::Signature {
+            path: sig.to_owned(),
+            reason: format!(
+                "cannot run {} to verify it ({e}): is GnuPG installed?",
+                program.to_string_lossy()
+            ),
+        })?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    debug!(status = ?out.status, "gpg");
+    Ok((out.stdout, stderr))
+}
+
+/// The signer if GnuPG's status lines show one good, valid signature and nothing bad.
+fn signer(sig: &Path, status: &str) -> Result<Signer> {
+    let mut good = None;
+    let mut fingerprint = None;
+    let mut bad = None;
+    for line in status.lines() {
+        let Some(line) = line.strip_prefix("[GNUPG:] ") else {
+            continue;
+        };
+        let (keyword, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match keyword {
+            "GOODSIG" => good = Some(rest.split_once(' ').map_or("", |(_, uid)| uid).to_owned()),
+            "VALIDSIG" => fingerprint = rest.split(' ').next().map(str::to_owned),
+            "BADSIG" => bad = Some("bad signature: the bmap file is not what was signed"),
+            "EXPSIG" => bad = Some("the signature has expired"),
+            "EXPKEYSIG" => bad = Some("the signing key has expired"),
+            "REVKEYSIG" => bad = Some("the signing key has been revoked"),
+            "NO_PUBKEY" => bad = Some("the signing key is not in the keyring (NO_PUBKEY)"),
+            "ERRSIG" if bad.is_none() => bad = Some("the signature cannot be checked (ERRSIG)"),
+            "NODATA" if bad.is_none() => bad = Some("no signature found in it (NODATA)"),
+            _ => {}
+        }
+    }
+    let reason = match (bad, good, fingerprint) {
+        (None, Some(user_id), Some(fingerprint)) => {
+            return Ok(Signer {
+                signature: sig.to_owned(),
+                fingerprint,
+                user_id,
+            });
+        }
+        (Some(bad), _, _) => bad.to_owned(),
+        _ => {
+            let said = status
+                .lines()
+                .filter(|l| !l.starts_with("[GNUPG:]"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            format!("gpg found no good signature: {said}")
+        }
+    };
+    Err(Error::Signature {
+        path: sig.to_owned(),
+        reason,
+    })
+}

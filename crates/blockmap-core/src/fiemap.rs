@@ -83,6 +83,8 @@ pub(crate) struct ExtentWalk<'a> {
     sync_on_stall: bool,
     /// `FIEMAP_FLAG_SYNC` or 0, for the calls to come.
     flags: u32,
+    /// Every extent handed out, when the caller wants them as well as what is made of them.
+    kept: Option<Vec<Extent>>,
 }
 
 impl<'a> ExtentWalk<'a> {
@@ -98,7 +100,19 @@ impl<'a> ExtentWalk<'a> {
             furthest: None,
             sync_on_stall: false,
             flags: 0,
+            kept: None,
         }
+    }
+
+    /// Keeps a copy of every extent handed out, for [`ExtentWalk::take_kept`].
+    pub(crate) fn keeping_extents(mut self) -> Self {
+        self.kept = Some(Vec::new());
+        self
+    }
+
+    /// The extents kept so far.
+    pub(crate) fn take_kept(&mut self) -> Vec<Extent> {
+        self.kept.take().unwrap_or_default()
     }
 
     /// Makes a stalled walk ask once more with `FIEMAP_FLAG_SYNC` instead of giving up: for
@@ -177,6 +191,9 @@ impl<'a> ExtentWalk<'a> {
                     }
                 }
                 self.furthest = Some(e.logical.end);
+                if let Some(kept) = &mut self.kept {
+                    kept.push(e.clone());
+                }
                 return Some(Ok(Piece::Extent(e)));
             }
             if self.exhausted {
@@ -332,6 +349,13 @@ impl<'a> FiemapData<'a> {
             self.segment = Some(piece.end..seg.end);
         }
         Some((piece, !certain))
+    }
+}
+
+impl FiemapData<'_> {
+    /// The extents its walk kept (see [`ExtentWalk::keeping_extents`]).
+    pub(crate) fn take_kept(&mut self) -> Vec<Extent> {
+        self.walk.take_kept()
     }
 }
 

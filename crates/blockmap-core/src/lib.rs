@@ -347,6 +347,35 @@ impl<F: AsFd> BlockMap<F> {
             .is_some())
     }
 
+    /// [`BlockMap::data`] and [`BlockMap::extents`] of `window` from one walk of the file:
+    /// the data ranges (merged), and the raw FIEMAP extents the walk met on the way (none for
+    /// other backends), for callers that want both without asking the kernel twice. A walk
+    /// that stalls is retried with `FIEMAP_FLAG_SYNC`, as [`BlockMap::extents`] does.
+    pub fn data_and_extents(&self, window: Range<u64>) -> Result<(Vec<Range<u64>>, Vec<Extent>)> {
+        let window = self.clip(window);
+        if self.backend != Backend::Fiemap {
+            return Ok((self.data(window).collect::<Result<_>>()?, Vec::new()));
+        }
+        let granule = u64::from(self.block_size).max(seekmap::DEFAULT_GRANULE);
+        let walk = fiemap::ExtentWalk::new(
+            self.file.as_fd(),
+            &self.path,
+            window.clone(),
+            self.fiemap_batch,
+        )
+        .sync_on_stall()
+        .keeping_extents();
+        let mut ranges = Merge::new(backend::Source::Fiemap(Box::new(fiemap::FiemapData::new(
+            walk, window, granule,
+        ))));
+        let data = ranges.by_ref().collect::<Result<_>>()?;
+        let extents = match ranges.into_inner() {
+            backend::Source::Fiemap(mut walk) => walk.take_kept(),
+            _ => Vec::new(),
+        };
+        Ok((data, extents))
+    }
+
     /// The raw FIEMAP extents overlapping `window`, unclipped; none for other backends.
     pub fn extents(&self, window: Range<u64>) -> impl Iterator<Item = Result<Extent>> + '_ {
         let window = self.clip(window);

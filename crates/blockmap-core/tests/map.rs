@@ -48,6 +48,17 @@ fn map_and_check(
     let size = map.size();
     let data = collect(map.data(0..size));
     let holes = collect(map.holes(0..size));
+    // One walk for both gives what the two walks give.
+    let (one_walk, extents) = map.data_and_extents(0..size).unwrap();
+    assert_eq!(
+        one_walk, data,
+        "{backend}, batch {batch}: data_and_extents' data"
+    );
+    let raw: Vec<_> = map.extents(0..size).collect::<Result<_, _>>().unwrap();
+    assert_eq!(
+        extents, raw,
+        "{backend}, batch {batch}: data_and_extents' extents"
+    );
     // Data and holes tile [0, size) exactly; neither is empty, no two of a kind touch.
     let mut all: Vec<_> = data.iter().chain(&holes).cloned().collect();
     all.sort_by_key(|r| r.start);

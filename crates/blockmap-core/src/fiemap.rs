@@ -242,6 +242,20 @@ fn trim_start(e: &mut Extent, start: u64) {
     }
 }
 
+/// Whether no page of `range` is dirty or under writeback (`cachestat(2)`): then FIEMAP's
+/// unwritten extents there read as zeros, data written into an unwritten extent staying in
+/// such pages until writeback has converted the extent. Without cachestat (kernels before
+/// 6.5), false: SEEK_DATA settles the span.
+fn page_cache_clean(fd: BorrowedFd<'_>, range: &Range<u64>) -> bool {
+    match fiemap_sys::cachestat_range(fd, range.start, range.end - range.start) {
+        Ok(stat) => stat.dirty == 0 && stat.writeback == 0,
+        Err(e) => {
+            trace!(error = %e, "no cachestat");
+            false
+        }
+    }
+}
+
 /// Written extents held back behind a doubtful span, waiting to see whether another doubtful
 /// extent follows (then they join the span) or not (then they go out after it).
 const MAX_HELD: usize = 32;
@@ -267,6 +281,8 @@ pub(crate) struct FiemapData<'a> {
     settling_end: u64,
     /// The doubtful span being gathered.
     doubt: Option<Range<u64>>,
+    /// A stretch FIEMAP never described is in it (only SEEK can tell).
+    doubt_undescribed: bool,
     /// The written extents inside it: data for sure, whatever the SEEK walk over the span.
     inside: Vec<Range<u64>>,
     /// Those of the span being settled, not yet passed.
@@ -288,6 +304,7 @@ impl<'a> FiemapData<'a> {
             settling: None,
             settling_end: 0,
             doubt: None,
+            doubt_undescribed: false,
             inside: Vec::new(),
             settling_inside: VecDeque::new(),
             segment: None,
@@ -313,6 +330,15 @@ impl<'a> FiemapData<'a> {
         let Some(range) = self.doubt.take() else {
             return;
         };
+        let undescribed = std::mem::take(&mut self.doubt_undescribed);
+        if !undescribed && page_cache_clean(self.walk.fd, &range) {
+            // No page there is dirty or being written back: the unwritten extents hold no
+            // data, and the written ones inside are all the data of the span.
+            trace!(?range, "doubtful extents without dirty pages: holes");
+            self.ready = std::mem::take(&mut self.inside).into();
+            self.ready.extend(self.held.drain(..));
+            return;
+        }
         trace!(?range, "settling doubtful extents with SEEK_DATA");
         self.settling_end = range.end;
         self.settling = Some(DataSegments::with_granule(
@@ -409,6 +435,7 @@ impl FiemapData<'_> {
                 Some(Err(e)) => return Some(Err(e)),
                 Some(Ok(Piece::Unsettled(r))) => {
                     self.doubt(r);
+                    self.doubt_undescribed = true;
                     self.settle();
                 }
                 Some(Ok(Piece::Extent(e))) => {

@@ -16,8 +16,9 @@
 //! A range reported as a hole reads back as zeros, right now: dirty page-cache data, data
 //! written into preallocated extents and not yet converted, and delayed allocations are data.
 //! Preallocated ranges never written are holes. The FIEMAP backend keeps FIEMAP's speed and
-//! settles only the doubtful (unwritten) extents with SEEK_DATA, which consults the page cache;
-//! it never syncs the file unless asked ([`MapOptions::sync`]).
+//! settles only the doubtful (unwritten) extents: holes as they stand where no page of theirs
+//! is dirty or being written back (`cachestat(2)`), else by SEEK_DATA, which consults the page
+//! cache; it never syncs the file unless asked ([`MapOptions::sync`]).
 //!
 //! The [`ranges`] module holds the pure range algebra (merge, clip, invert, block rounding).
 //!

@@ -269,6 +269,36 @@ fn preallocated_never_written_is_a_hole() {
 }
 
 #[test]
+fn preallocated_and_read_is_a_hole_until_written() {
+    // A preallocation read through (its pages in the cache, clean, zeros) with one block
+    // written and synced: with no dirty page, FIEMAP's unwritten extents are holes (SEEK_DATA
+    // would call the cached zeros data). One more block written without fsync: dirty, so the
+    // span is settled by SEEK and that block is data.
+    let file = tempfile::tempfile().unwrap();
+    if !fallocate(&file, FallocateFlags::empty(), 0, 4 * MIB) {
+        return;
+    }
+    file.write_all_at(&[0x42; 4096], MIB).unwrap();
+    file.sync_all().unwrap();
+    let mut buf = vec![0; 4 * MIB as usize];
+    file.read_exact_at(&mut buf, 0).unwrap();
+    let has_cachestat = fiemap_sys::cachestat_range(&file, 0, 0).is_ok();
+    let data = check_all(&file);
+    let map = BlockMap::new(&file, BackendChoice::Auto).unwrap();
+    if map.backend() == Backend::Fiemap && has_cachestat {
+        assert_eq!(data, [MIB..MIB + 4096], "clean cached zeros are holes");
+    }
+    file.write_all_at(&[0x43; 4096], 3 * MIB).unwrap();
+    let data = check_all(&file);
+    for at in [MIB, 3 * MIB] {
+        assert!(
+            data.iter().any(|r| r.start <= at && r.end >= at + 4096),
+            "block at {at} written but not data: {data:?}"
+        );
+    }
+}
+
+#[test]
 fn fiemap_batches_of_one_extent_walk_the_whole_file() {
     // Many extents, small buffers: every call ends full and without LAST.
     let file = tempfile::tempfile().unwrap();

@@ -1,4 +1,4 @@
-//! The request buffer and the two safe ioctl calls: the only `unsafe` code of the workspace.
+//! The request buffer and the two safe ioctl calls.
 #![allow(
     unsafe_code,
     reason = "this module is the workspace's one wrapper around raw ioctls"

@@ -10,7 +10,9 @@
 //! - the opcodes [`FS_IOC_FIEMAP`] and [`FIGETBSZ`];
 //! - [`FiemapBuffer`], an owned, correctly aligned request buffer for a chosen number of
 //!   extents, and [`fiemap_ioctl`], the safe function that runs the ioctl on it;
-//! - [`figetbsz`], the filesystem block size of an open file.
+//! - [`figetbsz`], the filesystem block size of an open file;
+//! - [`cachestat_range`], the page-cache state of a byte range (`cachestat(2)`): with no
+//!   dirty or under-writeback pages there, the `UNWRITTEN` flags FIEMAP gives in it are exact.
 //!
 //! It does no iteration and no interpretation: walking a whole file, clipping extents to a
 //! window and deciding what counts as data belongs to `blockmap-core`.
@@ -49,7 +51,9 @@
 )]
 
 mod abi;
+mod cachestat;
 mod ioctl;
 
 pub use abi::*;
+pub use cachestat::{CacheStat, cachestat_range};
 pub use ioctl::{FiemapBuffer, fiemap_ioctl, figetbsz};

@@ -43,9 +43,8 @@ fn create(args: &BmapCreateArgs) -> Result<()> {
     } else {
         bmap.mapped_blocks_count as f64 * 100.0 / bmap.blocks_count as f64
     };
-    let _ = writeln!(
-        io::stderr().lock(),
-        "blockmap: bmap of {}: {} of {} blocks of {} mapped ({} of {}, {percent:.1}%) in {} ranges{} in {:.2} s",
+    crate::say(format_args!(
+        "bmap of {}: {} of {} blocks of {} mapped ({} of {}, {percent:.1}%) in {} ranges{} in {:.2} s",
         args.image.display(),
         bmap.mapped_blocks_count,
         bmap.blocks_count,
@@ -59,7 +58,7 @@ fn create(args: &BmapCreateArgs) -> Result<()> {
             format!(", {} checksums", options.checksum_type)
         },
         started.elapsed().as_secs_f64(),
-    );
+    ));
     Ok(())
 }
 
@@ -134,6 +133,6 @@ fn copy(args: &BmapCopyArgs) -> Result<()> {
             signer.fingerprint
         ),
     };
-    let _ = writeln!(io::stderr().lock(), "blockmap: {report} ({source})");
+    crate::say(format_args!("{report} ({source})"));
     Ok(())
 }

@@ -48,7 +48,7 @@ pub(crate) fn run(args: &CopyArgs) -> Result<()> {
     } else {
         // The one summary line: data copied, holes skipped, methods, time.
         // A closed stderr leaves nothing to report to; the copy itself succeeded.
-        let _ = writeln!(io::stderr().lock(), "blockmap: {report}");
+        crate::say(format_args!("{report}"));
     }
     Ok(())
 }

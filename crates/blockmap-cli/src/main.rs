@@ -38,10 +38,17 @@ fn main() -> ExitCode {
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             // Our error messages already carry their causes; print the top one only.
-            let _ = writeln!(io::stderr(), "blockmap: {e}");
+            say(format_args!("{e}"));
             ExitCode::from(1)
         }
     }
+}
+
+/// One line on stderr, `blockmap: ` first, in one write (stderr is unbuffered: a formatted
+/// line would otherwise be a write per piece, and could interleave with another process's).
+pub(crate) fn say(line: std::fmt::Arguments<'_>) {
+    let line = format!("blockmap: {line}\n");
+    let _ = io::stderr().lock().write_all(line.as_bytes());
 }
 
 /// Help and version go to stdout with status 0; a usage error becomes one line and status 2.
@@ -59,11 +66,10 @@ fn usage_error(e: &clap::Error) -> ExitCode {
         })
         .map(|l| l.strip_prefix("error: ").unwrap_or(l))
         .collect();
-    let _ = writeln!(
-        io::stderr(),
-        "blockmap: {} (see 'blockmap --help')",
+    say(format_args!(
+        "{} (see 'blockmap --help')",
         message.join(" ")
-    );
+    ));
     ExitCode::from(2)
 }
 

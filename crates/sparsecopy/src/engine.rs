@@ -168,21 +168,21 @@ pub(crate) fn run(job: Job<'_, '_>) -> Result<Report> {
     };
 
     // The first reflink tells whether this filesystem shares extents at all; with
-    // Reflink::Always it is made before anything else is written.
-    if engine.reflink && window.length > 0 {
+    // Reflink::Always it is made before anything else is written. The whole window in a few
+    // calls when it can be (one FIEMAP walk, one clone: the probe as well), else the first
+    // whole blocks of data, to decide for the range-by-range copy.
+    let cloned = if engine.reflink && window.length > 0 {
+        engine.clone_window(src_map)?
+    } else {
+        None
+    };
+    if cloned.is_none() && engine.reflink && window.length > 0 {
         engine.prelink(src_map)?;
     }
     if !block_device && window.length > 0 && dest.size < end {
         engine.report.syscalls.ftruncate += 1;
         dest::grow(dst, dst_path, end)?;
     }
-    // Only once the probe has shared some blocks: with no data to share there is nothing to
-    // gain, and nothing to prove.
-    let cloned = if engine.reflink && engine.prelinked.is_some() {
-        engine.clone_window(src_map)?
-    } else {
-        None
-    };
     if cloned.is_none() && options.reflink == Reflink::Auto {
         engine.unprobe()?;
     }
@@ -579,6 +579,10 @@ impl Engine<'_, '_> {
         let Tally {
             data, data_ranges, ..
         } = tally;
+        if data == 0 {
+            // Nothing to share, and nothing to prove: the copy makes the holes.
+            return Ok(None);
+        }
         if self.options.reflink == Reflink::Auto
             && data < data_ranges.saturating_mul(self.options.reflink_min)
             && xfs
@@ -606,7 +610,6 @@ impl Engine<'_, '_> {
             }
             at = piece.end;
         }
-        self.prelinked = None;
         if unwritten {
             // Counted again now that the clone has written back SRC's dirty pages: what is
             // still settled data is clean pages of zeros over unwritten extents, cloned as holes.

@@ -489,7 +489,14 @@ fn run_one(
     row.secs.push(m.secs);
     row.rss_kib = row.rss_kib.max(m.rss_kib.unwrap_or(0));
     let mut failure = m.failure.clone();
-    if row.tool.op == Op::Copy {
+    if row.tool.op == Op::BmapCreate {
+        let created = setup.created_bmap();
+        if failure.is_none() {
+            failure = tools::check_bmap(&created, src)?;
+        }
+        let _ = fs::remove_file(&created);
+    }
+    if matches!(row.tool.op, Op::Copy | Op::BmapCopy) {
         if failure.is_none() {
             // `cmp` of the whole files, an oracle independent of `check_copy`'s own
             // comparison, on blockmap's warm-up copy of files of at most 1 GiB (not the 4 GiB
@@ -569,11 +576,15 @@ fn render(args: &Args, results: &[FsResult], total: Duration, commit: &str) -> S
         out,
         "\nWall seconds, warm cache, destination a new file on the same filesystem. Ratio = the \
          tool's median / blockmap's (copy rows: `blockmap copy`; map rows: \
-         `blockmap map --json`); above 1 means blockmap is faster. Allocated = the copy's \
+         `blockmap map --json`; bmap rows: `blockmap bmap create`/`copy`); above 1 means \
+         blockmap is faster. Allocated = the copy's \
          `st_blocks * 512`. Check: the copy equals SRC (every data range of either compared, \
          plus `cmp` of the whole files on blockmap's warm-up copy of the 1 GiB files) and has no data where \
          SRC has holes (by `SEEK_DATA`), else FAIL; `blockmap map --json`'s data ranges equal \
-         the kernel's `SEEK_DATA` walk (on the warm-up run); the other maps: exit status 0. Peak RSS from GNU `time -f %M`."
+         the kernel's `SEEK_DATA` walk, or leave out only ranges that read as zeros (on the \
+         warm-up run); the other maps: exit status 0; a made bmap file parses, its own \
+         checksum holds, it has SRC's size and a checksum per range, and what it leaves \
+         unmapped reads as zeros. Peak RSS from GNU `time -f %M`."
     );
     for r in results {
         let _ = writeln!(out, "\n### {}\n", r.fs);
@@ -600,12 +611,11 @@ fn render(args: &Args, results: &[FsResult], total: Duration, commit: &str) -> S
             out,
             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
         );
+        // Each op's first tool (blockmap's) is its baseline.
         let baselines: BTreeMap<(&str, &str), f64> = r
             .rows
             .iter()
-            .filter(|row| {
-                row.tool.name == "blockmap copy" || row.tool.name == "blockmap map --json"
-            })
+            .filter(|row| TOOLS.iter().find(|t| t.op == row.tool.op) == Some(&row.tool))
             .filter(|row| !row.secs.is_empty())
             .map(|row| ((row.workload, row.tool.op.name()), median(&row.secs)))
             .collect();
@@ -650,7 +660,10 @@ fn render(args: &Args, results: &[FsResult], total: Duration, commit: &str) -> S
     let _ = writeln!(
         out,
         "\nNotes: `bmaptool copy` is given the bmap made by `bmaptool create` beforehand \
-         (untimed); `bmaptool copy --nobmap` would copy every byte, holes included, and is not \
+         (untimed), and so is `blockmap bmap copy`; both `bmap copy` rows verify every range's \
+         checksum and end with an fsync (bmaptool's defaults), as the `copy` row of `bmaptool \
+         copy` does; the other copy rows do neither. The bmap rows run on the root-fs image \
+         only. `bmaptool copy --nobmap` would copy every byte, holes included, and is not \
          measured. The reference module is `/work/shared/reference/filemap.py`, copied at run \
          time and imported by `python3` with `os.errno` patched back in; its rows include \
          Python's start-up. `xfs_io` runs with `-r` (read-only) on every filesystem. \

@@ -242,6 +242,19 @@ fn trim_start(e: &mut Extent, start: u64) {
     }
 }
 
+/// Whether to ask the page cache before settling doubtful spans on the filesystem of `fd`:
+/// not on btrfs, whose SEEK_DATA answers from its own records of dirty ranges, cheaply and
+/// exactly, where cachestat would count every cached page of the span (13 ms for a 1 GiB
+/// preallocated file read into the cache, against 1 ms for the SEEK walk). On ext4 and xfs,
+/// SEEK_DATA over unwritten extents looks at the cached pages one by one as well, and a walk
+/// costs two calls per data segment besides.
+pub(crate) fn trust_clean_unwritten(fd: BorrowedFd<'_>) -> bool {
+    const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
+    #[allow(clippy::unnecessary_cast)] // f_type is i64 on x86_64, other widths elsewhere
+    let magic = |s: rustix::fs::StatFs| s.f_type as i64 & 0xffff_ffff;
+    rustix::fs::fstatfs(fd).is_ok_and(|s| magic(s) != BTRFS_SUPER_MAGIC)
+}
+
 /// Whether no page of `range` is dirty or under writeback (`cachestat(2)`): then FIEMAP's
 /// unwritten extents there read as zeros, data written into an unwritten extent staying in
 /// such pages until writeback has converted the extent. Without cachestat (kernels before
@@ -276,6 +289,8 @@ pub(crate) struct FiemapData<'a> {
     walk: ExtentWalk<'a>,
     window: Range<u64>,
     granule: u64,
+    /// Ask the page cache before settling a span (see [`page_cache_clean`]).
+    trust_clean_unwritten: bool,
     /// The SEEK walk over a doubtful span, when one is under way.
     settling: Option<DataSegments<BorrowedFd<'a>>>,
     settling_end: u64,
@@ -296,11 +311,17 @@ pub(crate) struct FiemapData<'a> {
 }
 
 impl<'a> FiemapData<'a> {
-    pub(crate) fn new(walk: ExtentWalk<'a>, window: Range<u64>, granule: u64) -> Self {
+    pub(crate) fn new(
+        walk: ExtentWalk<'a>,
+        window: Range<u64>,
+        granule: u64,
+        trust_clean_unwritten: bool,
+    ) -> Self {
         FiemapData {
             walk,
             window,
             granule,
+            trust_clean_unwritten,
             settling: None,
             settling_end: 0,
             doubt: None,
@@ -331,7 +352,7 @@ impl<'a> FiemapData<'a> {
             return;
         };
         let undescribed = std::mem::take(&mut self.doubt_undescribed);
-        if !undescribed && page_cache_clean(self.walk.fd, &range) {
+        if self.trust_clean_unwritten && !undescribed && page_cache_clean(self.walk.fd, &range) {
             // No page there is dirty or being written back: the unwritten extents hold no
             // data, and the written ones inside are all the data of the span.
             trace!(?range, "doubtful extents without dirty pages: holes");

@@ -140,6 +140,9 @@ pub struct BlockMap<F> {
     backend: Backend,
     is_regular: bool,
     fiemap_batch: u32,
+    /// Whether a doubtful span with no dirty page may keep its unwritten extents as holes
+    /// without SEEK (see `fiemap::page_cache_clean`).
+    trust_clean_unwritten: bool,
 }
 
 impl BlockMap<File> {
@@ -243,6 +246,7 @@ impl<F: AsFd> BlockMap<F> {
         let size = size_of(fd, is_regular, &path)?;
         let block_size = block_size_of(fd);
         let backend = backend::select(fd, options.backend, is_regular, &path)?;
+        let trust_clean_unwritten = fiemap::trust_clean_unwritten(fd);
         debug!(path = %path.display(), size, block_size, %backend, "block map ready");
         Ok(BlockMap {
             file,
@@ -252,6 +256,7 @@ impl<F: AsFd> BlockMap<F> {
             backend,
             is_regular,
             fiemap_batch: options.fiemap_batch,
+            trust_clean_unwritten,
         })
     }
 
@@ -307,7 +312,12 @@ impl<F: AsFd> BlockMap<F> {
             Backend::Fiemap => {
                 let walk =
                     fiemap::ExtentWalk::new(fd, &self.path, window.clone(), self.fiemap_batch);
-                backend::Source::Fiemap(Box::new(fiemap::FiemapData::new(walk, window, granule)))
+                backend::Source::Fiemap(Box::new(fiemap::FiemapData::new(
+                    walk,
+                    window,
+                    granule,
+                    self.trust_clean_unwritten,
+                )))
             }
             Backend::Seek => backend::Source::Seek {
                 segments: seekmap::DataSegments::with_granule(fd, window, granule),
@@ -367,7 +377,10 @@ impl<F: AsFd> BlockMap<F> {
         .sync_on_stall()
         .keeping_extents();
         let mut ranges = Merge::new(backend::Source::Fiemap(Box::new(fiemap::FiemapData::new(
-            walk, window, granule,
+            walk,
+            window,
+            granule,
+            self.trust_clean_unwritten,
         ))));
         let data = ranges.by_ref().collect::<Result<_>>()?;
         let extents = match ranges.into_inner() {

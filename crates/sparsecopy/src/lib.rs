@@ -34,9 +34,11 @@
 //!    holds at least [`Options::reflink_min`] bytes of whole blocks (64 KiB by default:
 //!    sharing many small extents costs more than copying them, four times more on xfs for
 //!    a file of 131072 4 KiB extents). Partial blocks at the edges are copied.
-//! 2. **`copy_file_range`**, looping on short copies. Skipped for small ranges (and for all
-//!    ranges under [`Reflink::Never`]) on filesystems whose `copy_file_range` shares extents
-//!    itself (xfs, btrfs, …), for the same reasons.
+//! 2. **`copy_file_range`**, looping on short copies, on filesystems where it shares extents
+//!    or copies server-side (xfs, btrfs, bcachefs, ocfs2, NFS, SMB): skipped there for small
+//!    ranges (and for all ranges under [`Reflink::Never`]), for the same reasons. Elsewhere
+//!    (ext4, tmpfs…) the kernel's copy is a splice through a pipe, slower than read/write, and
+//!    [`Method::Auto`] does not use it.
 //! 3. **read/write** through one reused buffer ([`Options::buffer_size`], 1 MiB): small
 //!    ranges close to each other share one `pread` (the holes between them are read, never
 //!    written), each range gets its own `pwrite`.

@@ -132,8 +132,9 @@ pub enum Reflink {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Method {
-    /// `copy_file_range` where it works and pays off, read/write otherwise (see the crate
-    /// documentation for the rules); falls back silently on EXDEV, EOPNOTSUPP, EINVAL, ENOSYS.
+    /// `copy_file_range` where it works and pays off (where the filesystem shares extents or
+    /// copies server-side), read/write otherwise (see the crate documentation for the rules);
+    /// falls back silently on EXDEV, EOPNOTSUPP, EINVAL, ENOSYS.
     #[default]
     Auto,
     /// `copy_file_range` only; an error if the kernel refuses it for these files (e.g. a block

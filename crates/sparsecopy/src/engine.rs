@@ -225,6 +225,9 @@ pub(crate) fn run(job: Job<'_, '_>) -> Result<Report> {
             buf_len: buf_len as usize,
             settled_zeros: options.method != Method::CopyFileRange
                 && options.reflink != Reflink::Always,
+            large_reads: !engine.reflink
+                && !options.detect_zeros
+                && options.method != Method::CopyFileRange,
         };
         pipeline(&mut engine, src_map, part, policy)?;
     }
@@ -500,11 +503,13 @@ impl Engine<'_, '_> {
     fn batch(&mut self, batch: &Batch) -> Result<()> {
         trace!(span = ?batch.span, steps = batch.steps.len(), "batch");
         self.report.syscalls.pread += batch.preads;
-        for step in &batch.steps {
+        for (i, step) in batch.steps.iter().enumerate() {
             match step {
                 Step::Data(r) | Step::Settled(r) => {
                     self.report.data_bytes += r.end - r.start;
-                    self.report.data_ranges += 1;
+                    if !(i == 0 && batch.continues) {
+                        self.report.data_ranges += 1;
+                    }
                     let zeros = matches!(step, Step::Settled(_));
                     self.write_out(batch.bytes(r), self.window.dst_offset(r.start), zeros)?;
                 }

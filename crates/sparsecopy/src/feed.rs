@@ -9,8 +9,10 @@
 //! not written), into buffers that go round between the two threads: memory stays at
 //! [`POOL`] buffers whatever the file.
 //!
-//! Large ranges are not read here: the engine copies them in the kernel (`FICLONERANGE`,
-//! `copy_file_range`) or streams them itself.
+//! Large ranges are read here too, a buffer at a time, when they go through user space
+//! anyway (no reflink, no kernel copy, no zero detection): the reads of one buffer then
+//! overlap the writes of the one before. Otherwise the engine copies them in the kernel
+//! (`FICLONERANGE`, `copy_file_range`) or streams them itself.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -66,6 +68,9 @@ pub(crate) struct Batch {
     pub buf: Vec<u8>,
     /// `pread` calls it took.
     pub preads: u64,
+    /// Its first step goes on with the data range of the batch before (a large range read a
+    /// buffer at a time): not a range of its own.
+    pub continues: bool,
 }
 
 impl Batch {
@@ -88,9 +93,17 @@ pub(crate) struct Policy<'a> {
     /// Settled data goes through user space, its all-zero blocks left out; otherwise it is
     /// copied as any data (a method or reflinks were forced).
     pub settled_zeros: bool,
+    /// Data ranges longer than a buffer are read here too, in pieces, once they go through
+    /// user space ([`Policy::user_space`]): nothing is reflinked and no zeros are looked for.
+    pub large_reads: bool,
 }
 
 impl Policy<'_> {
+    /// Whether a data range too long for one buffer is read here, in pieces.
+    fn reads_in_pieces(&self, len: u64) -> bool {
+        len > self.buf_len as u64 && self.large_reads && self.user_space.load(Ordering::Relaxed)
+    }
+
     fn reads_ahead(&self, len: u64) -> bool {
         // A range is read whole into one buffer.
         len <= self.buf_len as u64
@@ -169,22 +182,8 @@ impl<'a> Feed<'a> {
                         self.send(Item::Hole(r))?;
                     }
                 },
-                Step::Data(r) if self.policy.reads_ahead(r.end - r.start) => {
-                    self.add(Step::Data(r))?;
-                }
-                Step::Data(r) => {
-                    self.flush()?;
-                    self.send(Item::Data(r))?;
-                }
-                Step::Settled(r) if !self.policy.settled_zeros => {
-                    let len = r.end - r.start;
-                    if self.policy.reads_ahead(len) {
-                        self.add(Step::Data(r))?;
-                    } else {
-                        self.flush()?;
-                        self.send(Item::Data(r))?;
-                    }
-                }
+                Step::Data(r) => self.data(r)?,
+                Step::Settled(r) if !self.policy.settled_zeros => self.data(r)?,
                 // Read through user space in any case, to find the zeros.
                 Step::Settled(r) if r.end - r.start <= self.policy.buf_len as u64 => {
                     self.add(Step::Settled(r))?;
@@ -196,6 +195,33 @@ impl<'a> Feed<'a> {
             }
         }
         self.flush()
+    }
+
+    /// A data range: read with its neighbours, read in pieces, or left to the engine.
+    fn data(&mut self, r: Range<u64>) -> std::result::Result<(), Gone> {
+        let len = r.end - r.start;
+        if self.policy.reads_ahead(len) {
+            return self.add(Step::Data(r));
+        }
+        self.flush()?;
+        if !self.policy.reads_in_pieces(len) {
+            return self.send(Item::Data(r));
+        }
+        let mut at = r.start;
+        while at < r.end {
+            let piece = at..r.end.min(at + self.policy.buf_len as u64);
+            let buf = self.buffer()?;
+            self.open = Some(Batch {
+                span: piece.clone(),
+                steps: vec![Step::Data(piece.clone())],
+                buf,
+                preads: 0,
+                continues: at > r.start,
+            });
+            self.flush()?;
+            at = piece.end;
+        }
+        Ok(())
     }
 
     /// Adds a small data step to the open batch, first sending that batch if the range does
@@ -221,6 +247,7 @@ impl<'a> Feed<'a> {
                     steps: vec![step],
                     buf,
                     preads: 0,
+                    continues: false,
                 });
             }
         }

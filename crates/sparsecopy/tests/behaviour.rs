@@ -85,6 +85,47 @@ fn many_small_extents_share_reads() {
 }
 
 #[test]
+fn large_ranges_read_a_buffer_at_a_time_count_once() {
+    // Ranges longer than the 1 MiB buffer, read ahead by the feed thread in pieces while the
+    // engine writes the piece before: each counts as one data range, read with one pread per
+    // MiB, written whole.
+    let tmp = tempdir_in(&std::env::temp_dir());
+    let src = tmp.path().join("src");
+    let dst = tmp.path().join("dst");
+    let f = File::create(&src).unwrap();
+    let layout = [
+        (0, 5 * MIB),
+        (8 * MIB, 2 * MIB + 12345),
+        (16 * MIB, MIB + 1),
+    ];
+    let mut model = vec![0u8; (20 * MIB) as usize];
+    f.set_len(model.len() as u64).unwrap();
+    for (i, &(at, len)) in layout.iter().enumerate() {
+        let b = bytes(i as u64, len as usize);
+        f.write_all_at(&b, at).unwrap();
+        model[at as usize..(at + len) as usize].copy_from_slice(&b);
+    }
+    f.sync_all().unwrap();
+    let opts = Options::new().method(Method::ReadWrite);
+    let r = sparsecopy::copy(&src, &dst, Window::new(), &opts).unwrap();
+    assert_same(&read(&dst), &model, "copy");
+    assert_eq!(r.data_ranges, 3, "{r:?}");
+    // The map's ranges end on block boundaries.
+    let src_data = kernel_data(&src);
+    assert_eq!(src_data.len(), 3, "{src_data:?}");
+    assert_eq!(
+        r.data_bytes,
+        src_data.iter().map(|d| d.end - d.start).sum::<u64>()
+    );
+    let pieces: u64 = src_data
+        .iter()
+        .map(|d| (d.end - d.start).div_ceil(MIB))
+        .sum();
+    assert_eq!(r.syscalls.pread, pieces, "one pread per MiB: {r:?}");
+    assert_eq!(kernel_data(&dst), src_data);
+}
+
+#[test]
 fn existing_data_under_source_holes_is_punched() {
     let tmp = tempdir_in(&std::env::temp_dir());
     let src = tmp.path().join("src");

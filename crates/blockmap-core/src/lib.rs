@@ -225,6 +225,15 @@ pub fn block_size_of(fd: impl AsFd) -> u32 {
     }
 }
 
+/// The magic number of the filesystem holding `fd` (`statfs(2)`'s `f_type`, its low 32 bits,
+/// as `<linux/magic.h>` spells them: `0x58465342` xfs, `0x9123683e` btrfs…), `None` if
+/// `fstatfs` fails.
+pub fn filesystem_magic(fd: impl AsFd) -> Option<u32> {
+    #[allow(clippy::unnecessary_cast)] // f_type is i64 on x86_64, other widths elsewhere
+    let magic = |s: rustix::fs::StatFs| (s.f_type as i64 & 0xffff_ffff) as u32;
+    rustix::fs::fstatfs(fd.as_fd()).ok().map(magic)
+}
+
 impl<F: AsFd> BlockMap<F> {
     /// Maps an open file. Errors name it `<fd N>`; use [`BlockMap::with_path`] to name it.
     pub fn new(file: F, options: impl Into<MapOptions>) -> Result<Self> {

@@ -185,19 +185,15 @@ pub(crate) fn grow(fd: BorrowedFd<'_>, path: &Path, size: u64) -> Result<()> {
 /// Filesystems whose `copy_file_range` shares extents (it calls `remap_file_range` first):
 /// a "copy" there is a reflink in disguise.
 pub(crate) fn copy_may_share(fd: BorrowedFd<'_>) -> bool {
-    const XFS: i64 = 0x5846_5342;
-    const BTRFS: i64 = 0x9123_683e;
-    const BCACHEFS: i64 = 0xca45_1a4e;
-    const OCFS2: i64 = 0x7461_636f;
-    const NFS: i64 = 0x6969;
-    const SMB2: i64 = 0xfe53_4d42;
-    const CIFS: i64 = 0xff53_4d42;
-    match rustix::fs::fstatfs(fd) {
-        #[allow(clippy::unnecessary_cast)] // f_type is i64 on x86_64, other widths elsewhere
-        Ok(st) => {
-            let magic = st.f_type as i64 & 0xffff_ffff;
-            [XFS, BTRFS, BCACHEFS, OCFS2, NFS, SMB2, CIFS].contains(&magic)
-        }
-        Err(_) => false,
-    }
+    const BTRFS: u32 = 0x9123_683e;
+    const BCACHEFS: u32 = 0xca45_1a4e;
+    const OCFS2: u32 = 0x7461_636f;
+    const NFS: u32 = 0x6969;
+    const SMB2: u32 = 0xfe53_4d42;
+    const CIFS: u32 = 0xff53_4d42;
+    blockmap_core::filesystem_magic(fd)
+        .is_some_and(|m| [XFS_MAGIC, BTRFS, BCACHEFS, OCFS2, NFS, SMB2, CIFS].contains(&m))
 }
+
+/// xfs's `f_type`.
+pub(crate) const XFS_MAGIC: u32 = 0x5846_5342;

@@ -392,8 +392,7 @@ fn unsupported_between(e: Errno) -> bool {
 /// (131072 extents of 4 KiB: about twice the kernel time of writing them, four times the wall
 /// time, SPEC section 7; btrfs is the other way round), and it shares only written blocks.
 fn is_xfs(dst: BorrowedFd<'_>) -> bool {
-    const XFS_SUPER_MAGIC: u64 = 0x5846_5342;
-    rustix::fs::fstatfs(dst).is_ok_and(|s| s.f_type as u64 == XFS_SUPER_MAGIC)
+    blockmap_core::filesystem_magic(dst) == Some(dest::XFS_MAGIC)
 }
 
 struct Engine<'a, 'p> {

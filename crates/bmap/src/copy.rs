@@ -18,7 +18,7 @@ use tracing::debug;
 use crate::checksum::{ChecksumType, Hasher};
 use crate::error::{Error, Result};
 use crate::format::{BlockRange, Bmap, human_size};
-use crate::source::{Compression, Source};
+use crate::source::{Compression, Source, read_full_at};
 
 /// Size of one chunk of data on its way from the image to the destination and the hasher:
 /// small enough to stay in a core's L2 cache (1 MiB here) between the `pread` that fills it
@@ -542,17 +542,11 @@ fn read_piece(
     pos: u64,
     piece: &mut [u8],
 ) -> Result<()> {
-    let mut done = 0;
-    while done < piece.len() {
-        match file.read_at(&mut piece[done..], pos + done as u64) {
-            Ok(0) => return Err(too_short(image, range, pos + done as u64)),
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                let what = format!("read bytes {}-{}", pos, pos + piece.len() as u64);
-                return Err(Error::io(what, image, e));
-            }
-        }
+    let end = pos + piece.len() as u64;
+    let got = read_full_at(file, pos, piece)
+        .map_err(|e| Error::io(format!("read bytes {pos}-{end}"), image, e))?;
+    if got < piece.len() {
+        return Err(too_short(image, range, pos + got as u64));
     }
     Ok(())
 }

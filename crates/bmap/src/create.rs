@@ -3,7 +3,6 @@
 use std::fs::File;
 use std::io;
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -14,6 +13,7 @@ use tracing::debug;
 use crate::checksum::ChecksumType;
 use crate::error::{Error, Result};
 use crate::format::{BlockRange, Bmap};
+use crate::source::read_full_at;
 
 /// How [`create`] makes a bmap.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,19 +165,14 @@ fn hash_bytes(
     let mut pos = bytes.start;
     while pos < bytes.end {
         let n = (bytes.end - pos).min(buf.len() as u64) as usize;
-        let got = match file.read_at(&mut buf[..n], pos) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the image shrank while it was read",
-                ));
-            }
-            Ok(got) => got,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        h.update(&buf[..got]);
-        pos += got as u64;
+        if read_full_at(file, pos, &mut buf[..n])? < n {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the image shrank while it was read",
+            ));
+        }
+        h.update(&buf[..n]);
+        pos += n as u64;
     }
     Ok(h.finish_hex())
 }

@@ -158,18 +158,7 @@ impl Source {
     /// be behind what was read already.
     pub(crate) fn read_at(&mut self, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Source::File(file) => {
-                let mut done = 0;
-                while done < buf.len() {
-                    match file.read_at(&mut buf[done..], pos + done as u64) {
-                        Ok(0) => break,
-                        Ok(n) => done += n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                Ok(done)
-            }
+            Source::File(file) => read_full_at(file, pos, buf),
             Source::Stream { reader, pos: at } => {
                 if pos < *at {
                     return Err(io::Error::new(
@@ -192,6 +181,20 @@ impl Source {
             }
         }
     }
+}
+
+/// Reads `buf.len()` bytes of `file` at `pos`, fewer only at its end: the count read.
+pub(crate) fn read_full_at(file: &File, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], pos + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
 }
 
 fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {

@@ -175,7 +175,9 @@ pub(crate) fn run(job: Job<'_, '_>) -> Result<Report> {
     // Reflink::Always it is made before anything else is written. The whole window in a few
     // calls when it can be (one FIEMAP walk, one clone: the probe as well), else the first
     // whole blocks of data, to decide for the range-by-range copy.
-    let cloned = if engine.reflink && window.length > 0 {
+    // Only where extents can be shared at all: elsewhere (ext4…) the walk it starts with
+    // would be wasted, and the probe's single call finds out as well.
+    let cloned = if engine.reflink && window.length > 0 && may_share {
         engine.clone_window(src_map)?
     } else {
         None

@@ -35,7 +35,7 @@ pub(crate) enum Command {
 pub(crate) enum BmapCommand {
     /// Write the bmap of an image (its mapped blocks, with a checksum per range).
     Create(BmapCreateArgs),
-    /// Copy an image (plain, .gz, .xz, .zst or .bz2) to a file or block device by its bmap,
+    /// Copy an image (plain, .gz, .xz, .zst, .bz2 or .lz4) to a file or block device by its bmap,
     /// writing only the mapped blocks and verifying their checksums.
     Copy(BmapCopyArgs),
 }
@@ -104,7 +104,7 @@ pub(crate) struct BmapCopyArgs {
     #[arg(long, overrides_with = "progress")]
     pub no_progress: bool,
 
-    /// The image (plain, .gz, .xz, .zst or .bz2).
+    /// The image (plain, .gz, .xz, .zst, .bz2 or .lz4).
     pub image: PathBuf,
 
     /// The file or block device to write.

@@ -188,13 +188,21 @@ fn bad_inputs() {
         &["both the image and its bmap"],
     );
     // An unsupported compression, by name.
-    let lz4 = dir.path().join("disk.img.lz4");
-    std::fs::write(&lz4, b"x").unwrap();
+    let lzo = dir.path().join("disk.img.lzo");
+    std::fs::write(&lzo, b"x").unwrap();
     let b = dir.path().join("b.bmap");
     assert_ok(&blockmap(&["bmap", "create", "-o", s(&b), s(&img)]));
     assert_fails(
+        &blockmap(&["bmap", "copy", "--bmap", s(&b), s(&lzo), s(&dest)]),
+        1,
+        &["lzo images are not supported"],
+    );
+    // A supported one that is not what its name says.
+    let lz4 = dir.path().join("disk.img.lz4");
+    std::fs::write(&lz4, b"not an lz4 frame").unwrap();
+    assert_fails(
         &blockmap(&["bmap", "copy", "--bmap", s(&b), s(&lz4), s(&dest)]),
         1,
-        &["lz4 images are not supported"],
+        &["disk.img.lz4: cannot read bytes"],
     );
 }

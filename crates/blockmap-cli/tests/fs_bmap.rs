@@ -111,11 +111,12 @@ fn compress(image: &Path, tool: &str, ext: &str) -> Result<PathBuf, String> {
     Ok(out)
 }
 
-const COMPRESSORS: [(&str, &str); 4] = [
+const COMPRESSORS: [(&str, &str); 5] = [
     ("gzip", "gz"),
     ("xz", "xz"),
     ("zstd", "zst"),
     ("bzip2", "bz2"),
+    ("lz4", "lz4"),
 ];
 
 /// The byte ranges a bmap maps.

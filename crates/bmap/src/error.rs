@@ -138,7 +138,7 @@ pub enum Error {
     UnsupportedCompression {
         /// The image.
         path: PathBuf,
-        /// The suffix found (`"tar.gz"`, `"lz4"`…).
+        /// The suffix found (`"tar.gz"`, `"lzo"`…).
         kind: String,
     },
     /// The image is empty: it has no blocks to map.

@@ -13,7 +13,7 @@
 //!   (a block is mapped when any of its bytes may be data: data is never called a hole), the
 //!   ranges hashed in parallel.
 //! - [`Copier`]: writes an image's mapped ranges to a file or block device, verifying every
-//!   range's checksum as the data passes; `.gz`, `.xz`, `.zst` and `.bz2` images are streamed
+//!   range's checksum as the data passes; `.gz`, `.xz`, `.zst`, `.bz2` and `.lz4` images are streamed
 //!   through their decompressors ([`find_bmap`] finds the bmap beside an image as bmaptool
 //!   does).
 //! - [`read_signed`]: reads a bmap file verifying its GPG signature (detached or clearsigned)

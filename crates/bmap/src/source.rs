@@ -2,7 +2,7 @@
 //! file decompressed in order; and the bmap file beside it.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -22,11 +22,13 @@ pub enum Compression {
     Zstd,
     /// `.bz2` (several streams allowed, as `pbzip2` writes).
     Bzip2,
+    /// `.lz4` (the LZ4 frame format the `lz4` tool writes; several frames allowed).
+    Lz4,
 }
 
 impl Compression {
     /// The compression of the image at `path`, by name; an error for the kinds bmaptool knows
-    /// and this crate does not read (tar archives, `.lzo`, `.lz4`, `.zip`).
+    /// and this crate does not read (tar archives, `.lzo`, `.zip`).
     pub fn of(path: &Path) -> Result<Compression> {
         let name = path
             .file_name()
@@ -34,7 +36,7 @@ impl Compression {
             .unwrap_or_default();
         let unsupported = [
             "tar.gz", "tgz", "tar.bz2", "tbz2", "tbz", "tb2", "tar.xz", "txz", "tar.lzo", "tzo",
-            "tar.lz4", "tlz4", "tar.zst", "tzst", "lzo", "lz4", "zip",
+            "tar.lz4", "tlz4", "tar.zst", "tzst", "lzo", "zip",
         ];
         if let Some(kind) = unsupported
             .iter()
@@ -53,6 +55,8 @@ impl Compression {
             Compression::Zstd
         } else if name.ends_with(".bz2") {
             Compression::Bzip2
+        } else if name.ends_with(".lz4") {
+            Compression::Lz4
         } else {
             Compression::None
         })
@@ -66,6 +70,7 @@ impl Compression {
             Compression::Xz => "xz",
             Compression::Zstd => "zstd",
             Compression::Bzip2 => "bzip2",
+            Compression::Lz4 => "lz4",
         }
     }
 }
@@ -149,6 +154,9 @@ impl Source {
             Compression::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(
                 BufReader::with_capacity(COMPRESSED_BUFFER, file),
             )),
+            Compression::Lz4 => Box::new(Lz4Frames(lz4_flex::frame::FrameDecoder::new(
+                BufReader::with_capacity(COMPRESSED_BUFFER, file),
+            ))),
         };
         Ok(Source::Stream { reader, pos: 0 })
     }
@@ -178,6 +186,22 @@ impl Source {
                 let got = read_full(reader, buf)?;
                 *at += got as u64;
                 Ok(got)
+            }
+        }
+    }
+}
+
+/// LZ4 frames one after another, as `cat a.lz4 b.lz4` makes them: lz4_flex's decoder goes on
+/// with the next frame, but answers 0 (end of file) once at each frame's end; here 0 means
+/// the file has ended.
+struct Lz4Frames(lz4_flex::frame::FrameDecoder<BufReader<File>>);
+
+impl Read for Lz4Frames {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let n = self.0.read(buf)?;
+            if n > 0 || buf.is_empty() || self.0.get_mut().fill_buf()?.is_empty() {
+                return Ok(n);
             }
         }
     }

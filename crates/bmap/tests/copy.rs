@@ -165,3 +165,35 @@ fn unverified_and_last_range_wrong() {
         "{err}"
     );
 }
+
+/// An `.lz4` image made of several frames one after another (`cat a.lz4 b.lz4`, or `lz4`
+/// over a pipe in pieces): decoded across the frame ends, equal to the image.
+#[test]
+fn lz4_frames_one_after_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, copy) = (dir.path().join("disk.img"), dir.path().join("copy.img"));
+    let extents = [
+        (0, 3 * BLOCK),
+        (700 * BLOCK, 300 * BLOCK),
+        (1900 * BLOCK, BLOCK),
+    ];
+    make_image(&image, 2000 * BLOCK, &extents, 11);
+    let bmap = bmap::create(&image, &CreateOptions::default()).unwrap();
+    let bytes = std::fs::read(&image).unwrap();
+    let packed = dir.path().join("disk.img.lz4");
+    let mut out = File::create(&packed).unwrap();
+    // Frame ends inside a mapped range, inside a hole, and at a block boundary.
+    for part in [
+        0..800 * 4096 + 100,
+        800 * 4096 + 100..1500 * 4096,
+        1500 * 4096..bytes.len(),
+    ] {
+        let mut enc = lz4_flex::frame::FrameEncoder::new(Vec::new());
+        enc.write_all(&bytes[part]).unwrap();
+        out.write_all(&enc.finish().unwrap()).unwrap();
+    }
+    drop(out);
+    let report = Copier::new(bmap).copy(&packed, &copy).unwrap();
+    assert_eq!(report.compression, bmap::Compression::Lz4);
+    assert_eq!(bytes, std::fs::read(&copy).unwrap());
+}

@@ -1100,12 +1100,17 @@ fn blockdev_from(m: &Mount, dev: &Device<'_>, cases: &mut u32) -> Result<(), Str
             m.name
         )
     })?;
+    source_unchanged(&file, &before, &src)
+}
+
+/// SRC after the copies: its mtime as `before` said, its bytes as the model says.
+fn source_unchanged(file: &File, before: &std::fs::Metadata, src: &Model) -> Result<(), String> {
     let after = file.metadata().map_err(|e| e.to_string())?;
     ensure!(
         (after.mtime(), after.mtime_nsec()) == (before.mtime(), before.mtime_nsec()),
         "the source's mtime changed"
     );
-    src.compare_with(&file)
+    src.compare_with(file)
         .map_err(|e| format!("the source changed: {e}"))
 }
 
@@ -1283,13 +1288,7 @@ fn full_from(m: &Mount, tiny: &Path, cases: &mut u32) -> Result<(), String> {
         );
         *cases += 1;
     }
-    let after = file.metadata().map_err(|e| e.to_string())?;
-    ensure!(
-        (after.mtime(), after.mtime_nsec()) == (before.mtime(), before.mtime_nsec()),
-        "the source's mtime changed"
-    );
-    src.compare_with(&file)
-        .map_err(|e| format!("the source changed: {e}"))
+    source_unchanged(&file, &before, &src)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1355,13 +1354,7 @@ fn reflink_always_shares_or_refuses() {
             let _ = std::fs::remove_file(&dst_path);
             *cases += 1;
         }
-        let after = file.metadata().map_err(|e| e.to_string())?;
-        ensure!(
-            (after.mtime(), after.mtime_nsec()) == (before.mtime(), before.mtime_nsec()),
-            "the source's mtime changed"
-        );
-        src.compare_with(&file)
-            .map_err(|e| format!("the source changed: {e}"))
+        source_unchanged(&file, &before, &src)
     });
 }
 

@@ -314,13 +314,23 @@ impl<F: AsFd> BlockMap<F> {
     /// Every byte that does not read back as zero is inside one of them; they may include
     /// zeros (whole blocks, preallocated pages already read into the cache).
     pub fn data(&self, window: Range<u64>) -> DataRanges<'_> {
-        let window = self.clip(window);
+        DataRanges {
+            inner: Merge::new(self.source(self.clip(window), false)),
+        }
+    }
+
+    /// The backend's walk of a clipped window; `keep_extents`: FIEMAP's walk keeps a copy of
+    /// every extent (and retries a stall with `FIEMAP_FLAG_SYNC`, as the raw listing does).
+    fn source(&self, window: Range<u64>, keep_extents: bool) -> backend::Source<'_> {
         let fd = self.file.as_fd();
         let granule = u64::from(self.block_size).max(seekmap::DEFAULT_GRANULE);
-        let source = match self.backend {
+        match self.backend {
             Backend::Fiemap => {
-                let walk =
+                let mut walk =
                     fiemap::ExtentWalk::new(fd, &self.path, window.clone(), self.fiemap_batch);
+                if keep_extents {
+                    walk = walk.sync_on_stall().keeping_extents();
+                }
                 backend::Source::Fiemap(Box::new(fiemap::FiemapData::new(
                     walk,
                     window,
@@ -333,9 +343,6 @@ impl<F: AsFd> BlockMap<F> {
                 path: &self.path,
             },
             Backend::None => backend::Source::None((!window.is_empty()).then_some(window)),
-        };
-        DataRanges {
-            inner: Merge::new(source),
         }
     }
 
@@ -372,25 +379,7 @@ impl<F: AsFd> BlockMap<F> {
     /// other backends), for callers that want both without asking the kernel twice. A walk
     /// that stalls is retried with `FIEMAP_FLAG_SYNC`, as [`BlockMap::extents`] does.
     pub fn data_and_extents(&self, window: Range<u64>) -> Result<(Vec<Range<u64>>, Vec<Extent>)> {
-        let window = self.clip(window);
-        if self.backend != Backend::Fiemap {
-            return Ok((self.data(window).collect::<Result<_>>()?, Vec::new()));
-        }
-        let granule = u64::from(self.block_size).max(seekmap::DEFAULT_GRANULE);
-        let walk = fiemap::ExtentWalk::new(
-            self.file.as_fd(),
-            &self.path,
-            window.clone(),
-            self.fiemap_batch,
-        )
-        .sync_on_stall()
-        .keeping_extents();
-        let mut ranges = Merge::new(backend::Source::Fiemap(Box::new(fiemap::FiemapData::new(
-            walk,
-            window,
-            granule,
-            self.trust_clean_unwritten,
-        ))));
+        let mut ranges = Merge::new(self.source(self.clip(window), true));
         let data = ranges.by_ref().collect::<Result<_>>()?;
         let extents = match ranges.into_inner() {
             backend::Source::Fiemap(mut walk) => walk.take_kept(),

@@ -1583,3 +1583,60 @@ fn copy_reads_turn_source_holes_into_data() {
         Ok(())
     });
 }
+
+/// `--reflink always` failed a copy that had nothing to share: `blockmap: cannot reflink
+/// …/ext4-1k/…/src319 to …/btrfs-zstd/…/dst319: Invalid cross-device link (os error 18)`.
+/// Found by `random_copies_across_filesystems` (ext4-1k -> btrfs-zstd). The whole-window
+/// clone, tried first on a destination that can share, tried whenever the source had data in
+/// the window; data of 1 KiB blocks holding no whole 4 KiB block of the destination gives it
+/// nothing to share, and a refusal across filesystems then failed the copy (fixed: the clone,
+/// like the probe, is tried only when a data range holds a whole destination block). Expected:
+/// the copy succeeds and equals the source; with a whole block in the data, the refusal.
+#[test]
+fn reflink_always_with_nothing_to_share_across_filesystems() {
+    const TEST: &str = "reflink_always_with_nothing_to_share_across_filesystems";
+    let Some(env) = fs_env(TEST) else { return };
+    let Some(btrfs) = env.mounts.iter().find(|m| m.kind == FsKind::Btrfs) else {
+        eprintln!("{TEST}: needs btrfs to copy to");
+        return;
+    };
+    let dst_dir = btrfs.scratch(TEST);
+    env.run_on(&env.mounts_where(|m| m.name == "ext4-1k"), |m, cases| {
+        let dir = m.scratch(TEST);
+        // 1 KiB pieces, never a whole aligned 4 KiB block; then one whole block.
+        for (round, pieces) in [
+            &[(1024, 1024), (9216, 2048), (21504, 1024)][..],
+            &[(8192, 4096)],
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (path, file) = fresh_file(dir.path(), &format!("src{round}"));
+            let mut src = Model::new();
+            for (i, &(at, len)) in pieces.iter().enumerate() {
+                let fill = Fill::Random(i as u64 + 1);
+                apply(&file, &mut src, Op::Write { at, len, fill })?;
+            }
+            apply(&file, &mut src, Op::Truncate { len: 64 * 1024 })?;
+            file.sync_all().map_err(|e| e.to_string())?;
+            let dst = dst_dir.path().join(format!("dst{round}"));
+            let plan = Plan {
+                skip: 0,
+                seek: 0,
+                length: None,
+                len: src.len(),
+            };
+            let opts = Options::new().reflink(Reflink::Always);
+            let outcome = cli_copy(&path, &dst, &plan, &opts)?;
+            *cases += 1;
+            if round == 0 {
+                outcome.map_err(|e| format!("nothing to share, yet: {e}"))?;
+                src.compare_with(&File::open(&dst).map_err(|e| e.to_string())?)?;
+            } else {
+                let message = outcome.err().ok_or("a whole block was not refused")?;
+                ensure!(message.contains("reflink"), "{message}");
+            }
+        }
+        Ok(())
+    });
+}

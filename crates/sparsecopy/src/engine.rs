@@ -275,24 +275,32 @@ fn pipeline(
 }
 
 /// Data and holes of a span counted from its data ranges, given in order: bytes of data,
-/// data ranges (touching ones counted as one), hole ranges.
+/// data ranges (touching ones counted as one), hole ranges; and whether a data range holds a
+/// whole block (something to share).
 struct Tally {
     span: Range<u64>,
+    block: u64,
     /// Everything before it has been counted.
     pos: u64,
+    /// Where the data range ending at `pos` began.
+    run_start: u64,
     data: u64,
     data_ranges: u64,
     hole_ranges: u64,
+    whole_block: bool,
 }
 
 impl Tally {
-    fn new(span: Range<u64>) -> Self {
+    fn new(span: Range<u64>, block: u64) -> Self {
         Tally {
             pos: span.start,
+            run_start: span.start,
             span,
+            block,
             data: 0,
             data_ranges: 0,
             hole_ranges: 0,
+            whole_block: false,
         }
     }
 
@@ -304,9 +312,11 @@ impl Tally {
         self.data += r.end - r.start;
         if r.start > self.pos || self.data_ranges == 0 {
             self.data_ranges += 1;
+            self.run_start = r.start;
         }
         self.hole_ranges += u64::from(r.start > self.pos);
         self.pos = r.end;
+        self.whole_block |= !cut(self.run_start..self.pos, self.block).blocks.is_empty();
     }
 
     fn finish(self) -> (u64, u64, u64) {
@@ -569,7 +579,7 @@ impl Engine<'_, '_> {
         }
         let xfs = is_xfs(self.dst);
         // What is cloned, counted as a copy would: data and holes, bytes and ranges.
-        let mut tally = Tally::new(span.clone());
+        let mut tally = Tally::new(span.clone(), self.bs);
         let mut unwritten = false;
         for e in src_map.extents(span.clone()) {
             let e = e?;
@@ -587,10 +597,14 @@ impl Engine<'_, '_> {
             tally.add(e.logical);
         }
         let Tally {
-            data, data_ranges, ..
+            data,
+            data_ranges,
+            whole_block,
+            ..
         } = tally;
-        if data == 0 {
-            // Nothing to share, and nothing to prove: the copy makes the holes.
+        if !whole_block {
+            // Nothing to share, and nothing to prove (the probe would not try either; with
+            // Reflink::Always a refusal here would fail a copy that shares nothing).
             return Ok(None);
         }
         if self.options.reflink == Reflink::Auto
@@ -623,7 +637,7 @@ impl Engine<'_, '_> {
         if unwritten {
             // Counted again now that the clone has written back SRC's dirty pages: what is
             // still settled data is clean pages of zeros over unwritten extents, cloned as holes.
-            tally = Tally::new(span.clone());
+            tally = Tally::new(span.clone(), self.bs);
             for d in src_map.data_marked(span.clone()) {
                 let d = d?;
                 if !d.settled {

@@ -294,6 +294,9 @@ fn compare_all(args: &Args, workloads: &[&'static str], blockmap: &Path) -> Resu
     } else {
         None
     };
+    let runs_log = crate::target_dir().join("compare-runs.tsv");
+    fs::write(&runs_log, "at_s\tfs\tworkload\ttool\twarm_up\tsecs\n")
+        .with_context(|| format!("cannot write {}", runs_log.display()))?;
     let mut results = Vec::new();
     for (fs_name, mkfs, mkfs_args) in FILESYSTEMS
         .iter()
@@ -326,6 +329,7 @@ fn compare_all(args: &Args, workloads: &[&'static str], blockmap: &Path) -> Resu
             scratch: scratch.clone(),
             fs: fs_name.to_string(),
             timeout: Duration::from_secs(args.timeout),
+            runs_log: runs_log.clone(),
         };
         let result = compare_on(args, &setup, workloads, &mountpoint, rootfs.as_deref());
         // Unmount and detach now: the next filesystem gets the space and the memory.
@@ -486,6 +490,7 @@ fn run_one(
     cleanup::check_interrupted()?;
     let command = row.tool.command(setup, src, dst);
     let m = tools::measure(setup, &command)?;
+    log_run(setup, row, src, warm_up, m.secs)?;
     row.secs.push(m.secs);
     row.rss_kib = row.rss_kib.max(m.rss_kib.unwrap_or(0));
     let mut failure = m.failure.clone();
@@ -533,6 +538,22 @@ fn run_one(
     }
     sync(mountpoint)?;
     Ok(m)
+}
+
+/// One line of `target/compare-runs.tsv`.
+fn log_run(setup: &Setup, row: &Row, src: &Source, warm_up: bool, secs: f64) -> Result<()> {
+    use std::io::Write as _;
+    let mut log = fs::OpenOptions::new()
+        .append(true)
+        .open(&setup.runs_log)
+        .with_context(|| format!("cannot append to {}", setup.runs_log.display()))?;
+    let at = STARTED.get().map_or(0.0, |s| s.elapsed().as_secs_f64());
+    writeln!(
+        log,
+        "{at:.1}\t{}\t{}\t{}\t{warm_up}\t{secs:.4}",
+        setup.fs, src.name, row.tool.name
+    )?;
+    Ok(())
 }
 
 /// `syncfs` on the filesystem under test.

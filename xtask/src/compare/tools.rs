@@ -221,6 +221,8 @@ pub struct Setup {
     /// The fs under test's name (bmap file names).
     pub fs: String,
     pub timeout: Duration,
+    /// Every run, in the order run (`target/compare-runs.tsv`): what preceded a slow run.
+    pub runs_log: PathBuf,
 }
 
 impl Setup {

@@ -12,6 +12,8 @@
 //!   extents, ext4 with 1 KiB blocks and its empty SEEK segments, xfs speculative
 //!   preallocation, preallocate-then-write without fsync, tmpfs without FIEMAP, a block
 //!   device, files of more extents than one FIEMAP call returns, and 20000 extents.
+//! - [`btrfs_extent_items_agree_with_fiemap`]: btrfs's extent items (the tree search the copy
+//!   engine asks there) against FIEMAP on random files, before and after an fsync.
 //!
 //! Every test appends `fs=… test=… cases=…` to `$BLOCKMAP_FS_TEST_REPORT` for each
 //! filesystem.
@@ -24,6 +26,7 @@ mod common;
 use std::cell::Cell;
 use std::fs::File;
 use std::ops::Range;
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -811,4 +814,118 @@ fn many_extents_on(m: &Mount) -> Result<(), String> {
         m.name
     );
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// btrfs's extent items against FIEMAP.
+
+/// FIEMAP's view of `span`: (data extents merged, any unwritten extent, any inline extent).
+fn fiemap_view(file: &File, span: &Range<u64>) -> Result<(Vec<Range<u64>>, bool, bool), String> {
+    let map = BlockMap::new(file, BackendChoice::Only(Backend::Fiemap))
+        .map_err(|e| format!("FIEMAP: {e}"))?;
+    let extents = map
+        .extents(span.clone())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("FIEMAP: {e}"))?;
+    let data = extents
+        .iter()
+        .filter(|e| !e.is_unwritten())
+        .map(|e| e.logical.start.max(span.start)..e.logical.end.min(span.end))
+        .filter(|r| !r.is_empty())
+        .collect();
+    let unwritten = extents.iter().any(|e| e.is_unwritten());
+    let inline = extents
+        .iter()
+        .any(|e| e.flags & FIEMAP_EXTENT_DATA_INLINE != 0);
+    Ok((merged(data), unwritten, inline))
+}
+
+/// `blockmap_core::btrfs_extent_items` (the tree search the copy engine asks before and
+/// after its whole-window clone) against FIEMAP, on random files on every btrfs: before any
+/// fsync, items that say "written, nothing preallocated" must stay true once everything is
+/// written back (writeback never makes a preallocated extent: the engine's decision to clone
+/// rests on it) and name only data; after an fsync they must equal FIEMAP's written extents,
+/// and say "preallocated" exactly when FIEMAP shows an unwritten extent.
+#[test]
+fn btrfs_extent_items_agree_with_fiemap() {
+    const TEST: &str = "btrfs_extent_items_agree_with_fiemap";
+    let Some(env) = fs_env(TEST) else { return };
+    let cases = common::cases_per_fs(48);
+    let window = (0..=1000u64, 0..=1000u64, proptest::bool::weighted(0.3))
+        .prop_map(|(start, len, to_end)| WindowPick { start, len, to_end });
+    let strategy = (proptest::collection::vec(common::op(), 1..=12), window);
+    env.run_on(
+        &env.mounts_where(|m| m.kind == FsKind::Btrfs),
+        |m, count| {
+            let dir = m.scratch(TEST);
+            let mut runner = TestRunner::new(Config {
+                cases,
+                failure_persistence: None,
+                max_shrink_iters: 512,
+                ..Config::default()
+            });
+            let n = Cell::new(0u32);
+            let result = runner.run(&strategy, |(ops, window)| {
+            n.set(n.get() + 1);
+            let name = format!("case{}", n.get());
+            let (path, file) = fresh_file(dir.path(), &name);
+            let mut model = Model::new();
+            for &op in &ops {
+                apply(&file, &mut model, op).map_err(TestCaseError::fail)?;
+            }
+            let size = model.len();
+            // Within the file, as the engine asks (items past its end do not count), and in
+            // whole blocks: an inline extent is one short item that FIEMAP rounds to a block.
+            let w = window.window(size);
+            let pick = round_out(&(w.start.min(size)..w.end.min(size)), PAGE);
+            let pick = pick.start..pick.end.min(size);
+            let checked = (|| -> Result<(), String> {
+                for span in [0..size, pick].into_iter().filter(|s| !s.is_empty()) {
+                    let before = blockmap_core::btrfs_extent_items(file.as_fd(), span.clone());
+                    file.sync_all().map_err(|e| format!("fsync: {e}"))?;
+                    let after = blockmap_core::btrfs_extent_items(file.as_fd(), span.clone());
+                    let (data, unwritten, inline) = fiemap_view(&file, &span)?;
+                    if let Some(blockmap_core::ExtentItems::Written(w)) = &before {
+                        ensure!(
+                            !unwritten,
+                            "{span:?}: before fsync the items said nothing is preallocated, \
+                             after it FIEMAP has unwritten extents"
+                        );
+                        for r in w {
+                            ensure!(
+                                covered(&data, r),
+                                "{span:?}: item {r:?} before fsync is not data after it: {data:?}"
+                            );
+                        }
+                    }
+                    let expected = if inline {
+                        None
+                    } else if unwritten {
+                        Some(blockmap_core::ExtentItems::Preallocated)
+                    } else {
+                        Some(blockmap_core::ExtentItems::Written(data))
+                    };
+                    ensure!(
+                        after == expected,
+                        "{span:?} after fsync: items {after:?}, FIEMAP {expected:?}"
+                    );
+                }
+                Ok(())
+            })();
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            checked.map_err(|e| TestCaseError::fail(format!("{name}: {e}")))
+        });
+            *count = n.get();
+            match result {
+                Ok(()) => Ok(()),
+                Err(TestError::Fail(reason, (ops, window))) => Err(format!(
+                    "{reason}\nminimal failing ops on a fresh file on {} (then {window:?}):\n{}",
+                    m.name,
+                    OpList(&ops)
+                )),
+                Err(TestError::Abort(reason)) => Err(format!("proptest aborted: {reason}")),
+            }
+        },
+    );
 }

@@ -249,8 +249,7 @@ fn trim_start(e: &mut Extent, start: u64) {
 /// SEEK_DATA over unwritten extents looks at the cached pages one by one as well, and a walk
 /// costs two calls per data segment besides.
 pub(crate) fn trust_clean_unwritten(fd: BorrowedFd<'_>) -> bool {
-    const BTRFS_SUPER_MAGIC: u32 = 0x9123_683e;
-    crate::filesystem_magic(fd).is_some_and(|m| m != BTRFS_SUPER_MAGIC)
+    crate::filesystem_magic(fd).is_some_and(|m| m != crate::btrfs::BTRFS_SUPER_MAGIC)
 }
 
 /// Whether no page of `range` is dirty or under writeback (`cachestat(2)`): then FIEMAP's

@@ -46,6 +46,7 @@
 #![forbid(unsafe_code)]
 
 mod backend;
+mod btrfs;
 mod error;
 mod fiemap;
 pub mod ranges;
@@ -61,6 +62,7 @@ use tracing::debug;
 pub use backend::{
     Backend, BackendChoice, DataRange, DataRanges, MarkedDataRanges, UnknownBackend,
 };
+pub use btrfs::{ExtentItems, btrfs_extent_items};
 pub use error::{Error, Result, is_unsupported_errno};
 use ranges::{Invert, Merge, RangeIterExt, from_blocks, to_blocks};
 

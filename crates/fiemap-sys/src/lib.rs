@@ -12,7 +12,9 @@
 //!   extents, and [`fiemap_ioctl`], the safe function that runs the ioctl on it;
 //! - [`figetbsz`], the filesystem block size of an open file;
 //! - [`cachestat_range`], the page-cache state of a byte range (`cachestat(2)`): with no
-//!   dirty or under-writeback pages there, the `UNWRITTEN` flags FIEMAP gives in it are exact.
+//!   dirty or under-writeback pages there, the `UNWRITTEN` flags FIEMAP gives in it are exact;
+//! - [`btrfs_file_extents`], a btrfs file's extent items by kind (root only), which answer
+//!   "is any of it preallocated?" at a tenth of FIEMAP's cost there.
 //!
 //! It does no iteration and no interpretation: walking a whole file, clipping extents to a
 //! window and deciding what counts as data belongs to `blockmap-core`.
@@ -51,9 +53,11 @@
 )]
 
 mod abi;
+mod btrfs;
 mod cachestat;
 mod ioctl;
 
 pub use abi::*;
+pub use btrfs::{BtrfsExtent, BtrfsExtentKind, btrfs_file_extents};
 pub use cachestat::{CacheStat, cachestat_range};
 pub use ioctl::{FiemapBuffer, fiemap_ioctl, figetbsz};

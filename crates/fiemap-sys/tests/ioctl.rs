@@ -88,3 +88,25 @@ fn ioctls_on_an_o_path_descriptor_fail_cleanly() {
     buf.set_request(0, FIEMAP_MAX_OFFSET, 0);
     assert_eq!(fiemap_ioctl(&fd, &mut buf), Err(Errno::BADF));
 }
+
+/// Off btrfs the tree search is refused (`ENOTTY`) and nothing is reported; an empty range
+/// asks the kernel nothing. (On btrfs it is checked against FIEMAP by blockmap-cli's
+/// filesystem tests.)
+#[test]
+fn btrfs_tree_search_is_refused_off_btrfs() {
+    const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
+    let file = tempfile::tempfile().unwrap();
+    file.write_all_at(&[1; 4096], 0).unwrap();
+    let mut seen = Vec::new();
+    btrfs_file_extents(&file, 0..0, |e| seen.push(e)).unwrap();
+    assert!(seen.is_empty());
+    #[allow(clippy::unnecessary_cast)]
+    let on_btrfs = rustix::fs::fstatfs(&file).unwrap().f_type as i64 == BTRFS_SUPER_MAGIC;
+    if on_btrfs {
+        eprintln!("skipped: $TMPDIR is on btrfs");
+        return;
+    }
+    let got = btrfs_file_extents(&file, 0..4096, |e| seen.push(e));
+    assert_eq!(got, Err(Errno::NOTTY), "{seen:?}");
+    assert!(seen.is_empty());
+}

@@ -20,7 +20,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use blockmap_core::ranges::round_in;
-use blockmap_core::{BlockMap, DataRanges, is_unsupported_errno};
+use blockmap_core::{BlockMap, DataRanges, ExtentItems, btrfs_extent_items, is_unsupported_errno};
 use rustix::fs::FallocateFlags;
 use rustix::io::Errno;
 use tracing::{debug, trace};
@@ -581,20 +581,43 @@ impl Engine<'_, '_> {
         // What is cloned, counted as a copy would: data and holes, bytes and ranges.
         let mut tally = Tally::new(span.clone(), self.bs);
         let mut unwritten = false;
-        for e in src_map.extents(span.clone()) {
-            let e = e?;
-            if e.is_unwritten() {
-                // xfs shares only written blocks: an unwritten extent lands as a hole, its
-                // data in the page cache written back first. btrfs would share it as
-                // allocated space that SEEK_DATA calls data.
-                if !xfs {
-                    debug!(extent = ?e.logical, "preallocated extent in SRC: reflinking range by range");
-                    return Ok(None);
-                }
-                unwritten = true;
-                continue;
+        // On btrfs, as root, its extent items tell whether SRC has preallocated extents and
+        // whether a whole block is written, at a tenth of FIEMAP's cost there. They miss data
+        // still in dirty pages, so before the clone (which writes those back first) they may
+        // only say "clone"; what was cloned is counted from them after it.
+        let items = if xfs {
+            None
+        } else {
+            btrfs_extent_items(self.src, span.clone())
+        };
+        let items_say_clone = match items {
+            Some(ExtentItems::Preallocated) => {
+                debug!("preallocated extent in SRC (btrfs items): reflinking range by range");
+                return Ok(None);
             }
-            tally.add(e.logical);
+            Some(ExtentItems::Written(written)) => {
+                written.into_iter().for_each(|r| tally.add(r));
+                tally.whole_block
+            }
+            None => false,
+        };
+        if !items_say_clone {
+            tally = Tally::new(span.clone(), self.bs);
+            for e in src_map.extents(span.clone()) {
+                let e = e?;
+                if e.is_unwritten() {
+                    // xfs shares only written blocks: an unwritten extent lands as a hole, its
+                    // data in the page cache written back first. btrfs would share it as
+                    // allocated space that SEEK_DATA calls data.
+                    if !xfs {
+                        debug!(extent = ?e.logical, "preallocated extent in SRC: reflinking range by range");
+                        return Ok(None);
+                    }
+                    unwritten = true;
+                    continue;
+                }
+                tally.add(e.logical);
+            }
         }
         let Tally {
             data,
@@ -634,7 +657,24 @@ impl Engine<'_, '_> {
             }
             at = piece.end;
         }
-        if unwritten {
+        if items_say_clone {
+            // The clone wrote SRC's dirty pages back: now the items hold every written extent.
+            tally = Tally::new(span.clone(), self.bs);
+            match btrfs_extent_items(self.src, span.clone()) {
+                Some(ExtentItems::Written(written)) => {
+                    written.into_iter().for_each(|r| tally.add(r))
+                }
+                // Preallocated meanwhile, or no longer searchable: FIEMAP counts.
+                _ => {
+                    for e in src_map.extents(span.clone()) {
+                        let e = e?;
+                        if !e.is_unwritten() {
+                            tally.add(e.logical);
+                        }
+                    }
+                }
+            }
+        } else if unwritten {
             // Counted again now that the clone has written back SRC's dirty pages: what is
             // still settled data is clean pages of zeros over unwritten extents, cloned as holes.
             tally = Tally::new(span.clone(), self.bs);

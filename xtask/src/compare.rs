@@ -8,13 +8,18 @@
 //! 1. a bmap is made with `bmaptool create` (untimed);
 //! 2. a warm-up: every tool once, in table order, each copy checked (blockmap's also with
 //!    `cmp` of the whole files when they are of at most 1 GiB);
-//! 3. `--runs` timed runs, round-robin over the tools (the first tool moves by one each run,
-//!    so none always follows the same neighbour). A tool whose warm-up took longer than
+//! 3. `--runs` timed rounds, each running every tool once in its own shuffled order (seeded:
+//!    the same orders every time), so that no tool always follows the same neighbour: what
+//!    one command leaves behind (the VM's free page reporting hands memory that a command
+//!    freed back to the host, and the next command to touch it pays for getting it back)
+//!    falls on every tool alike. A plain rotation kept the cyclic order, and `blockmap copy`
+//!    always ran right after `blockmap bmap copy`. A tool whose warm-up took longer than
 //!    `--slow` seconds gets only `--slow-runs` runs; one that hits `--timeout` is not run
 //!    again and is reported as such.
 //!
 //! Copies go to a new file on the same filesystem, checked after every run (outside the
-//! timing: see [`tools::check_copy`]), then removed, and the filesystem is synced before the
+//! timing: see [`tools::check_copy`]), then removed, and the filesystem (then the loop device's
+//! backing file) is synced before the
 //! next command so that no command pays for another's write-back. Nothing is dropped from
 //! the page cache: warm-cache numbers, as SPEC section 7 quotes them.
 //!
@@ -148,17 +153,17 @@ pub fn run(args: &Args) -> Result<()> {
         .collect();
     cleanup::install_signal_handler()?;
 
-    println!("compare: {} building blockmap (release)", at());
-    let mut build = Command::new(crate::cargo());
-    build
-        .current_dir(crate::project_root())
-        .args(["build", "--release", "-p", "blockmap-cli"]);
+    let (mut build, blockmap) = release_build()?;
+    println!(
+        "compare: {} building blockmap: {}",
+        at(),
+        cmd::describe(&build)
+    );
     let status = cmd::run_inherited(&mut build)?;
     cleanup::check_interrupted()?;
     if !status.success() {
         bail!("`{}` failed ({status})", cmd::describe(&build));
     }
-    let blockmap = crate::target_dir().join("release/blockmap");
     // What was built, taken now: the tree may change while the run goes on.
     let commit = commit();
 
@@ -191,6 +196,38 @@ pub fn run(args: &Args) -> Result<()> {
 }
 
 /// apt-get installs whatever is missing (`apt-get update` once, first).
+/// The release build that is measured, and where it puts the binary: on a `*-linux-gnu` host,
+/// statically linked (`crt-static`, glibc's static-pie), as the README's install command
+/// builds it: dynamic loading of libc, libm and libgcc_s costs 0.4 ms a command here, the
+/// whole difference on the millisecond rows. `--target` keeps the flag off build scripts and
+/// proc-macros, which cannot be static.
+fn release_build() -> Result<(Command, PathBuf)> {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let out = Command::new(&rustc)
+        .arg("-vV")
+        .output()
+        .context("cannot run `rustc -vV`")?;
+    let host = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
+        .context("`rustc -vV` names no host")?;
+    let mut build = Command::new(crate::cargo());
+    build
+        .current_dir(crate::project_root())
+        .args(["build", "--release", "-p", "blockmap-cli"]);
+    if host.ends_with("-linux-gnu") {
+        build.args(["--target", &host, "--config"]).arg(format!(
+            "target.{host}.rustflags=[\"-C\", \"target-feature=+crt-static\"]"
+        ));
+        Ok((
+            build,
+            crate::target_dir().join(&host).join("release/blockmap"),
+        ))
+    } else {
+        Ok((build, crate::target_dir().join("release/blockmap")))
+    }
+}
+
 fn install_missing_programs() -> Result<()> {
     let mut packages: Vec<&str> = PROGRAMS
         .iter()
@@ -330,6 +367,7 @@ fn compare_all(args: &Args, workloads: &[&'static str], blockmap: &Path) -> Resu
             fs: fs_name.to_string(),
             timeout: Duration::from_secs(args.timeout),
             runs_log: runs_log.clone(),
+            backing: image.clone(),
         };
         let result = compare_on(args, &setup, workloads, &mountpoint, rootfs.as_deref());
         // Unmount and detach now: the next filesystem gets the space and the memory.
@@ -398,7 +436,7 @@ fn compare_on(
             .extend(measure_workload(args, setup, &mut src, &dst, mountpoint)?);
         // The source is done with: free its space for the next one.
         fs::remove_file(&src.path)?;
-        sync(mountpoint)?;
+        sync(setup, mountpoint)?;
     }
     Ok(result)
 }
@@ -443,9 +481,11 @@ fn measure_workload(
     }
     src.refresh()?;
     let n = rows.len();
-    for run in 0..args.runs.max(1) as usize {
-        for k in 0..n {
-            let i = (run + k) % n;
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = fastrand::Rng::with_seed(0x5eed);
+    for _ in 0..args.runs.max(1) {
+        rng.shuffle(&mut order);
+        for &i in &order {
             let row = &mut rows[i];
             if row.note.is_some() || row.secs.len() >= wanted[i] as usize {
                 continue;
@@ -536,7 +576,7 @@ fn run_one(
         );
         row.failures.push(f);
     }
-    sync(mountpoint)?;
+    sync(setup, mountpoint)?;
     Ok(m)
 }
 
@@ -556,10 +596,18 @@ fn log_run(setup: &Setup, row: &Row, src: &Source, warm_up: bool, secs: f64) -> 
     Ok(())
 }
 
-/// `syncfs` on the filesystem under test.
-fn sync(mountpoint: &Path) -> Result<()> {
+/// `syncfs` on the filesystem under test, then `fdatasync` of the loop device's backing
+/// file: syncfs only moves the data into the backing file's page cache, whose write-back to
+/// the disk then overlapped the next timed command (a flusher thread on one of two cores,
+/// which cost two-threaded commands most: `blockmap copy` of the root-fs image on ext4 took
+/// 0.39 s after `bmap copy`'s 950 MiB and 0.24 s otherwise).
+fn sync(setup: &Setup, mountpoint: &Path) -> Result<()> {
     let dir = fs::File::open(mountpoint)?;
     rustix::fs::syncfs(&dir).with_context(|| format!("cannot sync {}", mountpoint.display()))?;
+    let backing = fs::File::open(&setup.backing)?;
+    backing
+        .sync_data()
+        .with_context(|| format!("cannot sync {}", setup.backing.display()))?;
     Ok(())
 }
 
@@ -586,7 +634,7 @@ fn render(args: &Args, results: &[FsResult], total: Duration, commit: &str) -> S
     let _ = writeln!(
         out,
         "Runs: {} timed per tool after one warm-up ({} for a tool whose warm-up took >{} s), \
-         round-robin over the tools; per-command timeout {} s. Total runtime: {:.0} s.",
+         each round in its own shuffled order of the tools (seeded); per-command timeout {} s. Total runtime: {:.0} s.",
         args.runs,
         args.runs.min(args.slow_runs),
         args.slow,
@@ -680,7 +728,9 @@ fn render(args: &Args, results: &[FsResult], total: Duration, commit: &str) -> S
     }
     let _ = writeln!(
         out,
-        "\nNotes: `bmaptool copy` is given the bmap made by `bmaptool create` beforehand \
+        "\nNotes: `blockmap` is the release build linked statically on a `*-linux-gnu` host \
+         (`crt-static`, as the README's install command builds it; 0.4 ms less start-up than \
+         the dynamic build). `bmaptool copy` is given the bmap made by `bmaptool create` beforehand \
          (untimed), and so is `blockmap bmap copy`; both `bmap copy` rows verify every range's \
          checksum and end with an fsync (bmaptool's defaults), as the `copy` row of `bmaptool \
          copy` does; the other copy rows do neither. The bmap rows run on the root-fs image \

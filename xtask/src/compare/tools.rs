@@ -223,6 +223,8 @@ pub struct Setup {
     pub timeout: Duration,
     /// Every run, in the order run (`target/compare-runs.tsv`): what preceded a slow run.
     pub runs_log: PathBuf,
+    /// The loop device's backing file, synced after the filesystem between runs.
+    pub backing: PathBuf,
 }
 
 impl Setup {

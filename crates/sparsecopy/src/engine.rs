@@ -274,6 +274,23 @@ fn pipeline(
     })
 }
 
+/// The written extents of `span` by FIEMAP, counted: what a clone shared once it has written
+/// SRC's dirty pages back (then no unwritten extent holds data).
+fn written_extents(
+    src_map: &BlockMap<BorrowedFd<'_>>,
+    span: &Range<u64>,
+    block: u64,
+) -> Result<Tally> {
+    let mut tally = Tally::new(span.clone(), block);
+    for e in src_map.extents(span.clone()) {
+        let e = e?;
+        if !e.is_unwritten() {
+            tally.add(e.logical);
+        }
+    }
+    Ok(tally)
+}
+
 /// Data and holes of a span counted from its data ranges, given in order: bytes of data,
 /// data ranges (touching ones counted as one), hole ranges; and whether a data range holds a
 /// whole block (something to share).
@@ -665,25 +682,13 @@ impl Engine<'_, '_> {
                     written.into_iter().for_each(|r| tally.add(r))
                 }
                 // Preallocated meanwhile, or no longer searchable: FIEMAP counts.
-                _ => {
-                    for e in src_map.extents(span.clone()) {
-                        let e = e?;
-                        if !e.is_unwritten() {
-                            tally.add(e.logical);
-                        }
-                    }
-                }
+                _ => tally = written_extents(src_map, &span, self.bs)?,
             }
         } else if unwritten {
-            // Counted again now that the clone has written back SRC's dirty pages: what is
-            // still settled data is clean pages of zeros over unwritten extents, cloned as holes.
-            tally = Tally::new(span.clone(), self.bs);
-            for d in src_map.data_marked(span.clone()) {
-                let d = d?;
-                if !d.settled {
-                    tally.add(d.range);
-                }
-            }
+            // Counted again now that the clone has written back SRC's dirty pages: FIEMAP's
+            // unwritten extents are now exactly the unwritten space (zeros, cloned as holes),
+            // and need no settling.
+            tally = written_extents(src_map, &span, self.bs)?;
         }
         let (data, data_ranges, hole_ranges) = tally.finish();
         let holes = (span.end - span.start) - data;

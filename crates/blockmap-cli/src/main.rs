@@ -80,8 +80,14 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 /// `-v` shows the libraries' debug events, `-vv` their trace events; `RUST_LOG` overrides.
+/// Without either nothing is installed: the libraries log at debug and trace only, so the
+/// default filter (`warn`) would show nothing, and building it is a tenth of a millisecond
+/// of a command that may take one.
 fn init_tracing(verbose: u8) {
     use tracing_subscriber::EnvFilter;
+    if verbose == 0 && std::env::var_os(EnvFilter::DEFAULT_ENV).is_none_or(|v| v.is_empty()) {
+        return;
+    }
     let default = match verbose {
         0 => "warn",
         1 => "debug",

@@ -58,7 +58,11 @@ fn write_json(map: &BlockMap<File>, path: &str, out: &mut impl Write) -> Result<
     let mut num = itoa::Buffer::new();
     out.write_all(b",\"extents\":[")?;
     for (i, e) in extents.iter().enumerate() {
-        out.write_all(if i > 0 { b",{\"start\":" } else { b"{\"start\":" })?;
+        out.write_all(if i > 0 {
+            b",{\"start\":"
+        } else {
+            b"{\"start\":"
+        })?;
         out.write_all(num.format(e.logical.start).as_bytes())?;
         out.write_all(b",\"end\":")?;
         out.write_all(num.format(e.logical.end).as_bytes())?;

@@ -9,23 +9,25 @@ use tracing::debug;
 /// `statfs(2)`'s `f_type` of btrfs.
 pub(crate) const BTRFS_SUPER_MAGIC: u32 = 0x9123_683e;
 
-/// What btrfs's extent items say of a span of a file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExtentItems {
-    /// Part of the span is preallocated (allocated, never written).
-    Preallocated,
-    /// The span's written extents, in order, clipped to it: everything else is a hole.
-    Written(Vec<Range<u64>>),
+/// What btrfs's extent items say of a span of a file: its written and its preallocated
+/// extents, each merged where they touch, in order, clipped to the span; everything else is
+/// a hole.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExtentItems {
+    /// Extents holding data (possibly compressed or shared).
+    pub written: Vec<Range<u64>>,
+    /// Extents allocated and never written: they read as zeros.
+    pub preallocated: Vec<Range<u64>>,
 }
 
 /// The extent items of `span` of a file on btrfs, read from the filesystem tree
 /// (`BTRFS_IOC_TREE_SEARCH_V2`): a tenth of FIEMAP's cost there, which resolves for every
 /// extent whether it is shared.
 ///
-/// Data still in dirty pages has no extent item until it is written back (`fsync`, or a
-/// `FICLONERANGE` of the range, which writes it back first): before that it is missing here,
-/// where FIEMAP reports it as delayed allocation. Preallocated extents are never missing:
-/// writeback only ever turns them into written ones.
+/// The items are the tree as it is: data still in dirty pages has no item until it is
+/// written back (`fsync`, or a `FICLONERANGE` of the range, which writes it back first), and a
+/// preallocated extent being written into is listed as preallocated until then. After a
+/// write-back they are exact.
 ///
 /// `None` where the items cannot answer, and FIEMAP must: not btrfs; not root (the search
 /// needs `CAP_SYS_ADMIN`); inline data (FIEMAP rounds it to a block).
@@ -38,8 +40,9 @@ pub enum ExtentItems {
 ///
 /// let file = std::fs::File::open("disk.img")?;
 /// match btrfs_extent_items(file.as_fd(), 0..1 << 30) {
-///     Some(ExtentItems::Preallocated) => println!("has preallocated extents"),
-///     Some(ExtentItems::Written(data)) => println!("{} written extents", data.len()),
+///     Some(ExtentItems { written, preallocated }) => {
+///         println!("{} written, {} preallocated extents", written.len(), preallocated.len())
+///     }
 ///     None => println!("ask FIEMAP"),
 /// }
 /// # Ok::<(), std::io::Error>(())
@@ -48,15 +51,15 @@ pub fn btrfs_extent_items(fd: BorrowedFd<'_>, span: Range<u64>) -> Option<Extent
     if span.is_empty() || crate::filesystem_magic(fd) != Some(BTRFS_SUPER_MAGIC) {
         return None;
     }
-    let mut written: Vec<Range<u64>> = Vec::new();
-    let mut prealloc = false;
+    let mut items = ExtentItems::default();
     let mut inline = false;
+    let push = |v: &mut Vec<Range<u64>>, r: Range<u64>| match v.last_mut() {
+        Some(last) if last.end == r.start => last.end = r.end,
+        _ => v.push(r),
+    };
     let searched = btrfs_file_extents(fd, span, |e| match e.kind {
-        BtrfsExtentKind::Regular => match written.last_mut() {
-            Some(last) if last.end == e.logical.start => last.end = e.logical.end,
-            _ => written.push(e.logical),
-        },
-        BtrfsExtentKind::Prealloc => prealloc = true,
+        BtrfsExtentKind::Regular => push(&mut items.written, e.logical),
+        BtrfsExtentKind::Prealloc => push(&mut items.preallocated, e.logical),
         BtrfsExtentKind::Inline => inline = true,
     });
     match searched {
@@ -65,7 +68,6 @@ pub fn btrfs_extent_items(fd: BorrowedFd<'_>, span: Range<u64>) -> Option<Extent
             None
         }
         Ok(()) if inline => None,
-        Ok(()) if prealloc => Some(ExtentItems::Preallocated),
-        Ok(()) => Some(ExtentItems::Written(written)),
+        Ok(()) => Some(items),
     }
 }

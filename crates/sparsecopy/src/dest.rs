@@ -185,15 +185,16 @@ pub(crate) fn grow(fd: BorrowedFd<'_>, path: &Path, size: u64) -> Result<()> {
 /// Filesystems whose `copy_file_range` shares extents (it calls `remap_file_range` first):
 /// a "copy" there is a reflink in disguise.
 pub(crate) fn copy_may_share(fd: BorrowedFd<'_>) -> bool {
-    const BTRFS: u32 = 0x9123_683e;
     const BCACHEFS: u32 = 0xca45_1a4e;
     const OCFS2: u32 = 0x7461_636f;
     const NFS: u32 = 0x6969;
     const SMB2: u32 = 0xfe53_4d42;
     const CIFS: u32 = 0xff53_4d42;
     blockmap_core::filesystem_magic(fd)
-        .is_some_and(|m| [XFS_MAGIC, BTRFS, BCACHEFS, OCFS2, NFS, SMB2, CIFS].contains(&m))
+        .is_some_and(|m| [XFS_MAGIC, BTRFS_MAGIC, BCACHEFS, OCFS2, NFS, SMB2, CIFS].contains(&m))
 }
 
 /// xfs's `f_type`.
 pub(crate) const XFS_MAGIC: u32 = 0x5846_5342;
+/// btrfs's `f_type`.
+pub(crate) const BTRFS_MAGIC: u32 = 0x9123_683e;

@@ -20,7 +20,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use blockmap_core::ranges::round_in;
-use blockmap_core::{BlockMap, DataRanges, ExtentItems, btrfs_extent_items, is_unsupported_errno};
+use blockmap_core::{BlockMap, DataRanges, btrfs_extent_items, is_unsupported_errno};
 use rustix::fs::FallocateFlags;
 use rustix::io::Errno;
 use tracing::{debug, trace};
@@ -274,23 +274,6 @@ fn pipeline(
     })
 }
 
-/// The written extents of `span` by FIEMAP, counted: what a clone shared once it has written
-/// SRC's dirty pages back (then no unwritten extent holds data).
-fn written_extents(
-    src_map: &BlockMap<BorrowedFd<'_>>,
-    span: &Range<u64>,
-    block: u64,
-) -> Result<Tally> {
-    let mut tally = Tally::new(span.clone(), block);
-    for e in src_map.extents(span.clone()) {
-        let e = e?;
-        if !e.is_unwritten() {
-            tally.add(e.logical);
-        }
-    }
-    Ok(tally)
-}
-
 /// Data and holes of a span counted from its data ranges, given in order: bytes of data,
 /// data ranges (touching ones counted as one), hole ranges; and whether a data range holds a
 /// whole block (something to share).
@@ -420,6 +403,18 @@ fn unsupported_between(e: Errno) -> bool {
 /// Whether DST is on xfs. xfs reflinks small extents more slowly than it copies them
 /// (131072 extents of 4 KiB: about twice the kernel time of writing them, four times the wall
 /// time, SPEC section 7; btrfs is the other way round), and it shares only written blocks.
+/// SRC and DST in one btrfs subvolume (one `st_dev`): where the whole-window clone is made
+/// first and settled after ([`Engine::clone_then_settle`]). Elsewhere, as across two btrfs
+/// filesystems, the extents are looked at first: a clone that cannot share must not be
+/// tried when nothing whole is there to share.
+fn same_btrfs_subvolume(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> bool {
+    blockmap_core::filesystem_magic(src) == Some(dest::BTRFS_MAGIC)
+        && matches!(
+            (rustix::fs::fstat(src), rustix::fs::fstat(dst)),
+            (Ok(a), Ok(b)) if a.st_dev == b.st_dev
+        )
+}
+
 fn is_xfs(dst: BorrowedFd<'_>) -> bool {
     blockmap_core::filesystem_magic(dst) == Some(dest::XFS_MAGIC)
 }
@@ -594,47 +589,27 @@ impl Engine<'_, '_> {
         if span.is_empty() || src_map.backend() != blockmap_core::Backend::Fiemap {
             return Ok(None);
         }
+        if same_btrfs_subvolume(self.src, self.dst) {
+            return self.clone_then_settle(src_map, span);
+        }
         let xfs = is_xfs(self.dst);
         // What is cloned, counted as a copy would: data and holes, bytes and ranges.
         let mut tally = Tally::new(span.clone(), self.bs);
         let mut unwritten = false;
-        // On btrfs, as root, its extent items tell whether SRC has preallocated extents and
-        // whether a whole block is written, at a tenth of FIEMAP's cost there. They miss data
-        // still in dirty pages, so before the clone (which writes those back first) they may
-        // only say "clone"; what was cloned is counted from them after it.
-        let items = if xfs {
-            None
-        } else {
-            btrfs_extent_items(self.src, span.clone())
-        };
-        let items_say_clone = match items {
-            Some(ExtentItems::Preallocated) => {
-                debug!("preallocated extent in SRC (btrfs items): reflinking range by range");
-                return Ok(None);
-            }
-            Some(ExtentItems::Written(written)) => {
-                written.into_iter().for_each(|r| tally.add(r));
-                tally.whole_block
-            }
-            None => false,
-        };
-        if !items_say_clone {
-            tally = Tally::new(span.clone(), self.bs);
-            for e in src_map.extents(span.clone()) {
-                let e = e?;
-                if e.is_unwritten() {
-                    // xfs shares only written blocks: an unwritten extent lands as a hole, its
-                    // data in the page cache written back first. btrfs would share it as
-                    // allocated space that SEEK_DATA calls data.
-                    if !xfs {
-                        debug!(extent = ?e.logical, "preallocated extent in SRC: reflinking range by range");
-                        return Ok(None);
-                    }
-                    unwritten = true;
-                    continue;
+        for e in src_map.extents(span.clone()) {
+            let e = e?;
+            if e.is_unwritten() {
+                // xfs shares only written blocks: an unwritten extent lands as a hole, its
+                // data in the page cache written back first. btrfs would share it as
+                // allocated space that SEEK_DATA calls data.
+                if !xfs {
+                    debug!(extent = ?e.logical, "preallocated extent in SRC: reflinking range by range");
+                    return Ok(None);
                 }
-                tally.add(e.logical);
+                unwritten = true;
+                continue;
             }
+            tally.add(e.logical);
         }
         let Tally {
             data,
@@ -657,12 +632,78 @@ impl Engine<'_, '_> {
             );
             return Ok(None);
         }
+        if !self.clone_span(&span)? {
+            return Ok(None);
+        }
+        if unwritten {
+            // Counted again now that the clone has written back SRC's dirty pages: FIEMAP's
+            // unwritten extents are now exactly the unwritten space (zeros, cloned as holes),
+            // and need no settling.
+            tally = Tally::new(span.clone(), self.bs);
+            for e in src_map.extents(span.clone()) {
+                let e = e?;
+                if !e.is_unwritten() {
+                    tally.add(e.logical);
+                }
+            }
+        }
+        self.cloned(span, tally)
+    }
+
+    /// The whole-window clone within one btrfs subvolume: cloned first, then settled. The
+    /// clone writes SRC's dirty pages back before it shares anything, so afterwards SRC's
+    /// extents are final: the written ones are what was shared as data, and the
+    /// preallocated ones, which btrfs shares as allocated space that reads as zeros, are
+    /// punched out of DST again (holes, as everywhere else). One extent walk, after the
+    /// clone: btrfs's own extent items as root (a tenth of FIEMAP's cost there, which
+    /// resolves every extent's sharing), else FIEMAP.
+    fn clone_then_settle(
+        &mut self,
+        src_map: &BlockMap<BorrowedFd<'_>>,
+        span: Range<u64>,
+    ) -> Result<Option<Range<u64>>> {
+        if !self.clone_span(&span)? {
+            return Ok(None);
+        }
+        let mut tally = Tally::new(span.clone(), self.bs);
+        let preallocated = match btrfs_extent_items(self.src, span.clone()) {
+            Some(items) => {
+                items.written.into_iter().for_each(|r| tally.add(r));
+                items.preallocated
+            }
+            None => {
+                let mut preallocated = Vec::new();
+                for e in src_map.extents(span.clone()) {
+                    let e = e?;
+                    let r = e.logical.start.max(span.start)..e.logical.end.min(span.end);
+                    if r.is_empty() {
+                        continue;
+                    }
+                    if e.is_unwritten() {
+                        preallocated.push(r);
+                    } else {
+                        tally.add(r);
+                    }
+                }
+                preallocated
+            }
+        };
+        for r in preallocated {
+            debug!(extent = ?r, "preallocated extent shared by the clone: punched out of DST");
+            self.punch(self.dst_range(&r))?;
+        }
+        self.cloned(span, tally)
+    }
+
+    /// FICLONERANGE over the whole `span`, 1 TiB a call: `Ok(false)` when the filesystem
+    /// does not share (nothing was cloned), an error when it stops midway.
+    fn clone_span(&mut self, span: &Range<u64>) -> Result<bool> {
         let mut at = span.start;
         while at < span.end {
             let piece = at..span.end.min(at + CLONE_CHUNK);
             if !self.ficlonerange(&piece)? {
                 if at == span.start {
-                    return Ok(None);
+                    return Ok(false);
                 }
                 // It cloned the first piece of these same two files.
                 return Err(Error::Reflink {
@@ -674,22 +715,11 @@ impl Engine<'_, '_> {
             }
             at = piece.end;
         }
-        if items_say_clone {
-            // The clone wrote SRC's dirty pages back: now the items hold every written extent.
-            tally = Tally::new(span.clone(), self.bs);
-            match btrfs_extent_items(self.src, span.clone()) {
-                Some(ExtentItems::Written(written)) => {
-                    written.into_iter().for_each(|r| tally.add(r))
-                }
-                // Preallocated meanwhile, or no longer searchable: FIEMAP counts.
-                _ => tally = written_extents(src_map, &span, self.bs)?,
-            }
-        } else if unwritten {
-            // Counted again now that the clone has written back SRC's dirty pages: FIEMAP's
-            // unwritten extents are now exactly the unwritten space (zeros, cloned as holes),
-            // and need no settling.
-            tally = written_extents(src_map, &span, self.bs)?;
-        }
+        Ok(true)
+    }
+
+    /// Reports the cloned `span` as counted by `tally`.
+    fn cloned(&mut self, span: Range<u64>, tally: Tally) -> Result<Option<Range<u64>>> {
         let (data, data_ranges, hole_ranges) = tally.finish();
         let holes = (span.end - span.start) - data;
         debug!(?span, data, data_ranges, "window reflinked whole");

@@ -150,7 +150,10 @@ impl Report {
             Transfer::CopyFileRange => self.copy_file_range_bytes += bytes,
             Transfer::ReadWrite => self.read_write_bytes += bytes,
         }
-        if let Err(at) = self.methods.binary_search(&how) {
+        // A method is listed when it moved data (a clone of nothing but holes moved none).
+        if bytes > 0
+            && let Err(at) = self.methods.binary_search(&how)
+        {
             self.methods.insert(at, how);
         }
     }

@@ -98,12 +98,25 @@ fn run_scenario(dir: &Path, name: &str, ops: &[Op], window: WindowPick) -> Resul
 fn random_scenarios_on_every_fs() {
     const TEST: &str = "random_scenarios_on_every_fs";
     let Some(env) = fs_env(TEST) else { return };
+    random_ops_on(&env, &env.mounts, TEST, 0.2, run_scenario);
+}
+
+/// Runs `case` on random op lists and windows (`to_end` the weight of windows that reach
+/// the end of the file), on a fresh file per case on each of `mounts`; a failure is shrunk
+/// and reported with its minimal ops.
+fn random_ops_on(
+    env: &common::FsEnv,
+    mounts: &[Mount],
+    test: &'static str,
+    to_end: f64,
+    case: impl Fn(&Path, &str, &[Op], WindowPick) -> Result<(), String>,
+) {
     let cases = common::cases_per_fs(48);
-    let window = (0..=1000u64, 0..=1000u64, proptest::bool::weighted(0.2))
+    let window = (0..=1000u64, 0..=1000u64, proptest::bool::weighted(to_end))
         .prop_map(|(start, len, to_end)| WindowPick { start, len, to_end });
     let strategy = (proptest::collection::vec(common::op(), 1..=12), window);
-    env.run_on(&env.mounts, |m, count| {
-        let dir = m.scratch(TEST);
+    env.run_on(mounts, |m, count| {
+        let dir = m.scratch(test);
         let config = Config {
             cases,
             failure_persistence: None,
@@ -116,8 +129,7 @@ fn random_scenarios_on_every_fs() {
         let n = Cell::new(0u32);
         let result = runner.run(&strategy, |(ops, window)| {
             n.set(n.get() + 1);
-            run_scenario(dir.path(), &format!("case{}", n.get()), &ops, window)
-                .map_err(TestCaseError::fail)
+            case(dir.path(), &format!("case{}", n.get()), &ops, window).map_err(TestCaseError::fail)
         });
         *count = n.get();
         match result {
@@ -857,72 +869,49 @@ fn fiemap_view(file: &File, span: &Range<u64>) -> Result<FiemapView, String> {
 fn btrfs_extent_items_agree_with_fiemap() {
     const TEST: &str = "btrfs_extent_items_agree_with_fiemap";
     let Some(env) = fs_env(TEST) else { return };
-    let cases = common::cases_per_fs(48);
-    let window = (0..=1000u64, 0..=1000u64, proptest::bool::weighted(0.3))
-        .prop_map(|(start, len, to_end)| WindowPick { start, len, to_end });
-    let strategy = (proptest::collection::vec(common::op(), 1..=12), window);
-    env.run_on(&env.mounts_where(|m| m.kind == FsKind::Btrfs), |m, count| {
-        let dir = m.scratch(TEST);
-        let mut runner = TestRunner::new(Config {
-            cases,
-            failure_persistence: None,
-            max_shrink_iters: 512,
-            ..Config::default()
-        });
-        let n = Cell::new(0u32);
-        let result = runner.run(&strategy, |(ops, window)| {
-            n.set(n.get() + 1);
-            let name = format!("case{}", n.get());
-            let (path, file) = fresh_file(dir.path(), &name);
-            let mut model = Model::new();
-            for &op in &ops {
-                apply(&file, &mut model, op).map_err(TestCaseError::fail)?;
-            }
-            let size = model.len();
-            // Within the file, as the engine asks (items past its end do not count), and in
-            // whole blocks: an inline extent is one short item that FIEMAP rounds to a block.
-            let w = window.window(size);
-            let pick = round_out(&(w.start.min(size)..w.end.min(size)), PAGE);
-            let pick = pick.start..pick.end.min(size);
-            let checked = (|| -> Result<(), String> {
-                for span in [0..size, pick].into_iter().filter(|s| !s.is_empty()) {
-                    let before = blockmap_core::btrfs_extent_items(file.as_fd(), span.clone());
-                    file.sync_all().map_err(|e| format!("fsync: {e}"))?;
-                    let after = blockmap_core::btrfs_extent_items(file.as_fd(), span.clone());
-                    let (written, unwritten, inline) = fiemap_view(&file, &span)?;
-                    if let Some(before) = &before {
-                        for r in &before.written {
-                            ensure!(
-                                covered(&written, r),
-                                "{span:?}: item {r:?} before fsync is not data after it: {written:?}"
-                            );
-                        }
-                    }
-                    let expected = (!inline).then_some(blockmap_core::ExtentItems {
-                        written,
-                        preallocated: unwritten,
-                    });
+    let btrfs = env.mounts_where(|m| m.kind == FsKind::Btrfs);
+    random_ops_on(&env, &btrfs, TEST, 0.3, btrfs_items_case);
+}
+
+/// One case of [`btrfs_extent_items_agree_with_fiemap`].
+fn btrfs_items_case(dir: &Path, name: &str, ops: &[Op], window: WindowPick) -> Result<(), String> {
+    let (path, file) = fresh_file(dir, name);
+    let mut model = Model::new();
+    for &op in ops {
+        apply(&file, &mut model, op)?;
+    }
+    let size = model.len();
+    // Within the file, as the engine asks (items past its end do not count), and in whole
+    // blocks: an inline extent is one short item that FIEMAP rounds to a block.
+    let w = window.window(size);
+    let pick = round_out(&(w.start.min(size)..w.end.min(size)), PAGE);
+    let pick = pick.start..pick.end.min(size);
+    let checked = (|| -> Result<(), String> {
+        for span in [0..size, pick].into_iter().filter(|s| !s.is_empty()) {
+            let before = blockmap_core::btrfs_extent_items(file.as_fd(), span.clone());
+            file.sync_all().map_err(|e| format!("fsync: {e}"))?;
+            let after = blockmap_core::btrfs_extent_items(file.as_fd(), span.clone());
+            let (written, unwritten, inline) = fiemap_view(&file, &span)?;
+            if let Some(before) = &before {
+                for r in &before.written {
                     ensure!(
-                        after == expected,
-                        "{span:?} after fsync: items {after:?}, FIEMAP {expected:?}"
+                        covered(&written, r),
+                        "{span:?}: item {r:?} before fsync is not data after it: {written:?}"
                     );
                 }
-                Ok(())
-            })();
-            drop(file);
-            let _ = std::fs::remove_file(&path);
-            checked.map_err(|e| TestCaseError::fail(format!("{name}: {e}")))
-        });
-        *count = n.get();
-            match result {
-                Ok(()) => Ok(()),
-                Err(TestError::Fail(reason, (ops, window))) => Err(format!(
-                    "{reason}\nminimal failing ops on a fresh file on {} (then {window:?}):\n{}",
-                    m.name,
-                    OpList(&ops)
-                )),
-                Err(TestError::Abort(reason)) => Err(format!("proptest aborted: {reason}")),
             }
-        },
-    );
+            let expected = (!inline).then_some(blockmap_core::ExtentItems {
+                written,
+                preallocated: unwritten,
+            });
+            ensure!(
+                after == expected,
+                "{span:?} after fsync: items {after:?}, FIEMAP {expected:?}"
+            );
+        }
+        Ok(())
+    })();
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    checked
 }

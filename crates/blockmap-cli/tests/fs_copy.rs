@@ -283,6 +283,16 @@ struct Plan {
 }
 
 impl Plan {
+    /// The whole of a source of `len` bytes, to offset 0: no `--skip`, `--seek` or `--length`.
+    fn whole(len: u64) -> Self {
+        Plan {
+            skip: 0,
+            seek: 0,
+            length: None,
+            len,
+        }
+    }
+
     fn src(&self) -> Range<u64> {
         self.skip..self.skip + self.len
     }
@@ -1245,12 +1255,7 @@ fn full_from(m: &Mount, tiny: &Path, cases: &mut u32) -> Result<(), String> {
         apply(&file, &mut src, Op::Write { at, len: MIB, fill })?;
     }
     let before = file.metadata().map_err(|e| e.to_string())?;
-    let plan = Plan {
-        skip: 0,
-        seek: 0,
-        length: None,
-        len: src.len(),
-    };
+    let plan = Plan::whole(src.len());
     let variants = [
         ("cli", Options::new()),
         ("cli", Options::new().reflink(Reflink::Never)),
@@ -1554,12 +1559,7 @@ fn copy_reads_turn_source_holes_into_data() {
             }
             let kernel = kernel_walk(&file)?.ok_or("no SEEK_DATA")?;
             let dst = dst_dir.path().join(format!("dst{round}"));
-            let plan = Plan {
-                skip: 0,
-                seek: 0,
-                length: None,
-                len: src.len(),
-            };
+            let plan = Plan::whole(src.len());
             let report = cli_copy(&path, &dst, &plan, &Options::new())??;
             let after = kernel_walk(&file)?.ok_or("no SEEK_DATA")?;
             *cases += 1;
@@ -1620,12 +1620,7 @@ fn reflink_always_with_nothing_to_share_across_filesystems() {
             apply(&file, &mut src, Op::Truncate { len: 64 * 1024 })?;
             file.sync_all().map_err(|e| e.to_string())?;
             let dst = dst_dir.path().join(format!("dst{round}"));
-            let plan = Plan {
-                skip: 0,
-                seek: 0,
-                length: None,
-                len: src.len(),
-            };
+            let plan = Plan::whole(src.len());
             let opts = Options::new().reflink(Reflink::Always);
             let outcome = cli_copy(&path, &dst, &plan, &opts)?;
             *cases += 1;

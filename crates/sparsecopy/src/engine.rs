@@ -274,6 +274,31 @@ fn pipeline(
     })
 }
 
+/// FIEMAP's extents of `span` once a clone has written SRC's dirty pages back (then no
+/// unwritten extent holds data): the written ones counted, the unwritten ones listed,
+/// clipped to the span.
+fn settled_extents(
+    src_map: &BlockMap<BorrowedFd<'_>>,
+    span: &Range<u64>,
+    block: u64,
+) -> Result<(Tally, Vec<Range<u64>>)> {
+    let mut tally = Tally::new(span.clone(), block);
+    let mut unwritten = Vec::new();
+    for e in src_map.extents(span.clone()) {
+        let e = e?;
+        let r = e.logical.start.max(span.start)..e.logical.end.min(span.end);
+        if r.is_empty() {
+            continue;
+        }
+        if e.is_unwritten() {
+            unwritten.push(r);
+        } else {
+            tally.add(r);
+        }
+    }
+    Ok((tally, unwritten))
+}
+
 /// Data and holes of a span counted from its data ranges, given in order: bytes of data,
 /// data ranges (touching ones counted as one), hole ranges; and whether a data range holds a
 /// whole block (something to share).
@@ -400,9 +425,6 @@ fn unsupported_between(e: Errno) -> bool {
     is_unsupported_errno(e) || matches!(e, Errno::XDEV | Errno::BADF | Errno::TXTBSY)
 }
 
-/// Whether DST is on xfs. xfs reflinks small extents more slowly than it copies them
-/// (131072 extents of 4 KiB: about twice the kernel time of writing them, four times the wall
-/// time, SPEC section 7; btrfs is the other way round), and it shares only written blocks.
 /// SRC and DST in one btrfs subvolume (one `st_dev`): where the whole-window clone is made
 /// first and settled after ([`Engine::clone_then_settle`]). Elsewhere, as across two btrfs
 /// filesystems, the extents are looked at first: a clone that cannot share must not be
@@ -415,6 +437,9 @@ fn same_btrfs_subvolume(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> bool {
         )
 }
 
+/// Whether DST is on xfs. xfs reflinks small extents more slowly than it copies them
+/// (131072 extents of 4 KiB: about twice the kernel time of writing them, four times the wall
+/// time, SPEC section 7; btrfs is the other way round), and it shares only written blocks.
 fn is_xfs(dst: BorrowedFd<'_>) -> bool {
     blockmap_core::filesystem_magic(dst) == Some(dest::XFS_MAGIC)
 }
@@ -639,13 +664,7 @@ impl Engine<'_, '_> {
             // Counted again now that the clone has written back SRC's dirty pages: FIEMAP's
             // unwritten extents are now exactly the unwritten space (zeros, cloned as holes),
             // and need no settling.
-            tally = Tally::new(span.clone(), self.bs);
-            for e in src_map.extents(span.clone()) {
-                let e = e?;
-                if !e.is_unwritten() {
-                    tally.add(e.logical);
-                }
-            }
+            (tally, _) = settled_extents(src_map, &span, self.bs)?;
         }
         self.cloned(span, tally)
     }
@@ -665,28 +684,13 @@ impl Engine<'_, '_> {
         if !self.clone_span(&span)? {
             return Ok(None);
         }
-        let mut tally = Tally::new(span.clone(), self.bs);
-        let preallocated = match btrfs_extent_items(self.src, span.clone()) {
+        let (tally, preallocated) = match btrfs_extent_items(self.src, span.clone()) {
             Some(items) => {
+                let mut tally = Tally::new(span.clone(), self.bs);
                 items.written.into_iter().for_each(|r| tally.add(r));
-                items.preallocated
+                (tally, items.preallocated)
             }
-            None => {
-                let mut preallocated = Vec::new();
-                for e in src_map.extents(span.clone()) {
-                    let e = e?;
-                    let r = e.logical.start.max(span.start)..e.logical.end.min(span.end);
-                    if r.is_empty() {
-                        continue;
-                    }
-                    if e.is_unwritten() {
-                        preallocated.push(r);
-                    } else {
-                        tally.add(r);
-                    }
-                }
-                preallocated
-            }
+            None => settled_extents(src_map, &span, self.bs)?,
         };
         for r in preallocated {
             debug!(extent = ?r, "preallocated extent shared by the clone: punched out of DST");

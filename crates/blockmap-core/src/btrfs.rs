@@ -6,8 +6,8 @@ use std::os::fd::BorrowedFd;
 use fiemap_sys::{BtrfsExtentKind, btrfs_file_extents};
 use tracing::debug;
 
-/// `statfs(2)`'s `f_type` of btrfs.
-pub(crate) const BTRFS_SUPER_MAGIC: u32 = 0x9123_683e;
+/// `statfs(2)`'s `f_type` of btrfs, as [`crate::filesystem_magic`] gives it.
+pub const BTRFS_SUPER_MAGIC: u32 = 0x9123_683e;
 
 /// What btrfs's extent items say of a span of a file: its written and its preallocated
 /// extents, each merged where they touch, in order, clipped to the span; everything else is

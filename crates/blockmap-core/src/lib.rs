@@ -62,7 +62,7 @@ use tracing::debug;
 pub use backend::{
     Backend, BackendChoice, DataRange, DataRanges, MarkedDataRanges, UnknownBackend,
 };
-pub use btrfs::{ExtentItems, btrfs_extent_items};
+pub use btrfs::{BTRFS_SUPER_MAGIC, ExtentItems, btrfs_extent_items};
 pub use error::{Error, Result, is_unsupported_errno};
 use ranges::{Invert, Merge, RangeIterExt, from_blocks, to_blocks};
 

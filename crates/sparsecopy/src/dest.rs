@@ -190,11 +190,19 @@ pub(crate) fn copy_may_share(fd: BorrowedFd<'_>) -> bool {
     const NFS: u32 = 0x6969;
     const SMB2: u32 = 0xfe53_4d42;
     const CIFS: u32 = 0xff53_4d42;
-    blockmap_core::filesystem_magic(fd)
-        .is_some_and(|m| [XFS_MAGIC, BTRFS_MAGIC, BCACHEFS, OCFS2, NFS, SMB2, CIFS].contains(&m))
+    blockmap_core::filesystem_magic(fd).is_some_and(|m| {
+        [
+            XFS_MAGIC,
+            blockmap_core::BTRFS_SUPER_MAGIC,
+            BCACHEFS,
+            OCFS2,
+            NFS,
+            SMB2,
+            CIFS,
+        ]
+        .contains(&m)
+    })
 }
 
 /// xfs's `f_type`.
 pub(crate) const XFS_MAGIC: u32 = 0x5846_5342;
-/// btrfs's `f_type`.
-pub(crate) const BTRFS_MAGIC: u32 = 0x9123_683e;

@@ -430,7 +430,7 @@ fn unsupported_between(e: Errno) -> bool {
 /// filesystems, the extents are looked at first: a clone that cannot share must not be
 /// tried when nothing whole is there to share.
 fn same_btrfs_subvolume(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> bool {
-    blockmap_core::filesystem_magic(src) == Some(dest::BTRFS_MAGIC)
+    blockmap_core::filesystem_magic(src) == Some(blockmap_core::BTRFS_SUPER_MAGIC)
         && matches!(
             (rustix::fs::fstat(src), rustix::fs::fstat(dst)),
             (Ok(a), Ok(b)) if a.st_dev == b.st_dev

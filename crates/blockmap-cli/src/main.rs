@@ -12,6 +12,7 @@ mod bmap;
 mod cli;
 mod copy;
 mod map;
+mod signals;
 mod size;
 
 use std::io::{self, IsTerminal, Write};
@@ -39,7 +40,11 @@ fn main() -> ExitCode {
         Err(e) => {
             // Our error messages already carry their causes; print the top one only.
             say(format_args!("{e}"));
-            ExitCode::from(1)
+            match signals::caught() {
+                // Stopped by a signal: the status a shell expects of a process it killed.
+                Some(signal) => ExitCode::from(128 + signal as u8),
+                None => ExitCode::from(1),
+            }
         }
     }
 }

@@ -156,20 +156,25 @@ pub(crate) fn same_file(a: &Stat, b: &Stat) -> bool {
 }
 
 /// Removes a DST that this copy created and then failed to fill: a half-made copy must not
-/// pass for a whole one. Only the file created is removed (the path may have been replaced
-/// meanwhile); a failure to remove is logged, and the copy's own error stands.
-pub(crate) fn remove_created(fd: BorrowedFd<'_>, path: &Path) {
-    let ours = match (rustix::fs::fstat(fd), rustix::fs::lstat(path)) {
-        (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
-        _ => false,
-    };
+/// pass for a whole one. `created` is the file's stat taken when it was open; only that file
+/// is removed (the path may have been replaced meanwhile); a failure to remove is logged, and
+/// the copy's own error stands. Returns whether it was removed.
+pub(crate) fn remove_created(created: &Stat, path: &Path) -> bool {
+    let ours = rustix::fs::lstat(path)
+        .is_ok_and(|b| created.st_dev == b.st_dev && created.st_ino == b.st_ino);
     if !ours {
         tracing::debug!(path = %path.display(), "not removing: no longer the file created");
-        return;
+        return false;
     }
     match rustix::fs::unlink(path) {
-        Ok(()) => tracing::debug!(path = %path.display(), "removed the destination created"),
-        Err(e) => tracing::debug!(path = %path.display(), error = %e, "cannot remove"),
+        Ok(()) => {
+            tracing::debug!(path = %path.display(), "removed the destination created");
+            true
+        }
+        Err(e) => {
+            tracing::debug!(path = %path.display(), error = %e, "cannot remove");
+            false
+        }
     }
 }
 

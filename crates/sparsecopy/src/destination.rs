@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::dest::{self, Kind};
 use crate::error::{Error, Result};
@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 #[derive(Debug)]
 pub struct Destination {
     file: File,
+    path: PathBuf,
     info: dest::Dest,
     created: bool,
 }
@@ -38,6 +39,7 @@ impl Destination {
         let info = dest::inspect(fd.as_fd(), path)?;
         Ok(Destination {
             file: File::from(fd),
+            path: path.to_owned(),
             info,
             created,
         })
@@ -61,6 +63,31 @@ impl Destination {
     /// Whether [`Destination::open`] created it.
     pub fn created(&self) -> bool {
         self.info.kind == Kind::Regular && self.created
+    }
+
+    /// Closes the destination and reports what `close(2)` says: NFS, FUSE (its `flush`) and
+    /// upload-on-close filesystems report failed writes there ([`Error::Close`]). Call it
+    /// after the last write; dropping a `Destination` closes it without a word. When close
+    /// fails, a file that [`Destination::open`] created is removed, as after any failed write.
+    pub fn close(self) -> Result<()> {
+        let Destination {
+            file,
+            path,
+            info,
+            created,
+        } = self;
+        let closed = crate::close::close(OwnedFd::from(file), &path);
+        if closed.is_err() && created && info.kind == Kind::Regular {
+            dest::remove_created(&info.stat, &path);
+        }
+        closed
+    }
+
+    /// Removes the file if [`Destination::open`] created it and the path still names it (a
+    /// failed write must not leave a file that passes for a whole image). Returns whether it
+    /// was removed.
+    pub fn remove_if_created(&self) -> bool {
+        self.created() && dest::remove_created(&self.info.stat, &self.path)
     }
 
     /// Whether `other` is the same file (same inode, or the same block device through another

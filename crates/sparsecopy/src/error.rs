@@ -208,6 +208,15 @@ pub enum Error {
         /// The cause.
         source: io::Error,
     },
+    /// Closing DST failed: the filesystem reported there that earlier writes did not reach
+    /// it (NFS, FUSE's flush, upload-on-close filesystems).
+    #[error("cannot close {}: {source}", path.display())]
+    Close {
+        /// DST.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
     /// `fsync` of DST failed ([`crate::Options::sync`]).
     #[error("cannot sync {}: {source}", path.display())]
     Sync {

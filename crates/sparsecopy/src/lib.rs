@@ -86,6 +86,7 @@
 #![deny(missing_docs)]
 
 mod clone;
+mod close;
 mod dest;
 mod destination;
 mod engine;
@@ -175,8 +176,15 @@ impl<'p> Copier<'p> {
             progress: self.progress,
             started,
         });
-        if created && result.is_err() {
-            dest::remove_created(dst_fd.as_fd(), dst);
+        // Taken while DST is open, to recognise the file created if it must go again.
+        let identity = rustix::fs::fstat(&dst_fd);
+        // A failed close is a failed write (NFS, FUSE's flush report them there).
+        let result = result.and_then(|report| close::close(dst_fd, dst).map(|()| report));
+        if created
+            && result.is_err()
+            && let Ok(identity) = identity
+        {
+            dest::remove_created(&identity, dst);
         }
         result
     }

@@ -46,15 +46,28 @@ fn kind_name(kind: FileType) -> &'static str {
 ///
 /// The open is non-blocking, so a FIFO without a reader fails at once instead of hanging; it
 /// and every other kind that is neither a regular file nor a block device is refused by
-/// [`inspect`] or here, by name.
+/// [`inspect`] or here, by name. It is exclusive (`O_EXCL`, which Linux honours without
+/// `O_CREAT` for block devices only): a device that is mounted or held by LVM, md or another
+/// exclusive opener is refused ([`Error::DeviceBusy`]), and none can claim it while we write.
+/// A missing path under `/dev` is refused ([`Error::NoSuchDevice`]), never created.
 pub(crate) fn open_or_create(path: &Path) -> Result<(OwnedFd, bool)> {
-    let flags = OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+    let flags = OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK | OFlags::EXCL;
     // Two rounds: the file may appear between our two opens (another creator); a path that
     // is still neither openable nor creatable after that is a dangling symbolic link.
     for _ in 0..2 {
         match rustix::fs::open(path, flags, Mode::empty()) {
             Ok(fd) => return Ok((fd, false)),
+            Err(Errno::NOENT) if under_dev(path) => {
+                return Err(Error::NoSuchDevice {
+                    path: path.to_owned(),
+                });
+            }
             Err(Errno::NOENT) => {}
+            Err(Errno::BUSY) if is_block_device(path) => {
+                return Err(Error::DeviceBusy {
+                    path: path.to_owned(),
+                });
+            }
             Err(e) => return Err(open_error(path, e)),
         }
         let mode = Mode::from_raw_mode(0o644);
@@ -87,6 +100,27 @@ pub(crate) fn open_or_create(path: &Path) -> Result<(OwnedFd, bool)> {
             "a dangling symbolic link (not written through)",
         ),
     })
+}
+
+/// Whether `path` would be created in `/dev`'s own filesystem (devtmpfs: `/dev`,
+/// `/dev/disk/by-id`, `/dev/mapper`…), where only the kernel makes files. Other mounts below
+/// it, such as the tmpfs `/dev/shm`, take regular files as anywhere else.
+fn under_dev(path: &Path) -> bool {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let same_fs = |a: &Path, b: &Path| match (rustix::fs::stat(a), rustix::fs::stat(b)) {
+        (Ok(a), Ok(b)) => a.st_dev == b.st_dev,
+        _ => false,
+    };
+    std::fs::canonicalize(dir)
+        .is_ok_and(|d| d.starts_with("/dev") && same_fs(&d, Path::new("/dev")))
+}
+
+fn is_block_device(path: &Path) -> bool {
+    rustix::fs::stat(path)
+        .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::BlockDevice)
 }
 
 /// An open failure, named by the kind of file when that is the real reason (a directory

@@ -64,6 +64,23 @@ pub enum Error {
         /// `"directory"`, `"FIFO"`, `"socket"`, `"character device"`…
         kind: &'static str,
     },
+    /// DST is a block device that another holder has open exclusively: a mounted
+    /// filesystem, LVM, md, or another program (`EBUSY` of an `O_EXCL` open).
+    #[error(
+        "{}: the block device is in use (mounted, or held by LVM, md or another program); not writing to it",
+        path.display()
+    )]
+    DeviceBusy {
+        /// DST.
+        path: PathBuf,
+    },
+    /// DST is a path under `/dev` that does not exist: a misspelt device name, which would
+    /// otherwise become a regular file in the RAM-backed `/dev`.
+    #[error("{}: no such device (not creating a regular file under /dev)", path.display())]
+    NoSuchDevice {
+        /// DST.
+        path: PathBuf,
+    },
     /// `fstat` of DST failed.
     #[error("cannot stat {}: {source}", path.display())]
     StatDest {

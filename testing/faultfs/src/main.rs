@@ -180,6 +180,8 @@ fn unmount(mountpoint: &Path) -> bool {
             eprintln!("faultfs: unmounted {}", mountpoint.display());
             true
         }
+        // Not mounted any more: someone else detached it lazily.
+        Err(rustix::io::Errno::INVAL) => false,
         Err(e) => {
             match rustix::mount::unmount(mountpoint, UnmountFlags::DETACH) {
                 Ok(()) => eprintln!(

@@ -43,7 +43,7 @@
 //! | --- | --- |
 //! | `read-eio=OFF` | a read starting before OFF returns at most the bytes before OFF; a read starting at or after OFF fails with EIO |
 //! | `short-read=N` | each read returns at most N bytes (N ≥ 1) |
-//! | `read-delay-ms=N` | each read is answered N ms late, from a thread of its own: other requests, on this file or another, go on meanwhile |
+//! | `read-delay-ms=N` | each read is answered N ms late, from a thread of its own: other requests, on this file or another, go on meanwhile. A signal does not cut the read short (faultfs does not take FUSE interrupts): a handled signal that arrives meanwhile is seen when the read returns, a fatal one ends the program at once |
 //! | `write-eio=OFF` | a write starting before OFF writes only the bytes before OFF and returns that count; a write starting at or after OFF fails with EIO |
 //! | `write-enospc=OFF` | the same with ENOSPC |
 //! | `write-edquot=OFF` | the same with EDQUOT (when several `write-*` are set, the lowest OFF counts) |

@@ -133,18 +133,18 @@ fn run(backing: &Path, mountpoint: &Path) -> Result<(), String> {
     ];
     config.acl = SessionACL::All;
     config.n_threads = Some(THREADS);
-    let session = Session::new(filesystem, &mountpoint, &config)
-        .map_err(|e| format!("cannot mount on {}: {e}", mountpoint.display()))?;
-
+    // Signals are caught before the mount appears: whoever sees it mounted may stop it at once.
     let (events, event) = mpsc::channel();
     let ended = events.clone();
-    let serving = thread::spawn(move || {
-        let _ = ended.send(Event::Ended(session.run()));
-    });
     ctrlc::set_handler(move || {
         let _ = events.send(Event::Signal);
     })
     .map_err(|e| format!("cannot handle signals: {e}"))?;
+    let session = Session::new(filesystem, &mountpoint, &config)
+        .map_err(|e| format!("cannot mount on {}: {e}", mountpoint.display()))?;
+    let serving = thread::spawn(move || {
+        let _ = ended.send(Event::Ended(session.run()));
+    });
     eprintln!(
         "faultfs: serving {} at {}",
         backing.display(),

@@ -143,6 +143,20 @@ fn serves_the_backing_directory_and_stops_on_umount() {
         .collect();
     names.sort();
     assert_eq!(names, ["f", "h"]);
+    // fstat of an open file is that file's, after its path was renamed over and unlinked.
+    fs::write(m.mount.join("s"), [1u8; 100]).unwrap();
+    let open = File::open(m.mount.join("s")).unwrap();
+    fs::write(m.mount.join("t"), [2u8; 7]).unwrap();
+    fs::rename(m.mount.join("t"), m.mount.join("s")).unwrap();
+    assert_eq!(
+        open.metadata().unwrap().len(),
+        100,
+        "fstat after a rename over it"
+    );
+    assert_eq!(fs::metadata(m.mount.join("s")).unwrap().len(), 7);
+    fs::remove_file(m.mount.join("s")).unwrap();
+    assert_eq!(open.metadata().unwrap().len(), 100, "fstat after unlink");
+    drop(open);
     let status = Command::new("umount").arg(&m.mount).status().unwrap();
     assert!(status.success(), "umount: {status}");
     m.assert_gone("umount");

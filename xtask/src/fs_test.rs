@@ -317,6 +317,9 @@ fn build_tests(args: &Args) -> Result<()> {
 /// mount's root has the backing directory's mode) and waits until it is mounted. The process
 /// and its mount are recorded for clean-up. Returns the mount point and the backing directory.
 fn start_faultfs(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    if !Path::new("/dev/fuse").exists() {
+        bail!("/dev/fuse does not exist: load the fuse module (modprobe fuse)");
+    }
     let backing = dir.join("faultfs-backing");
     let mountpoint = dir.join("mnt").join(FAULTFS);
     for d in [&backing, &mountpoint] {

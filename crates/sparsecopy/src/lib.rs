@@ -92,6 +92,7 @@ mod destination;
 mod engine;
 mod error;
 mod feed;
+mod human;
 mod options;
 mod plan;
 mod report;
@@ -105,6 +106,7 @@ use tracing::debug_span;
 
 pub use destination::Destination;
 pub use error::{Error, Result};
+pub use human::human_size;
 pub use options::{Method, Options, Progress, Reflink, Window};
 pub use report::{Report, Syscalls, Transfer};
 

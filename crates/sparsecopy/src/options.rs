@@ -71,6 +71,24 @@ impl Window {
             length,
         })
     }
+
+    /// The window for a SRC whose size lies ([`crate::source`]): read to its end, so the
+    /// length is only a cap (as large as file offsets allow); `skip` was checked by reading.
+    pub(crate) fn resolve_stream(self) -> Result<Resolved> {
+        const MAX: u64 = i64::MAX as u64;
+        check_end("skip + length", self.skip, 0)?;
+        check_end("seek + length", self.seek, 0)?;
+        let length = self
+            .length
+            .unwrap_or(u64::MAX)
+            .min(MAX - self.skip)
+            .min(MAX - self.seek);
+        Ok(Resolved {
+            skip: self.skip,
+            seek: self.seek,
+            length,
+        })
+    }
 }
 
 /// `a + b` must fit in a file offset (`i64`).

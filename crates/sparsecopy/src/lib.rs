@@ -9,7 +9,8 @@
 //! # The window
 //! - `length` defaults to the rest of SRC and is cut at SRC's end. `skip` past SRC's end is
 //!   an error ([`Error::SkipPastEnd`]; dd only warns), `skip` at SRC's end is an empty copy.
-//!   An end of either window beyond `i64::MAX` (a file offset) is [`Error::Overflow`].
+//!   An end of either window beyond `i64::MAX` (a file offset), once the length is cut, is
+//!   [`Error::Overflow`].
 //! - An empty window writes nothing and, as dd, does not extend DST (it is still created if
 //!   absent: a file of size 0).
 //!
@@ -47,6 +48,19 @@
 //! kernel copies, EBADF or ETXTBSY) is dropped for the rest of the copy, with a `debug`
 //! event; a real I/O error (EIO, ENOSPC, …) is never a reason to fall back and ends the copy.
 //! [`Reflink::Always`] and [`Method`] force a path and turn a refusal into an error.
+//!
+//! # The edges
+//! - **A size that lies** (procfs and sysfs files, some FUSE and network files): SRC is read
+//!   to its end, as `cp` reads it, and the window ends where reading does (also when a read
+//!   ends early while SRC's stat has not moved).
+//! - **SRC changing**: its size, mtime and ctime are compared before and after the copy (and
+//!   when a read ends early); where they moved the copy fails ([`Error::SourceChanged`]).
+//! - **Stopping**: [`Copier::interrupt`] stops a copy from another thread or a signal
+//!   handler ([`Error::Interrupted`]).
+//! - **A failed `close`** of DST fails the copy ([`Error::Close`]).
+//!
+//! A failed copy removes a DST it created; otherwise [`DstState`] in the error says which
+//! DST bytes may be partly written.
 //!
 //! Memory is bounded whatever the number of extents: one buffer and a bounded batch of
 //! pending ranges; the block maps stream.

@@ -263,7 +263,9 @@ fn faultfs_sizes_that_lie_are_read_to_the_end() {
     let dir = ff.dir();
     let tmp = tempfile::tempdir().unwrap();
     let len = 300_000usize;
-    let content = pattern(3, len);
+    // Zeros in the middle: holes in a new DST, cleared in an existing one.
+    let mut content = pattern(3, len);
+    content[100_000..200_000].fill(0);
     let mut cases = 0;
     for size in [0, 1000, 262_144, len as u64 + 5000, 4 << 20] {
         let src = dir.join(format!("lies-{size}"));
@@ -290,6 +292,17 @@ fn faultfs_sizes_that_lie_are_read_to_the_end() {
             "size={size}: library"
         );
         std::fs::remove_file(&dst).unwrap();
+        // Over an existing, longer DST: its old bytes under the zeros are cleared, those past
+        // the copy kept.
+        let old = pattern(8, len + 50_000);
+        std::fs::write(&dst, &old).unwrap();
+        assert_ok(&run_cli(["copy", s(&src), s(&dst)]));
+        let now = std::fs::read(&dst).unwrap();
+        assert!(
+            now[..len] == content[..] && now[len..] == old[len..],
+            "size={size}: existing DST"
+        );
+        std::fs::remove_file(&dst).unwrap();
         // A window past the stated size, cut where reading ends.
         let out = run_cli(["copy", "--skip", "5000", "--length", "1G", s(&src), s(&dst)]);
         assert_ok(&out);
@@ -303,7 +316,7 @@ fn faultfs_sizes_that_lie_are_read_to_the_end() {
         assert_fails(&out, 1, &["skip"]);
         assert!(!dst.exists());
         ff.clear(&src);
-        cases += 3;
+        cases += 4;
     }
     ff.report("faultfs_sizes_that_lie_are_read_to_the_end", cases);
 }

@@ -177,10 +177,11 @@ pub(crate) fn run(job: Job<'_, '_>) -> Result<Report> {
     let buf_len = (options.buffer_size.max(1) as u64).div_ceil(bs) * bs;
     let user_space = AtomicBool::new(!cfr);
 
-    // DST's data matters only where it existed before: inside the window, below its old
-    // size. A file just created has none. (Mapped now, walked once the copy gets there.)
+    // DST's data matters only where it existed before: inside the window (for a streamed
+    // SRC, its length a cap), below its old size; a file just created has none. Mapped
+    // now, walked once the copy gets there.
     let old_data = window.seek..end.min(dest.size);
-    let dst_map = if !block_device && !created && (stream || !old_data.is_empty()) {
+    let dst_map = if !block_device && !created && !old_data.is_empty() {
         let map = BlockMap::with_path(dst, dst_path, blockmap_core::MapOptions::default())?;
         debug!(backend = %map.backend(), range = ?old_data, "destination mapped");
         Some(map)
@@ -224,7 +225,7 @@ pub(crate) fn run(job: Job<'_, '_>) -> Result<Report> {
     let result = if stream {
         // All of DST's old data past `seek` may lie under what is read.
         if let Some(map) = &dst_map {
-            engine.cursor = DstCursor::new(map.data(window.seek..dest.size));
+            engine.cursor = DstCursor::new(map.data(old_data));
         }
         engine.stream_to_end(window.skip)
     } else {

@@ -17,8 +17,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-#[allow(unused_imports)] // the glob brings it; this file's checks panic instead
-use common::ensure as _;
 use common::*;
 use sparsecopy::{Options, Window};
 
@@ -125,8 +123,8 @@ fn device_bytes(dev: &Path) -> Vec<u8> {
 }
 
 #[test]
-fn a_mounted_device_is_refused_by_copy_and_bmap_copy() {
-    let Some(env) = fs_env("a_mounted_device_is_refused_by_copy_and_bmap_copy") else {
+fn edges_copy_mounted_device_refused() {
+    let Some(env) = fs_env("edges_copy_mounted_device_refused") else {
         return;
     };
     let Some(dev) = env.blockdev.clone() else {
@@ -176,7 +174,7 @@ fn a_mounted_device_is_refused_by_copy_and_bmap_copy() {
 }
 
 #[test]
-fn a_missing_device_path_is_refused_and_dev_shm_is_not() {
+fn edges_copy_missing_dev_path_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("image.img");
     std::fs::write(&src, pattern(2, 100_000)).unwrap();
@@ -210,7 +208,7 @@ fn a_missing_device_path_is_refused_and_dev_shm_is_not() {
 
 /// procfs says 0, sysfs 4096: the copy holds what reading gives, as `cp` copies it.
 #[test]
-fn procfs_and_sysfs_files_are_copied_to_their_end() {
+fn edges_copy_procfs_sysfs_to_their_end() {
     let tmp = tempfile::tempdir().unwrap();
     let sources = [
         "/proc/version",
@@ -256,8 +254,8 @@ fn procfs_and_sysfs_files_are_copied_to_their_end() {
 /// faultfs states a size of 0, a smaller and a bigger one than the file holds; the copy
 /// holds what reading gives, whatever the window.
 #[test]
-fn faultfs_sizes_that_lie_are_read_to_the_end() {
-    let Some(ff) = faultfs("faultfs_sizes_that_lie_are_read_to_the_end") else {
+fn edges_copy_lying_sizes_read_to_the_end() {
+    let Some(ff) = faultfs("edges_copy_lying_sizes_read_to_the_end") else {
         return;
     };
     let dir = ff.dir();
@@ -318,15 +316,15 @@ fn faultfs_sizes_that_lie_are_read_to_the_end() {
         ff.clear(&src);
         cases += 4;
     }
-    ff.report("faultfs_sizes_that_lie_are_read_to_the_end", cases);
+    ff.report("edges_copy_lying_sizes_read_to_the_end", cases);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Item 2: close(2) fails.
 
 #[test]
-fn a_failing_close_fails_the_copy() {
-    let Some(ff) = faultfs("a_failing_close_fails_the_copy") else {
+fn edges_copy_close_eio_fails() {
+    let Some(ff) = faultfs("edges_copy_close_eio_fails") else {
         return;
     };
     let dir = ff.dir();
@@ -360,7 +358,7 @@ fn a_failing_close_fails_the_copy() {
         assert!(std::fs::read(ff.backing(&dst)).unwrap() == data);
         cases += 2;
     }
-    ff.report("a_failing_close_fails_the_copy", cases);
+    ff.report("edges_copy_close_eio_fails", cases);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -430,8 +428,8 @@ fn range_in(line: &str) -> std::ops::Range<u64> {
 }
 
 #[test]
-fn a_signal_stops_the_copy_and_says_what_it_left() {
-    let Some(ff) = faultfs("a_signal_stops_the_copy_and_says_what_it_left") else {
+fn edges_copy_signal_stops_and_says_what_it_left() {
+    let Some(ff) = faultfs("edges_copy_signal_stops_and_says_what_it_left") else {
         return;
     };
     let dir = ff.dir();
@@ -514,15 +512,15 @@ fn a_signal_stops_the_copy_and_says_what_it_left() {
         }
         cases += 2;
     }
-    ff.report("a_signal_stops_the_copy_and_says_what_it_left", cases);
+    ff.report("edges_copy_signal_stops_and_says_what_it_left", cases);
 }
 
 /// Something done to SRC (through the mount) midway.
 type Change = fn(&Path);
 
 #[test]
-fn a_source_changed_midway_fails_the_copy() {
-    let Some(ff) = faultfs("a_source_changed_midway_fails_the_copy") else {
+fn edges_copy_src_changed_midway_fails() {
+    let Some(ff) = faultfs("edges_copy_src_changed_midway_fails") else {
         return;
     };
     let dir = ff.dir();
@@ -562,86 +560,5 @@ fn a_source_changed_midway_fails_the_copy() {
         assert!(!dst.exists(), "{what}: the partial copy is still there");
         cases += 1;
     }
-    ff.report("a_source_changed_midway_fails_the_copy", cases);
-}
-
-// ---------------------------------------------------------------------------------------------
-// faultfs, until the `faultfs` branch brings `common::faultfs` (same interface; then this
-// part goes).
-
-/// The faultfs mount that fs-test started, for one test.
-struct FaultFs {
-    mount: PathBuf,
-    backing: PathBuf,
-    report: Option<PathBuf>,
-    test: String,
-}
-
-fn faultfs(test: &str) -> Option<FaultFs> {
-    let var = |name: &str| {
-        std::env::var_os(name)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    let Some(mount) = var("BLOCKMAP_FS_TEST_FAULTFS") else {
-        eprintln!(
-            "{test}: skipped: BLOCKMAP_FS_TEST_FAULTFS is not set (run `cargo xtask fs-test`)"
-        );
-        return None;
-    };
-    Some(FaultFs {
-        mount,
-        backing: var("BLOCKMAP_FS_TEST_FAULTFS_BACKING")
-            .expect("no BLOCKMAP_FS_TEST_FAULTFS_BACKING"),
-        report: var("BLOCKMAP_FS_TEST_REPORT"),
-        test: test.to_owned(),
-    })
-}
-
-impl FaultFs {
-    fn dir(&self) -> PathBuf {
-        tempfile::Builder::new()
-            .prefix(&format!("{}.", self.test))
-            .tempdir_in(&self.mount)
-            .unwrap()
-            .keep()
-    }
-
-    fn set(&self, path: &Path, faults: &str) {
-        self.control(&format!("set {} {faults}\n", self.relative(path).display()));
-    }
-
-    fn clear(&self, path: &Path) {
-        self.control(&format!("clear {}\n", self.relative(path).display()));
-    }
-
-    fn backing(&self, path: &Path) -> PathBuf {
-        self.backing.join(self.relative(path))
-    }
-
-    fn report(&self, test: &str, cases: u64) {
-        let line = format!("fs=faultfs test={test} cases={cases}\n");
-        eprint!("{line}");
-        if let Some(path) = &self.report {
-            let mut f = std::fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .open(path)
-                .unwrap();
-            f.write_all(line.as_bytes()).unwrap();
-        }
-    }
-
-    fn relative<'a>(&self, path: &'a Path) -> &'a Path {
-        path.strip_prefix(&self.mount).unwrap()
-    }
-
-    fn control(&self, line: &str) {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(self.mount.join(".faultfs"))
-            .unwrap();
-        f.write_all(line.as_bytes())
-            .unwrap_or_else(|e| panic!("faultfs refused {line:?}: {e}"));
-    }
+    ff.report("edges_copy_src_changed_midway_fails", cases);
 }

@@ -144,14 +144,19 @@ fn edges_copy_mounted_device_refused() {
         assert_fails(&out, 1, &[s(&dev), "in use"]);
         cases += 1;
     }
+    // The mounted ext4 may still write its own metadata (a journal commit of what mounting
+    // changed): a sector that changed is ours only if it now holds the image's bytes, which
+    // both commands would have written at the same offsets.
     let after = device_bytes(&dev);
-    let changed: Vec<usize> = (0..before.len())
+    let ours: Vec<usize> = (0..data.len())
         .step_by(512)
-        .filter(|&i| before[i..i + 512] != after[i..i + 512])
+        .filter(|&i| {
+            before[i..i + 512] != after[i..i + 512] && after[i..i + 512] == data[i..i + 512]
+        })
         .collect();
     assert!(
-        changed.is_empty(),
-        "a refused copy changed the mounted device: sectors at {changed:?}"
+        ours.is_empty(),
+        "a refused copy wrote to the mounted device: sectors at {ours:?}"
     );
     mounted.unmount();
     // Unmounted, the same device takes both copies.

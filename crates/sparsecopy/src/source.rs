@@ -52,22 +52,24 @@ pub(crate) fn size_lies(fd: BorrowedFd<'_>, stat: &Stat) -> bool {
     let magic = blockmap_core::filesystem_magic(fd).unwrap_or(0);
     // A size of 0 is asked like any other: the read at offset 0 gives bytes where it lies.
     let lies = GENERATED.contains(&magic)
-        || reads_at(fd, size)
-        || (REMOTE.contains(&magic) && size > 0 && !reads_at(fd, size - 1));
+        || reads_at(fd, size) == Some(true)
+        || (REMOTE.contains(&magic) && size > 0 && reads_at(fd, size - 1) == Some(false));
     if lies {
         tracing::debug!(size, magic, "SRC's size is not what it reads: streaming it");
     }
     lies
 }
 
-/// Whether one byte can be read at `offset` (errors count as no).
-fn reads_at(fd: BorrowedFd<'_>, offset: u64) -> bool {
+/// Whether one byte can be read at `offset`: `Some(false)` at the end of the file, `None`
+/// when the read fails (which proves nothing about the size; the copy meets the error if it
+/// reads there).
+fn reads_at(fd: BorrowedFd<'_>, offset: u64) -> Option<bool> {
     let mut byte = [0u8; 1];
     loop {
         match rustix::io::pread(fd, &mut byte, offset) {
-            Ok(n) => return n > 0,
+            Ok(n) => return Some(n > 0),
             Err(Errno::INTR) => {}
-            Err(_) => return false,
+            Err(_) => return None,
         }
     }
 }
@@ -75,7 +77,7 @@ fn reads_at(fd: BorrowedFd<'_>, offset: u64) -> bool {
 /// For a streamed SRC: `skip` must not lie past what reading gives (as for any SRC). Reads
 /// the byte before `skip`; when there is none, counts what there is, for the message.
 pub(crate) fn check_skip(fd: BorrowedFd<'_>, path: &Path, skip: u64) -> Result<()> {
-    if skip == 0 || reads_at(fd, skip - 1) {
+    if skip == 0 || reads_at(fd, skip - 1) != Some(false) {
         return Ok(());
     }
     let mut buf = vec![0u8; 64 << 10];

@@ -237,43 +237,20 @@ pub(crate) fn run(job: Job<'_, '_>) -> Result<Report> {
     };
     // A read that ended early: SRC changed, or its size lies (sysfs says 4096), and it is
     // read on to its end from there.
+    let unchanged = || source_unchanged(src, src_path, src_stat, dst_path);
     let result = match result {
-        Err(Error::SourceShrank { offset, .. }) => {
-            let now = crate::source::stat(src, src_path)?;
-            match crate::source::changed(src_stat, &now) {
-                Some(what) => Err(Error::SourceChanged {
-                    path: src_path.to_owned(),
-                    what,
-                    dst: DstState::Untouched {
-                        path: dst_path.to_owned(),
-                    },
-                }),
-                None => {
-                    debug!(
-                        offset,
-                        "SRC ended before its stated size: read on to its end"
-                    );
-                    engine.resume_stream()
-                }
-            }
-        }
+        Err(Error::SourceShrank { offset, .. }) => unchanged().and_then(|()| {
+            debug!(
+                offset,
+                "SRC ended before its stated size: read on to its end"
+            );
+            engine.resume_stream()
+        }),
         result => result,
     };
     let result = result
         .and_then(|()| engine.check_stop())
-        .and_then(|()| {
-            let now = crate::source::stat(src, src_path)?;
-            match crate::source::changed(src_stat, &now) {
-                None => Ok(()),
-                Some(what) => Err(Error::SourceChanged {
-                    path: src_path.to_owned(),
-                    what,
-                    dst: DstState::Untouched {
-                        path: dst_path.to_owned(),
-                    },
-                }),
-            }
-        })
+        .and_then(|()| unchanged())
         .and_then(|()| {
             if options.sync {
                 engine.report.syscalls.fsync += 1;
@@ -368,6 +345,27 @@ impl<'a> Engine<'a, '_> {
             pipeline(self, src_map, part, policy)?;
         }
         Ok(())
+    }
+}
+
+/// `Err(SourceChanged)` when SRC's size, mtime or ctime moved since `before` (DST's state
+/// is filled in by the caller).
+fn source_unchanged(
+    src: BorrowedFd<'_>,
+    src_path: &Path,
+    before: &Stat,
+    dst_path: &Path,
+) -> Result<()> {
+    let now = crate::source::stat(src, src_path)?;
+    match crate::source::changed(before, &now) {
+        None => Ok(()),
+        Some(what) => Err(Error::SourceChanged {
+            path: src_path.to_owned(),
+            what,
+            dst: DstState::Untouched {
+                path: dst_path.to_owned(),
+            },
+        }),
     }
 }
 

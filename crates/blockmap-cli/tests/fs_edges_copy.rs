@@ -563,7 +563,34 @@ fn edges_copy_src_changed_midway_fails() {
             "{what}: {err:?}"
         );
         assert!(!dst.exists(), "{what}: the partial copy is still there");
-        cases += 1;
+
+        // An existing DST: the line names the range that may be partly written.
+        let (_, src) = slow_source(&ff, &dir, &format!("{what}-2.img"));
+        let old = pattern(7, 1 << 20);
+        std::fs::write(&dst, &old).unwrap();
+        let child = spawn(&["copy", s(&src), s(&dst)]);
+        let f = File::open(&dst).unwrap();
+        wait_until("the first bytes copied", || {
+            let mut b = [0u8; 4096];
+            f.read_exact_at(&mut b, 0).unwrap();
+            b[..] != old[..4096]
+        });
+        change(&src);
+        let (code, err) = wait_for(child, Duration::from_secs(60));
+        assert_eq!(code.code(), Some(1), "{what}: {err}");
+        assert!(
+            err.starts_with(&format!(
+                "blockmap: {} changed during the copy",
+                src.display()
+            )) && err.ends_with(") may be partly written\n"),
+            "{what}: {err:?}"
+        );
+        let range = range_in(&err);
+        assert!(
+            range.start == 0 && range.end <= SLOW_LEN as u64,
+            "{what}: {range:?}"
+        );
+        cases += 2;
     }
     ff.report("edges_copy_src_changed_midway_fails", cases);
 }

@@ -138,21 +138,21 @@ pub(crate) struct MapArgs {
 /// [--detect-zeros] [--zero-holes] [--progress|--no-progress] [--json] SRC DST`
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Sizes are bytes or take a suffix K, M, G, T (powers of 1024; KiB… too).\n\
+    after_help = "Sizes are bytes or take a suffix K, M, G, T, P, E (powers of 1024; KiB… too).\n\
     DST is created if absent; an existing file is never truncated, only grown, and is left \
     untouched outside the window; a block device keeps its size."
 )]
 pub(crate) struct CopyArgs {
     /// Start reading SRC at this offset.
-    #[arg(long, value_name = "N", value_parser = parse_size, default_value = "0")]
+    #[arg(long, value_name = "N", value_parser = parse_size, default_value = "0", allow_hyphen_values = true)]
     pub skip: u64,
 
     /// Start writing DST at this offset.
-    #[arg(long, value_name = "N", value_parser = parse_size, default_value = "0")]
+    #[arg(long, value_name = "N", value_parser = parse_size, default_value = "0", allow_hyphen_values = true)]
     pub seek: u64,
 
     /// Copy at most this many bytes (default: the rest of SRC).
-    #[arg(long, value_name = "N", value_parser = parse_size)]
+    #[arg(long, value_name = "N", value_parser = parse_size, allow_hyphen_values = true)]
     pub length: Option<u64>,
 
     /// How to find SRC's data: auto picks the best that works.

@@ -4,7 +4,7 @@
 use std::io::{self, IsTerminal, Write};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sparsecopy::{Copier, Options, Progress, Window};
 
@@ -31,14 +31,22 @@ pub(crate) fn run(args: &CopyArgs) -> Result<()> {
             bar.set_position(p.done);
         }
     };
+    // SIGINT, SIGTERM, SIGHUP stop the copy within a step; `main` exits 128 + signal.
+    let stop = crate::signals::install().context("installing signal handlers")?;
     let result = Copier::new(window, options)
         .progress(&mut on_progress)
+        .interrupt(stop)
         .copy_paths(&args.src, &args.dst);
     if let Some(bar) = &bar {
         // Gone before the summary or the error line, which must stand alone.
         bar.finish_and_clear();
     }
-    let report = result?;
+    let report = result.map_err(|e| match (e, crate::signals::caught()) {
+        (sparsecopy::Error::Interrupted { dst }, Some(signal)) => {
+            anyhow!("interrupted by {}: {dst}", crate::signals::name(signal))
+        }
+        (e, _) => e.into(),
+    })?;
 
     if args.json {
         let mut out = io::stdout().lock();

@@ -12,6 +12,7 @@ use std::ops::Range;
 use anyhow::{Context, Result};
 use blockmap_core::ranges::RangeIterExt;
 use blockmap_core::{BlockMap, MapOptions};
+use sparsecopy::human_size as human;
 
 use crate::cli::MapArgs;
 
@@ -143,33 +144,4 @@ fn write_table(map: &BlockMap<File>, path: &str, holes: bool, out: &mut impl Wri
         human(hole)
     )?;
     Ok(())
-}
-
-/// `1536` → `"1.5 KiB"`: sizes in powers of 1024, as `ls -lh` and `du -h` print them.
-pub(crate) fn human(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::human;
-
-    #[test]
-    fn human_sizes_use_powers_of_1024() {
-        assert_eq!(human(0), "0 B");
-        assert_eq!(human(1023), "1023 B");
-        assert_eq!(human(1536), "1.5 KiB");
-        assert_eq!(human(4 << 30), "4.0 GiB");
-        assert_eq!(human(u64::MAX), "16.0 EiB");
-    }
 }

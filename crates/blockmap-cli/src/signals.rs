@@ -1,7 +1,7 @@
 //! SIGINT, SIGTERM and SIGHUP during a copy: the first one raises a flag that the copy engines
 //! poll between chunks (they stop, remove a DST they created, and say what may be partly
-//! written); a second one of the same kind ends the process at once, as it would have without
-//! us. [`caught`] tells `main` which signal it was, for the exit status 128 + signal.
+//! written); a second one (of any of the three) ends the process at once, as it would have
+//! without us. [`caught`] tells `main` which signal it was, for the exit status 128 + signal.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -5,11 +5,18 @@
 /// for anything else, including values that overflow `u64`.
 pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
+    if t.strip_prefix('-')
+        .is_some_and(|n| n.starts_with(|c: char| c.is_ascii_digit()))
+    {
+        return Err(format!(
+            "{text:?}: negative sizes are not allowed (expected bytes, or a number with K, M, G, T, P or E)"
+        ));
+    }
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, suffix) = t.split_at(split);
     if digits.is_empty() {
         return Err(format!(
-            "{text:?} is not a size (expected bytes, or a number with K, M, G or T)"
+            "{text:?} is not a size (expected bytes, or a number with K, M, G, T, P or E)"
         ));
     }
     let shift = match suffix.to_ascii_lowercase().as_str() {
@@ -22,7 +29,7 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
         "e" | "eib" => 60,
         _ => {
             return Err(format!(
-                "{text:?}: unknown size suffix {suffix:?} (expected K, M, G or T)"
+                "{text:?}: unknown size suffix {suffix:?} (expected K, M, G, T, P or E)"
             ));
         }
     };
@@ -60,6 +67,14 @@ mod tests {
                 .contains("too large")
         );
         assert!(parse_size("16E").unwrap_err().contains("too large"));
+        for negative in ["-1", "-0", "-4K"] {
+            assert!(
+                parse_size(negative)
+                    .unwrap_err()
+                    .contains("negative sizes are not allowed"),
+                "{negative:?}"
+            );
+        }
         assert!(
             parse_size("99999999999T")
                 .unwrap_err()

@@ -276,10 +276,17 @@ fn bad_inputs_give_one_line_and_write_nothing() {
         2,
         &["12Q"],
     );
+    for (flag, value) in [("--seek", "-1"), ("--skip", "-1"), ("--length", "-4K")] {
+        assert_fails(
+            &blockmap(&["copy", flag, value, s(&src), s(&dst)]),
+            2,
+            &[value, "negative sizes are not allowed"],
+        );
+    }
     assert_fails(
-        &blockmap(&["copy", "--seek", "-1", s(&src), s(&dst)]),
+        &blockmap(&["copy", "--skip", "--seek", "1", s(&src), s(&dst)]),
         2,
-        &["-1"],
+        &["\"--seek\" is not a size"],
     );
     assert_fails(
         &blockmap(&["copy", "--seek", "8E", s(&src), s(&dst)]),
@@ -315,4 +322,30 @@ fn bad_inputs_give_one_line_and_write_nothing() {
     assert_fails(&blockmap(&["copy", s(&src)]), 2, &["DST"]);
     assert!(!dst.exists());
     assert_eq!(std::fs::read(&src).unwrap(), before);
+}
+
+/// A length past SRC's end is cut there, however large: `--length 8E` as `7E` (the cut
+/// window fits in a file offset); an offset that does not fit once cut is still refused.
+#[test]
+fn huge_lengths_are_cut_at_the_source_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let src = source(d);
+    for length in ["7E", "8E", "15E", "18446744073709551615"] {
+        let dst = d.join(format!("dst-{length}"));
+        let out = blockmap(&["copy", "--length", length, s(&src), s(&dst)]);
+        assert!(
+            out.status.success(),
+            "{length}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(same_bytes(&src, &dst), "{length}");
+    }
+    let dst = d.join("dst");
+    assert_fails(
+        &blockmap(&["copy", "--length", "8E", "--seek", "8E", s(&src), s(&dst)]),
+        1,
+        &["seek + length", "overflows"],
+    );
+    assert!(!dst.exists());
 }

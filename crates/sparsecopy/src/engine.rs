@@ -21,13 +21,13 @@ use std::time::Instant;
 
 use blockmap_core::ranges::round_in;
 use blockmap_core::{BlockMap, DataRanges, btrfs_extent_items, is_unsupported_errno};
-use rustix::fs::FallocateFlags;
+use rustix::fs::{FallocateFlags, Stat};
 use rustix::io::Errno;
 use tracing::{debug, trace};
 
 use crate::clone::ficlonerange;
 use crate::dest::{self, Kind};
-use crate::error::{Error, Result};
+use crate::error::{DstState, Error, Result};
 use crate::feed::{self, Batch, Feed, Item, Policy};
 use crate::options::{Method, Options, Progress, Reflink, Resolved};
 use crate::plan::{Step, Steps, ZeroRuns, blocks_line_up, cut};
@@ -37,8 +37,11 @@ use crate::report::{Report, Transfer};
 /// the kernel could copy them: one `pwrite` each from a shared read beats a
 /// `copy_file_range` each.
 const READ_AHEAD_MAX: u64 = 64 << 10;
-/// `copy_file_range` and `FICLONERANGE` calls are cut to this size, so progress moves.
+/// `FICLONERANGE` calls of the range-by-range copy are cut to this size, so progress moves.
 const KERNEL_CHUNK: u64 = 1 << 30;
+/// `copy_file_range` calls are cut to this size: a copy stops within one of them when
+/// interrupted (a clone moves no data and is left whole).
+const COPY_CHUNK: u64 = 16 << 20;
 /// A whole window is reflinked in pieces of this size: mostly holes, as a disk image is, each
 /// call costs next to nothing, and one per GiB made a 1 TiB image cost a thousand calls.
 const CLONE_CHUNK: u64 = 1 << 40;
@@ -51,38 +54,46 @@ static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 /// resolved against SRC's size, DST open for writing.
 pub(crate) struct Job<'a, 'p> {
     pub src_map: &'a BlockMap<BorrowedFd<'a>>,
+    /// SRC's stat before it was mapped: what must not move while it is copied.
+    pub src_stat: &'a Stat,
     pub dst: BorrowedFd<'a>,
     pub dst_path: &'a Path,
     pub created: bool,
     pub window: Resolved,
+    /// SRC's size lies ([`crate::source`]): read it to its end, the window's length a cap.
+    pub stream: bool,
     pub options: &'a Options,
     pub progress: Option<&'p mut dyn FnMut(Progress)>,
+    /// Raised to stop the copy ([`crate::Copier::interrupt`]).
+    pub stop: Option<&'a AtomicBool>,
     pub started: Instant,
 }
 
 /// Runs a copy. Nothing is written to DST before every check has passed: same file, device
 /// size, reflink feasibility (with [`Reflink::Always`], the first reflink is made before
 /// anything else, so a filesystem that cannot share fails the copy untouched).
+///
+/// An interrupted copy, or one whose SRC changed, fails saying which DST bytes may be
+/// partly written ([`DstState`]; the caller removes a DST it created).
 pub(crate) fn run(job: Job<'_, '_>) -> Result<Report> {
     let Job {
         src_map,
+        src_stat,
         dst,
         dst_path,
         created,
         window,
+        stream,
         options,
         progress,
+        stop,
         started,
     } = job;
     let src = *src_map.file();
     let src_path = src_map.path();
 
-    let src_stat = rustix::fs::fstat(src).map_err(|e| blockmap_core::Error::Stat {
-        path: src_path.to_owned(),
-        source: e.into(),
-    })?;
     let dest = dest::inspect(dst, dst_path)?;
-    if dest::same_file(&src_stat, &dest.stat) {
+    if dest::same_file(src_stat, &dest.stat) {
         return Err(Error::SameFile {
             src: src_path.to_owned(),
             dst: dst_path.to_owned(),
@@ -90,10 +101,12 @@ pub(crate) fn run(job: Job<'_, '_>) -> Result<Report> {
     }
     let block_device = dest.kind == Kind::BlockDevice;
     let end = window.seek + window.length;
-    if block_device && end > dest.size {
+    // A streamed SRC's length is known once read: the device must hold its start at least.
+    let must_fit = if stream { window.seek } else { end };
+    if block_device && must_fit > dest.size {
         return Err(Error::DeviceTooSmall {
             path: dst_path.to_owned(),
-            end,
+            end: must_fit,
             size: dest.size,
         });
     }
@@ -113,6 +126,25 @@ pub(crate) fn run(job: Job<'_, '_>) -> Result<Report> {
                 block_size: bs,
             });
         }
+        if stream {
+            return Err(Error::ReflinkUnsupported {
+                src: src_path.to_owned(),
+                dst: dst_path.to_owned(),
+                source: io::Error::other(
+                    "SRC's size is not what reading it gives (procfs, sysfs, FUSE…): it is read, not shared",
+                ),
+            });
+        }
+    }
+    // SRC mapped at another size than it was stat-ed: it is being written.
+    if !stream && src_map.is_regular() && src_map.size() != src_stat.st_size as u64 {
+        return Err(Error::SourceChanged {
+            path: src_path.to_owned(),
+            what: "size".to_owned(),
+            dst: DstState::Untouched {
+                path: dst_path.to_owned(),
+            },
+        });
     }
 
     let mut report = Report::new(src_map.backend());
@@ -123,7 +155,7 @@ pub(crate) fn run(job: Job<'_, '_>) -> Result<Report> {
     report.created = created;
     report.block_device = block_device;
 
-    let both_regular = src_map.is_regular() && !block_device;
+    let both_regular = src_map.is_regular() && !block_device && !stream;
     let reflink = options.reflink != Reflink::Never && both_regular && lines_up;
     if options.reflink == Reflink::Auto && !reflink {
         debug!(
@@ -136,6 +168,7 @@ pub(crate) fn run(job: Job<'_, '_>) -> Result<Report> {
     // a 1 GiB file on ext4 (medians of 7, interleaved). Auto keeps it where it does more.
     let may_share = both_regular && dest::copy_may_share(dst);
     let cfr = match options.method {
+        _ if stream => false,
         Method::ReadWrite => false,
         Method::CopyFileRange => true,
         Method::Auto => may_share,
@@ -144,7 +177,18 @@ pub(crate) fn run(job: Job<'_, '_>) -> Result<Report> {
     let buf_len = (options.buffer_size.max(1) as u64).div_ceil(bs) * bs;
     let user_space = AtomicBool::new(!cfr);
 
-    let dst_map;
+    // DST's data matters only where it existed before: inside the window (for a streamed
+    // SRC, its length a cap), below its old size; a file just created has none. Mapped
+    // now, walked once the copy gets there.
+    let old_data = window.seek..end.min(dest.size);
+    let dst_map = if !block_device && !created && !old_data.is_empty() {
+        let map = BlockMap::with_path(dst, dst_path, blockmap_core::MapOptions::default())?;
+        debug!(backend = %map.backend(), range = ?old_data, "destination mapped");
+        Some(map)
+    } else {
+        None
+    };
+
     let mut engine = Engine {
         src,
         src_path,
@@ -167,84 +211,162 @@ pub(crate) fn run(job: Job<'_, '_>) -> Result<Report> {
         buf_len: buf_len as usize,
         report,
         progress,
+        total: if stream {
+            (src_stat.st_size as u64).saturating_sub(window.skip)
+        } else {
+            window.length
+        },
         done: 0,
         reported: None,
+        stop,
+        touched: None,
+        old_size: dest.size,
     };
-
-    // The first reflink tells whether this filesystem shares extents at all; with
-    // Reflink::Always it is made before anything else is written. The whole window in a few
-    // calls when it can be (one FIEMAP walk, one clone: the probe as well), else the first
-    // whole blocks of data, to decide for the range-by-range copy.
-    // Only where extents can be shared at all: elsewhere (ext4…) the walk it starts with
-    // would be wasted, and the probe's single call finds out as well.
-    let cloned = if engine.reflink && window.length > 0 && may_share {
-        engine.clone_window(src_map)?
+    let result = if stream {
+        // All of DST's old data past `seek` may lie under what is read.
+        if let Some(map) = &dst_map {
+            engine.cursor = DstCursor::new(map.data(old_data));
+        }
+        engine.stream_to_end(window.skip)
     } else {
-        None
+        engine.copy_window(
+            src_map,
+            dst_map.as_ref().map(|m| m.data(old_data)),
+            may_share,
+        )
     };
-    if cloned.is_none() && engine.reflink && window.length > 0 {
-        engine.prelink(src_map)?;
-    }
-    if !block_device && window.length > 0 && dest.size < end {
-        engine.report.syscalls.ftruncate += 1;
-        dest::grow(dst, dst_path, end)?;
-    }
-    if cloned.is_none() && options.reflink == Reflink::Auto {
-        engine.unprobe()?;
-    }
-    // DST's data matters only where it existed before: inside the window, below its old
-    // size. A file just created has none.
-    let old_data = window.seek..end.min(dest.size);
-    if !block_device && !created && !old_data.is_empty() {
-        dst_map = BlockMap::with_path(dst, dst_path, blockmap_core::MapOptions::default())?;
-        debug!(backend = %dst_map.backend(), range = ?old_data, "destination mapped");
-        engine.cursor = DstCursor::new(dst_map.data(old_data));
-    }
-
-    let read_max = if options.method == Method::CopyFileRange {
-        0
-    } else if !cfr || options.detect_zeros || options.method == Method::ReadWrite {
-        buf_len
-    } else {
-        READ_AHEAD_MAX
+    // A read that ended early: SRC changed, or its size lies (sysfs says 4096), and it is
+    // read on to its end from there.
+    let unchanged = || source_unchanged(src, src_path, src_stat, dst_path);
+    let result = match result {
+        Err(Error::SourceShrank { offset, .. }) => unchanged().and_then(|()| {
+            debug!(
+                offset,
+                "SRC ended before its stated size: read on to its end"
+            );
+            engine.resume_stream()
+        }),
+        result => result,
     };
-    // What may be reflinked is not read.
-    let read_max = match options.reflink {
-        _ if !engine.reflink => read_max,
-        Reflink::Always => 0,
-        _ => read_max.min(options.reflink_min.saturating_sub(1)),
-    };
-    // What the clone left: the partial blocks at the window's ends.
-    let whole = window.src();
-    let parts = match cloned {
-        Some(c) => [whole.start..c.start, c.end..whole.end],
-        None => [whole, 0..0],
-    };
-    for part in parts.into_iter().filter(|p| !p.is_empty()) {
-        let policy = Policy {
-            read_max,
-            user_space: &user_space,
-            buf_len: buf_len as usize,
-            settled_zeros: options.method != Method::CopyFileRange
-                && options.reflink != Reflink::Always,
-            large_reads: !engine.reflink
-                && !options.detect_zeros
-                && options.method != Method::CopyFileRange,
+    let result = result
+        .and_then(|()| engine.check_stop())
+        .and_then(|()| unchanged())
+        .and_then(|()| {
+            if options.sync {
+                engine.report.syscalls.fsync += 1;
+                rustix::fs::fsync(dst).map_err(|e| Error::Sync {
+                    path: dst_path.to_owned(),
+                    source: e.into(),
+                })?;
+            }
+            Ok(())
+        });
+    if let Err(e) = result {
+        let state = match engine.touched.clone() {
+            None => DstState::Untouched {
+                path: dst_path.to_owned(),
+            },
+            Some(range) => DstState::PartlyWritten {
+                path: dst_path.to_owned(),
+                range,
+            },
         };
-        pipeline(&mut engine, src_map, part, policy)?;
-    }
-    if options.sync {
-        engine.report.syscalls.fsync += 1;
-        rustix::fs::fsync(dst).map_err(|e| Error::Sync {
-            path: dst_path.to_owned(),
-            source: e.into(),
-        })?;
+        return Err(e.with_dst(state));
     }
     engine.tell_progress(true);
     let mut report = engine.report;
     report.elapsed = started.elapsed();
     debug!(%report, "copy done");
     Ok(report)
+}
+
+impl<'a> Engine<'a, '_> {
+    /// Copies the window by the map: the whole-window clone or the reflink probe first, DST
+    /// grown to the window's end, then the pipeline over what is left. `dst_data` walks
+    /// DST's old data in the window (none for a new file or a device).
+    fn copy_window(
+        &mut self,
+        src_map: &BlockMap<BorrowedFd<'_>>,
+        dst_data: Option<DataRanges<'a>>,
+        may_share: bool,
+    ) -> Result<()> {
+        let (window, options) = (self.window, self.options);
+        let end = window.seek + window.length;
+        let cloned = if self.reflink && window.length > 0 && may_share {
+            self.clone_window(src_map)?
+        } else {
+            None
+        };
+        if cloned.is_none() && self.reflink && window.length > 0 {
+            self.prelink(src_map)?;
+        }
+        if !self.block_device && window.length > 0 && self.old_size < end {
+            self.grow(end)?;
+        }
+        if cloned.is_none() && options.reflink == Reflink::Auto {
+            self.unprobe()?;
+        }
+        // Walked only now that the probe's reflink is gone again.
+        if let Some(data) = dst_data {
+            self.cursor = DstCursor::new(data);
+        }
+
+        let read_max = if options.method == Method::CopyFileRange {
+            0
+        } else if !self.cfr || options.detect_zeros || options.method == Method::ReadWrite {
+            self.buf_len as u64
+        } else {
+            READ_AHEAD_MAX
+        };
+        // What may be reflinked is not read.
+        let read_max = match options.reflink {
+            _ if !self.reflink => read_max,
+            Reflink::Always => 0,
+            _ => read_max.min(options.reflink_min.saturating_sub(1)),
+        };
+        // What the clone left: the partial blocks at the window's ends.
+        let whole = window.src();
+        let parts = match cloned {
+            Some(c) => [whole.start..c.start, c.end..whole.end],
+            None => [whole, 0..0],
+        };
+        for part in parts.into_iter().filter(|p| !p.is_empty()) {
+            let policy = Policy {
+                read_max,
+                user_space: self.user_space,
+                buf_len: self.buf_len,
+                settled_zeros: options.method != Method::CopyFileRange
+                    && options.reflink != Reflink::Always,
+                large_reads: !self.reflink
+                    && !options.detect_zeros
+                    && options.method != Method::CopyFileRange,
+                stop: self.stop,
+            };
+            pipeline(self, src_map, part, policy)?;
+        }
+        Ok(())
+    }
+}
+
+/// `Err(SourceChanged)` when SRC's size, mtime or ctime moved since `before` (DST's state
+/// is filled in by the caller).
+fn source_unchanged(
+    src: BorrowedFd<'_>,
+    src_path: &Path,
+    before: &Stat,
+    dst_path: &Path,
+) -> Result<()> {
+    let now = crate::source::stat(src, src_path)?;
+    match crate::source::changed(before, &now) {
+        None => Ok(()),
+        Some(what) => Err(Error::SourceChanged {
+            path: src_path.to_owned(),
+            what,
+            dst: DstState::Untouched {
+                path: dst_path.to_owned(),
+            },
+        }),
+    }
 }
 
 /// Copies `part` of the window (SRC offsets): the feed walks SRC's map and reads ahead on a
@@ -472,10 +594,18 @@ struct Engine<'a, 'p> {
     buf_len: usize,
     report: Report,
     progress: Option<&'p mut dyn FnMut(Progress)>,
+    /// What the progress callback is told the window holds.
+    total: u64,
     /// Bytes of the window done.
     done: u64,
     /// What the callback was last told.
     reported: Option<u64>,
+    /// Raised to stop the copy.
+    stop: Option<&'a AtomicBool>,
+    /// The DST bytes written, cleared, shared or grown so far (their hull).
+    touched: Option<Range<u64>>,
+    /// DST's size before the copy.
+    old_size: u64,
 }
 
 impl Engine<'_, '_> {
@@ -500,7 +630,7 @@ impl Engine<'_, '_> {
             self.reported = Some(self.done);
             f(Progress {
                 done: self.done,
-                total: self.window.length,
+                total: self.total.max(self.done),
             });
         }
     }
@@ -508,6 +638,130 @@ impl Engine<'_, '_> {
     fn transferred(&mut self, how: Transfer, bytes: u64) {
         self.report.transferred(how, bytes);
         self.advance(bytes);
+    }
+
+    /// `Err(Interrupted)` once the stop flag is raised.
+    fn check_stop(&self) -> Result<()> {
+        if self.stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+            debug!(done = self.done, "interrupted");
+            return Err(Error::Interrupted {
+                dst: DstState::Untouched {
+                    path: self.dst_path.to_owned(),
+                },
+            });
+        }
+        Ok(())
+    }
+
+    /// Notes that DST's bytes `dst` are about to change.
+    fn touch(&mut self, dst: Range<u64>) {
+        if dst.is_empty() {
+            return;
+        }
+        self.touched = Some(match self.touched.take() {
+            None => dst,
+            Some(t) => t.start.min(dst.start)..t.end.max(dst.end),
+        });
+    }
+
+    /// Grows a regular DST to `size` (never shrinks it).
+    fn grow(&mut self, size: u64) -> Result<()> {
+        self.touch(self.old_size..size);
+        self.report.syscalls.ftruncate += 1;
+        dest::grow(self.dst, self.dst_path, size)
+    }
+
+    /// Reads SRC from `from` to where reading ends (or to the window's end, a cap here) and
+    /// writes what it gives: SRC's size lies, so its map says nothing. One `pread` per
+    /// buffer; in a regular DST all-zero blocks become holes (punched where DST had data).
+    /// The window then ends where reading did, and a regular DST ends there too (never below
+    /// its old size).
+    fn stream_to_end(&mut self, from: u64) -> Result<()> {
+        let mut buf = self.take_buf();
+        let end = self.window.skip + self.window.length;
+        let mut at = from;
+        let result = loop {
+            if at >= end {
+                break Ok(());
+            }
+            if let Err(e) = self.check_stop() {
+                break Err(e);
+            }
+            let dst_at = self.window.dst_offset(at);
+            let room = (self.buf_len - (dst_at % self.bs) as usize) as u64;
+            let want = (end - at).min(room) as usize;
+            let n = match self.read_some(at, &mut buf[..want]) {
+                Ok(0) => break Ok(()),
+                Ok(n) => n,
+                Err(e) => break Err(e),
+            };
+            if self.block_device && dst_at + n as u64 > self.old_size {
+                break Err(Error::DeviceTooSmall {
+                    path: self.dst_path.to_owned(),
+                    end: dst_at + n as u64,
+                    size: self.old_size,
+                });
+            }
+            self.report.data_bytes += n as u64;
+            if let Err(e) = self.write_out(&buf[..n], dst_at, !self.block_device) {
+                break Err(e);
+            }
+            at += n as u64;
+        };
+        self.buf = buf;
+        result?;
+        self.report.data_ranges += u64::from(at > from);
+        self.window.length = at - self.window.skip;
+        self.report.length = self.window.length;
+        self.total = self.done;
+        let new_end = self.window.dst_offset(at);
+        if !self.block_device && self.window.length > 0 {
+            let size = self.old_size.max(new_end);
+            let now = rustix::fs::fstat(self.dst).map_err(|e| Error::StatDest {
+                path: self.dst_path.to_owned(),
+                source: e.into(),
+            })?;
+            if now.st_size as u64 != size {
+                self.touch(size.min(now.st_size as u64)..size.max(now.st_size as u64));
+                self.report.syscalls.ftruncate += 1;
+                rustix::fs::ftruncate(self.dst, size).map_err(|e| Error::Resize {
+                    path: self.dst_path.to_owned(),
+                    size,
+                    source: e.into(),
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After a read of SRC ended before its stated size while SRC's stat did not move (a size
+    /// that lies, as sysfs's 4096): what was done stands, and SRC is read on to its end.
+    fn resume_stream(&mut self) -> Result<()> {
+        let from = self.window.skip + self.done;
+        let r = &mut self.report;
+        // The step that met the end was counted whole; only what was written counts.
+        r.data_bytes =
+            r.reflinked_bytes + r.copy_file_range_bytes + r.read_write_bytes + r.zero_skipped_bytes;
+        r.hole_bytes = self.done - r.data_bytes;
+        self.stream_to_end(from)
+    }
+
+    /// One `pread` (retried on EINTR): the bytes it gave, 0 at SRC's end.
+    fn read_some(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        loop {
+            self.report.syscalls.pread += 1;
+            match rustix::io::pread(self.src, &mut *buf, offset) {
+                Ok(n) => return Ok(n),
+                Err(Errno::INTR) => {}
+                Err(e) => {
+                    return Err(Error::Read {
+                        path: self.src_path.to_owned(),
+                        offset,
+                        source: e.into(),
+                    });
+                }
+            }
+        }
     }
 
     /// Carries out the feed's items in order; returns when they end or one fails, with both
@@ -518,6 +772,7 @@ impl Engine<'_, '_> {
         give_back: mpsc::Sender<Vec<u8>>,
     ) -> Result<()> {
         for item in items.into_iter().flatten() {
+            self.check_stop()?;
             match item {
                 Item::Hole(r) => self.hole(r)?,
                 Item::Data(r) => self.data(r)?,
@@ -534,7 +789,8 @@ impl Engine<'_, '_> {
                 Item::Failed(e) => return Err(e),
             }
         }
-        Ok(())
+        // The feed also stops when told to: then the items end early.
+        self.check_stop()
     }
 
     fn hole(&mut self, src: Range<u64>) -> Result<()> {
@@ -756,6 +1012,8 @@ impl Engine<'_, '_> {
     /// `Ok(false)` otherwise.
     fn ficlonerange(&mut self, src: &Range<u64>) -> Result<bool> {
         let dst = self.dst_range(src);
+        self.check_stop()?;
+        self.touch(dst.clone());
         loop {
             self.report.syscalls.ficlonerange += 1;
             let e = match ficlonerange(
@@ -846,9 +1104,11 @@ impl Engine<'_, '_> {
         let mut src_off = src.start;
         let mut dst_off = self.window.dst_offset(src.start);
         while src_off < src.end {
-            let want = (src.end - src_off).min(KERNEL_CHUNK) as usize;
+            self.check_stop()?;
+            let want = (src.end - src_off).min(COPY_CHUNK) as usize;
             self.report.syscalls.copy_file_range += 1;
             let at = dst_off;
+            self.touch(at..at + want as u64);
             match rustix::fs::copy_file_range(
                 self.src,
                 Some(&mut src_off),
@@ -904,16 +1164,24 @@ impl Engine<'_, '_> {
     fn stream(&mut self, src: Range<u64>, zeros: bool) -> Result<()> {
         let mut buf = self.take_buf();
         let mut at = src.start;
-        while at < src.end {
+        let result = loop {
+            if at >= src.end {
+                break Ok(());
+            }
             let dst_at = self.window.dst_offset(at);
             let room = self.buf_len - (dst_at % self.bs) as usize;
             let n = ((src.end - at) as usize).min(room);
-            self.read_exact(at, &mut buf[..n])?;
-            self.write_out(&buf[..n], dst_at, zeros)?;
+            let step = self
+                .check_stop()
+                .and_then(|()| self.read_exact(at, &mut buf[..n]))
+                .and_then(|()| self.write_out(&buf[..n], dst_at, zeros));
+            if let Err(e) = step {
+                break Err(e);
+            }
             at += n as u64;
-        }
+        };
         self.buf = buf;
-        Ok(())
+        result
     }
 
     /// Writes bytes read from SRC at DST offset `at`, leaving out all-zero blocks when
@@ -947,6 +1215,7 @@ impl Engine<'_, '_> {
 
     /// `pwrite` until all of `bytes` is written.
     fn write_all(&mut self, bytes: &[u8], offset: u64) -> Result<()> {
+        self.touch(offset..offset + bytes.len() as u64);
         let mut put = 0;
         while put < bytes.len() {
             let at = offset + put as u64;
@@ -971,8 +1240,10 @@ impl Engine<'_, '_> {
 
     /// Writes zeros over a DST range (`pwritev` of a static zero buffer, 1 MiB a call).
     fn write_zeros(&mut self, dst: Range<u64>) -> Result<()> {
+        self.touch(dst.clone());
         let mut at = dst.start;
         while at < dst.end {
+            self.check_stop()?;
             let mut slices = [IoSlice::new(&[]); 16];
             let mut count = 0;
             let mut left = dst.end - at;
@@ -1014,6 +1285,7 @@ impl Engine<'_, '_> {
     /// `fallocate(mode)` over a DST range: `Ok(true)` when done, `Ok(false)` when the mode is
     /// not supported here.
     fn fallocate(&mut self, mode: FallocateFlags, dst: &Range<u64>) -> Result<bool> {
+        self.touch(dst.clone());
         loop {
             self.report.syscalls.fallocate += 1;
             match rustix::fs::fallocate(self.dst, mode, dst.start, dst.end - dst.start) {

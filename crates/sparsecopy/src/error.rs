@@ -1,6 +1,8 @@
 //! The one error type of the crate: what failed, on which path, at which offset.
 
+use std::fmt;
 use std::io;
+use std::ops::Range;
 use std::path::PathBuf;
 
 /// What went wrong in a copy. Every variant names the operation and the file; I/O failures
@@ -157,8 +159,27 @@ pub enum Error {
         /// The cause.
         source: io::Error,
     },
-    /// SRC ended before a data range it had a moment ago: it shrank during the copy.
-    #[error("{}: the file ended at offset {offset}, inside its data: it shrank during the copy", path.display())]
+    /// SRC's size, modification or change time moved while it was copied: what was copied
+    /// may mix old and new contents (or zeros where it was cut short).
+    #[error("{} changed during the copy ({what} moved); {dst}", path.display())]
+    SourceChanged {
+        /// SRC.
+        path: PathBuf,
+        /// What moved: `"size"`, `"size, mtime"`…
+        what: String,
+        /// What became of DST.
+        dst: DstState,
+    },
+    /// The copy was stopped from outside ([`crate::Copier::interrupt`]) before it finished.
+    #[error("interrupted: {dst}")]
+    Interrupted {
+        /// What became of DST.
+        dst: DstState,
+    },
+    /// A read of SRC ended before a data range it had a moment ago. Not returned by a copy:
+    /// it becomes [`Error::SourceChanged`] when SRC's stat moved, else the copy goes on to
+    /// where reading ends (a size that lies).
+    #[error("{}: the file ended at offset {offset}, inside its data", path.display())]
     SourceShrank {
         /// SRC.
         path: PathBuf,
@@ -242,6 +263,74 @@ pub enum Error {
         /// The cause.
         source: io::Error,
     },
+}
+
+impl Error {
+    /// Says in an interrupted or changed-SRC error what became of DST.
+    pub(crate) fn with_dst(self, state: DstState) -> Self {
+        match self {
+            Error::Interrupted { .. } => Error::Interrupted { dst: state },
+            Error::SourceChanged { path, what, .. } => Error::SourceChanged {
+                path,
+                what,
+                dst: state,
+            },
+            other => other,
+        }
+    }
+}
+
+/// What a copy that stopped halfway ([`Error::Interrupted`], [`Error::SourceChanged`])
+/// left of DST.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DstState {
+    /// Nothing was written to DST.
+    Untouched {
+        /// DST.
+        path: PathBuf,
+    },
+    /// DST was created by this copy and is removed again.
+    Removed {
+        /// DST.
+        path: PathBuf,
+    },
+    /// DST was created by this copy and could not be removed: it holds part of the data.
+    Left {
+        /// DST.
+        path: PathBuf,
+    },
+    /// DST existed (a file or a device, which cannot be undone): the DST bytes of `range`
+    /// may be partly written (also where a file was grown); outside it DST is untouched.
+    PartlyWritten {
+        /// DST.
+        path: PathBuf,
+        /// DST offsets.
+        range: Range<u64>,
+    },
+}
+
+impl fmt::Display for DstState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DstState::Untouched { path } => write!(f, "nothing was written to {}", path.display()),
+            DstState::Removed { path } => {
+                write!(f, "removed the partial copy {}", path.display())
+            }
+            DstState::Left { path } => write!(
+                f,
+                "could not remove the partial copy {}: do not use it",
+                path.display()
+            ),
+            DstState::PartlyWritten { path, range } => write!(
+                f,
+                "{} bytes [{}, {}) may be partly written",
+                path.display(),
+                range.start,
+                range.end
+            ),
+        }
+    }
 }
 
 /// `Result` with this crate's [`Error`].

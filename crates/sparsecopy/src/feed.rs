@@ -96,9 +96,15 @@ pub(crate) struct Policy<'a> {
     /// Data ranges longer than a buffer are read here too, in pieces, once they go through
     /// user space ([`Policy::user_space`]): nothing is reflinked and no zeros are looked for.
     pub large_reads: bool,
+    /// Raised to stop the copy: the feed stops reading and hangs up.
+    pub stop: Option<&'a AtomicBool>,
 }
 
 impl Policy<'_> {
+    fn stopped(&self) -> bool {
+        self.stop.is_some_and(|s| s.load(Ordering::Relaxed))
+    }
+
     /// Whether a data range too long for one buffer is read here, in pieces.
     fn reads_in_pieces(&self, len: u64) -> bool {
         len > self.buf_len as u64 && self.large_reads && self.user_space.load(Ordering::Relaxed)
@@ -167,6 +173,9 @@ impl<'a> Feed<'a> {
     {
         let mut steps = MapAhead::new(steps);
         while let Some(step) = steps.next() {
+            if self.policy.stopped() {
+                return Err(Gone);
+            }
             let step = match step {
                 Ok(step) => step,
                 Err(e) => return self.fail(e.into()),
@@ -259,6 +268,9 @@ impl<'a> Feed<'a> {
         let Some(mut batch) = self.open.take() else {
             return Ok(());
         };
+        if self.policy.stopped() {
+            return Err(Gone);
+        }
         let span = batch.span.clone();
         let len = (span.end - span.start) as usize;
         match read_exact(self.src, self.src_path, span.start, &mut batch.buf[..len]) {

@@ -9,7 +9,8 @@
 //! # The window
 //! - `length` defaults to the rest of SRC and is cut at SRC's end. `skip` past SRC's end is
 //!   an error ([`Error::SkipPastEnd`]; dd only warns), `skip` at SRC's end is an empty copy.
-//!   An end of either window beyond `i64::MAX` (a file offset) is [`Error::Overflow`].
+//!   An end of either window beyond `i64::MAX` (a file offset), once the length is cut, is
+//!   [`Error::Overflow`].
 //! - An empty window writes nothing and, as dd, does not extend DST (it is still created if
 //!   absent: a file of size 0).
 //!
@@ -47,6 +48,19 @@
 //! kernel copies, EBADF or ETXTBSY) is dropped for the rest of the copy, with a `debug`
 //! event; a real I/O error (EIO, ENOSPC, …) is never a reason to fall back and ends the copy.
 //! [`Reflink::Always`] and [`Method`] force a path and turn a refusal into an error.
+//!
+//! # The edges
+//! - **A size that lies** (procfs and sysfs files, some FUSE and network files): SRC is read
+//!   to its end, as `cp` reads it, and the window ends where reading does (also when a read
+//!   ends early while SRC's stat has not moved).
+//! - **SRC changing**: its size, mtime and ctime are compared before and after the copy (and
+//!   when a read ends early); where they moved the copy fails ([`Error::SourceChanged`]).
+//! - **Stopping**: [`Copier::interrupt`] stops a copy from another thread or a signal
+//!   handler ([`Error::Interrupted`]).
+//! - **A failed `close`** of DST fails the copy ([`Error::Close`]).
+//!
+//! A failed copy removes a DST it created; otherwise [`DstState`] in the error says which
+//! DST bytes may be partly written.
 //!
 //! Memory is bounded whatever the number of extents: one buffer and a bounded batch of
 //! pending ranges; the block maps stream.
@@ -92,19 +106,24 @@ mod destination;
 mod engine;
 mod error;
 mod feed;
+mod human;
 mod options;
 mod plan;
 mod report;
+mod source;
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use blockmap_core::{BlockMap, MapOptions};
 use tracing::debug_span;
 
 pub use destination::Destination;
-pub use error::{Error, Result};
+pub use error::{DstState, Error, Result};
+pub use human::human_size;
 pub use options::{Method, Options, Progress, Reflink, Window};
 pub use report::{Report, Syscalls, Transfer};
 
@@ -121,6 +140,7 @@ pub struct Copier<'p> {
     window: Window,
     options: Options,
     progress: Option<&'p mut dyn FnMut(Progress)>,
+    stop: Option<Arc<AtomicBool>>,
 }
 
 impl std::fmt::Debug for Copier<'_> {
@@ -129,6 +149,7 @@ impl std::fmt::Debug for Copier<'_> {
             .field("window", &self.window)
             .field("options", &self.options)
             .field("progress", &self.progress.is_some())
+            .field("stop", &self.stop)
             .finish()
     }
 }
@@ -140,7 +161,20 @@ impl<'p> Copier<'p> {
             window,
             options,
             progress: None,
+            stop: None,
         }
+    }
+
+    /// Stops the copy soon after `flag` is raised (by another thread or a signal handler):
+    /// it is looked at before every step of the copy and between the reads and writes of
+    /// long ranges, so at most about one MiB more is copied (or one kernel copy of up to
+    /// 16 MiB, or one clone). The copy then fails with [`Error::Interrupted`], which says
+    /// what became of DST: a DST this copy created is removed; an existing file or device
+    /// cannot be undone, and the error names the DST byte range that may be partly written.
+    #[must_use]
+    pub fn interrupt(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.stop = Some(flag);
+        self
     }
 
     /// Calls `f` as the copy advances (at most once per MiB of the window, and once at the
@@ -163,30 +197,61 @@ impl<'p> Copier<'p> {
         let started = Instant::now();
         self.options.check()?;
         let src_file = blockmap_core::open_readable(src)?;
+        let src_stat = source::stat(src_file.as_fd(), src)?;
         let src_map = BlockMap::with_path(src_file.as_fd(), src, self.map_options())?;
-        let window = self.window.resolve(src_map.size(), src)?;
+        let (window, stream) = self.resolve(&src_map, &src_stat)?;
+        let stop = self.stop.as_deref();
+        if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+            return Err(Error::Interrupted {
+                dst: DstState::Untouched {
+                    path: dst.to_owned(),
+                },
+            });
+        }
         let (dst_fd, created) = dest::open_or_create(dst)?;
         let result = engine::run(engine::Job {
             src_map: &src_map,
+            src_stat: &src_stat,
             dst: dst_fd.as_fd(),
             dst_path: dst,
             created,
             window,
+            stream,
             options: &self.options,
             progress: self.progress,
+            stop,
             started,
         });
         // Taken while DST is open, to recognise the file created if it must go again.
         let identity = rustix::fs::fstat(&dst_fd);
         // A failed close is a failed write (NFS, FUSE's flush report them there).
         let result = result.and_then(|report| close::close(dst_fd, dst).map(|()| report));
-        if created
-            && result.is_err()
-            && let Ok(identity) = identity
-        {
-            dest::remove_created(&identity, dst);
+        match result {
+            Err(e) if created => {
+                let removed = identity.is_ok_and(|id| dest::remove_created(&id, dst));
+                let path = dst.to_owned();
+                Err(e.with_dst(if removed {
+                    DstState::Removed { path }
+                } else {
+                    DstState::Left { path }
+                }))
+            }
+            result => result,
         }
-        result
+    }
+
+    /// The window against SRC, and whether SRC is streamed (its size lies).
+    fn resolve(
+        &self,
+        src_map: &BlockMap<BorrowedFd<'_>>,
+        src_stat: &rustix::fs::Stat,
+    ) -> Result<(options::Resolved, bool)> {
+        let src = *src_map.file();
+        if source::size_lies(src, src_stat) {
+            source::check_skip(src, src_map.path(), self.window.skip)?;
+            return Ok((self.window.resolve_stream()?, true));
+        }
+        Ok((self.window.resolve(src_map.size(), src_map.path())?, false))
     }
 
     /// Copies between two open files, named `<fd N>` in errors. SRC needs read access, DST
@@ -225,16 +290,28 @@ impl<'p> Copier<'p> {
             debug_span!("copy", src = %src_path.display(), dst = %dst_path.display()).entered();
         let started = Instant::now();
         self.options.check()?;
+        let src_stat = source::stat(src, src_path)?;
         let src_map = BlockMap::with_path(src, src_path, self.map_options())?;
-        let window = self.window.resolve(src_map.size(), src_path)?;
+        let (window, stream) = self.resolve(&src_map, &src_stat)?;
+        let stop = self.stop.as_deref();
+        if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+            return Err(Error::Interrupted {
+                dst: DstState::Untouched {
+                    path: dst_path.to_owned(),
+                },
+            });
+        }
         engine::run(engine::Job {
             src_map: &src_map,
+            src_stat: &src_stat,
             dst,
             dst_path,
             created: false,
             window,
+            stream,
             options: &self.options,
             progress: self.progress,
+            stop,
             started,
         })
     }

@@ -51,21 +51,9 @@ impl Window {
     /// SRC's end.
     ///
     /// `skip == src_size` is an empty copy (as dd, which copies nothing there); `skip` past
-    /// the end is an error (dd only warns). Every offset of either window must fit in an
-    /// `loff_t` (`i64`), the kernel's file offset.
+    /// the end is an error (dd only warns). Every offset of either window, once the length
+    /// is cut, must fit in an `loff_t` (`i64`), the kernel's file offset.
     pub(crate) fn resolve(self, src_size: u64, src: &std::path::Path) -> Result<Resolved> {
-        const MAX: u64 = i64::MAX as u64;
-        let overflow = |what, a, b| Error::Overflow { what, a, b };
-        if let Some(length) = self.length {
-            self.skip
-                .checked_add(length)
-                .filter(|end| *end <= MAX)
-                .ok_or(overflow("skip + length", self.skip, length))?;
-            self.seek
-                .checked_add(length)
-                .filter(|end| *end <= MAX)
-                .ok_or(overflow("seek + length", self.seek, length))?;
-        }
         if self.skip > src_size {
             return Err(Error::SkipPastEnd {
                 path: src.to_owned(),
@@ -73,17 +61,41 @@ impl Window {
                 size: src_size,
             });
         }
+        // Cut first: a length beyond SRC's end means "to the end", however large.
         let length = (src_size - self.skip).min(self.length.unwrap_or(u64::MAX));
-        self.seek
-            .checked_add(length)
-            .filter(|end| *end <= MAX)
-            .ok_or(overflow("seek + length", self.seek, length))?;
+        check_end("skip + length", self.skip, length)?;
+        check_end("seek + length", self.seek, length)?;
         Ok(Resolved {
             skip: self.skip,
             seek: self.seek,
             length,
         })
     }
+
+    /// The window for a SRC whose size lies ([`crate::source`]): read to its end, so the
+    /// length is only a cap (as large as file offsets allow); `skip` was checked by reading.
+    pub(crate) fn resolve_stream(self) -> Result<Resolved> {
+        const MAX: u64 = i64::MAX as u64;
+        check_end("skip + length", self.skip, 0)?;
+        check_end("seek + length", self.seek, 0)?;
+        let length = self
+            .length
+            .unwrap_or(u64::MAX)
+            .min(MAX - self.skip)
+            .min(MAX - self.seek);
+        Ok(Resolved {
+            skip: self.skip,
+            seek: self.seek,
+            length,
+        })
+    }
+}
+
+/// `a + b` must fit in a file offset (`i64`).
+fn check_end(what: &'static str, a: u64, b: u64) -> Result<u64> {
+    a.checked_add(b)
+        .filter(|end| *end <= i64::MAX as u64)
+        .ok_or(Error::Overflow { what, a, b })
 }
 
 /// A window checked against SRC: both ends fit in a file offset, `length` is exact.

@@ -83,20 +83,32 @@ fn windows_that_overflow_a_file_offset_are_refused() {
     let tmp = tempdir_in(&std::env::temp_dir());
     let src = source(tmp.path());
     let dst = tmp.path().join("dst");
+    // Refused once the length is cut at SRC's end (2 MiB): DST's end still overflows.
     for window in [
-        Window::new().skip(1).length(u64::MAX),
         Window::new().seek(u64::MAX - 10),
         Window::new().seek(i64::MAX as u64),
-        Window::new().seek(1).length(i64::MAX as u64),
+        Window::new().seek(i64::MAX as u64 - (1 << 20)),
+        Window::new()
+            .seek(i64::MAX as u64 - (1 << 20))
+            .length(u64::MAX),
     ] {
         let err = copy(&src, &dst, window).unwrap_err();
         assert!(matches!(err, Error::Overflow { .. }), "{window:?}: {err}");
         assert!(err.to_string().contains("overflows a file offset"), "{err}");
     }
     assert!(!dst.exists());
-    // A length past SRC's end that fits is merely cut.
-    let r = copy(&src, &dst, Window::new().length(i64::MAX as u64)).unwrap();
-    assert_eq!(r.length, 2 << 20);
+    // A length past SRC's end is merely cut, however large (`--length 8E` as `7E`).
+    for window in [
+        Window::new().length(i64::MAX as u64),
+        Window::new().length(8 << 60),
+        Window::new().length(u64::MAX),
+        Window::new().skip(1).length(u64::MAX),
+        Window::new().seek(1).length(i64::MAX as u64),
+    ] {
+        let r = copy(&src, &dst, window).unwrap();
+        assert_eq!(r.length, (2 << 20) - window.skip, "{window:?}");
+        std::fs::remove_file(&dst).unwrap();
+    }
 }
 
 #[test]

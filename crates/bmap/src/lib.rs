@@ -50,14 +50,17 @@ mod checksum;
 mod copy;
 mod create;
 mod error;
+mod file;
 mod format;
+mod parse;
 mod signature;
 mod source;
 
 pub use checksum::{ChecksumType, Hasher, UnknownChecksumType};
 pub use copy::{Copier, CopyReport};
-pub use create::{CreateOptions, create};
+pub use create::{CreateOptions, create, create_to};
 pub use error::{Error, Result};
+pub use file::{BmapFile, BmapInfo, Ranges};
 pub use format::{BlockRange, Bmap, Version, human_size};
 pub use signature::{SignatureCheck, Signer, read_signed};
 pub use source::{Compression, find_bmap};

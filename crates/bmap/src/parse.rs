@@ -212,7 +212,15 @@ impl<R: BufRead> Parser<R> {
                         };
                         return Err(Fault::Io(io));
                     }
-                    return Err(Fault::exactly_at(at, format!("not well-formed XML: {e}")));
+                    let what = if self.seen_root {
+                        ""
+                    } else {
+                        "not a bmap file: "
+                    };
+                    return Err(Fault::exactly_at(
+                        at,
+                        format!("{what}not well-formed XML: {e}"),
+                    ));
                 }
             };
             let at = before;

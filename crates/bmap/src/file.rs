@@ -283,7 +283,7 @@ impl Input {
         let header = match self.pending.take() {
             None => {
                 let reader = BufReader::with_capacity(BUFFER, At::new(&self.file));
-                scan_header(Parser::new(reader))
+                scan_header(Parser::header_only(reader))
             }
             Some((head, stream)) => {
                 let reader = Tee {
@@ -316,9 +316,13 @@ impl Input {
             while let Some(raw) = parser.next_range()? {
                 check.check(raw, &header)?;
             }
-            check.finish(&header)
+            // The whole file read: its header (the same fields, any duplicate having failed
+            // the parse), its end known for the error below.
+            let header = parser.header()?;
+            check.finish(&header)?;
+            Ok(header)
         })();
-        checked.map_err(|f| fault(f, &self.file, path))?;
+        let header = checked.map_err(|f| fault(f, &self.file, path))?;
         drop(parser);
         if let Some(z) = zeroing {
             let expected = header.file_checksum.clone().unwrap_or_default();

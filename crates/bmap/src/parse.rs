@@ -157,6 +157,8 @@ pub(crate) struct Parser<R> {
     version: Option<(String, u64)>,
     fields: [Option<(String, u64)>; 7],
     eof: bool,
+    /// Stop at `<BlockMap>` when the header is complete (a first look at a file).
+    header_only: bool,
 }
 
 impl<R: BufRead> Parser<R> {
@@ -177,9 +179,44 @@ impl<R: BufRead> Parser<R> {
             version: None,
             fields: Default::default(),
             eof: false,
+            header_only: false,
         }
     }
 
+    /// A parser that stops at `<BlockMap>` once the header fields are all there (they come
+    /// before it in every bmap bmaptool writes): [`Parser::next_range`] then answers `None`,
+    /// without reading the ranges or checking the rest of the file.
+    pub(crate) fn header_only(inner: R) -> Self {
+        Parser {
+            header_only: true,
+            ..Parser::new(inner)
+        }
+    }
+}
+
+/// Whether the fields a header needs have been read.
+fn header_complete(version: &Option<(String, u64)>, fields: &[Option<(String, u64)>; 7]) -> bool {
+    let have = |name: &str| {
+        FIELDS
+            .iter()
+            .position(|n| *n == name)
+            .is_some_and(|i| fields[i].is_some())
+    };
+    let Some(version) = version.as_ref().and_then(|(v, _)| parse_version(v)) else {
+        return false;
+    };
+    let checksums_there = match Checksums::of(version) {
+        Checksums::None => true,
+        Checksums::Sha1 => have("BmapFileSHA1"),
+        Checksums::Typed => have("ChecksumType") && have("BmapFileChecksum"),
+    };
+    checksums_there
+        && ["ImageSize", "BlockSize", "BlocksCount", "MappedBlocksCount"]
+            .into_iter()
+            .all(have)
+}
+
+impl<R: BufRead> Parser<R> {
     /// The reader it reads from.
     pub(crate) fn into_inner(self) -> R {
         self.reader.into_inner().inner
@@ -255,6 +292,14 @@ impl<R: BufRead> Parser<R> {
                 }
                 Event::Start(e) => {
                     let name = e.name().as_ref().to_owned();
+                    if self.header_only
+                        && self.stack.len() == 1
+                        && name == "BlockMap"
+                        && header_complete(&self.version, &self.fields)
+                    {
+                        self.eof = true;
+                        return Ok(None);
+                    }
                     if self.stack.len() >= MAX_DEPTH {
                         return Err(Fault::at(at, "elements nested too deep for a bmap".into()));
                     }
@@ -350,7 +395,6 @@ impl<R: BufRead> Parser<R> {
 
     /// The header, checked, once [`Parser::next_range`] has reached the end.
     pub(crate) fn header(&mut self) -> Result<Header, Fault> {
-        debug_assert!(self.eof);
         let end_at = self.reader.buffer_position();
         let (version_text, version_at) = self
             .version

@@ -1,8 +1,8 @@
 //! Undoing what fs-test did to the machine, whatever happens: success, failed tests, an error,
 //! a panic, Ctrl-C or SIGTERM.
 //!
-//! Every mount, loop device and temporary directory is pushed on one process-wide stack the
-//! moment it exists. [`Guard`] unwinds the stack in reverse order when it is dropped (so also
+//! Every mount, loop device, temporary directory and the faultfs process is pushed on one
+//! process-wide stack the moment it exists. [`Guard`] unwinds the stack in reverse order when it is dropped (so also
 //! while a panic unwinds), and [`Guard::finish`] does the same and returns what went wrong.
 //! The stack is global rather than owned by the guard so that the signal handler can reach it
 //! too: on Ctrl-C or SIGTERM the handler stops the running child (the tests, or a mkfs), the
@@ -18,14 +18,14 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
-use rustix::process::{Pid, Signal, kill_process_group};
+use rustix::process::{Pid, Signal, kill_process, kill_process_group};
 use tempfile::TempDir;
 
 use crate::cmd::{self, Interruptible};
@@ -39,6 +39,8 @@ pub enum Undo {
     Detach { device: PathBuf, backing: PathBuf },
     /// Unmount a filesystem that we mounted there.
     Unmount(PathBuf),
+    /// Unmount the faultfs FUSE filesystem served by `child`, and reap the process.
+    StopFaultfs { child: Child, mountpoint: PathBuf },
 }
 
 static STACK: Mutex<Vec<Undo>> = Mutex::new(Vec::new());
@@ -119,6 +121,10 @@ impl Undo {
             Undo::Unmount(mountpoint) => unmount(&mountpoint),
             Undo::Detach { device, backing } => detach(&device, &backing),
             Undo::RemoveDir(dir) => remove_dir(dir),
+            Undo::StopFaultfs {
+                mut child,
+                mountpoint,
+            } => stop_faultfs(&mut child, &mountpoint),
         }
     }
 }
@@ -153,6 +159,59 @@ fn unmount(mountpoint: &Path) -> Result<()> {
         mountpoint.display()
     );
     Ok(())
+}
+
+/// Unmounts faultfs (see [`unmount`]) and waits for its process, which exits once the kernel
+/// lets go of the filesystem; SIGTERM (it then detaches the mount and exits) and at last
+/// SIGKILL if it does not.
+fn stop_faultfs(child: &mut Child, mountpoint: &Path) -> Result<()> {
+    let unmounted = if is_mounted(mountpoint) {
+        unmount(mountpoint)
+    } else {
+        Ok(())
+    };
+    let pid = Pid::from_child(child);
+    let mut stopped = None;
+    for (signal, grace) in [
+        (None, Duration::from_secs(5)),
+        (Some(Signal::TERM), Duration::from_secs(5)),
+        (Some(Signal::KILL), Duration::from_secs(5)),
+    ] {
+        if let Some(signal) = signal {
+            let _ = kill_process(pid, signal);
+        }
+        if let Some(status) = wait_with_timeout(child, grace)? {
+            stopped = Some((signal, status));
+            break;
+        }
+    }
+    unmounted?;
+    match stopped {
+        None => Err(anyhow!(
+            "faultfs (pid {}) did not exit, even on SIGKILL",
+            child.id()
+        )),
+        Some((None, status)) if status.success() => Ok(()),
+        Some((signal, status)) => Err(anyhow!(
+            "faultfs (pid {}) ended badly: {status}{}",
+            child.id(),
+            signal.map_or(String::new(), |s| format!(" after {s:?}"))
+        )),
+    }
+}
+
+/// Waits up to `timeout` for `child`; its status if it exited.
+fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatus>> {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if started.elapsed() >= timeout {
+            return Ok(None);
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// `losetup -d`, only if the device still serves our backing file.
@@ -234,7 +293,7 @@ pub fn mount_points() -> Vec<PathBuf> {
         .collect()
 }
 
-fn is_mounted(path: &Path) -> bool {
+pub fn is_mounted(path: &Path) -> bool {
     mount_points().iter().any(|p| p == path)
 }
 
@@ -341,7 +400,7 @@ fn signal_child(signal: Signal) {
 
 /// Makes `child` (the leader of its own process group) the one the signal handler stops,
 /// until the returned value is dropped.
-pub fn track_child(child: &std::process::Child) -> TrackedChild {
+pub fn track_child(child: &Child) -> TrackedChild {
     let pid = Pid::from_child(child);
     CHILD_GROUP.store(pid.as_raw_nonzero().get(), Ordering::SeqCst);
     // The signal may have come between spawn and now.

@@ -12,29 +12,36 @@
 //! | `btrfs-zstd` | `mkfs.btrfs`, 512 MiB, mounted `-o compress-force=zstd` |
 //! | `tmpfs` | `mount -t tmpfs -o size=512M` |
 //!
-//! plus a 4 MiB tmpfs to fill up (ENOSPC tests) and a spare 64 MiB loop device without a
-//! filesystem (block-device destinations). Each image is a sparse file on its own loop device
-//! (`losetup --find --show`). Then it runs `cargo test -p blockmap-cli --test 'fs_*'` with:
+//! plus a 4 MiB tmpfs to fill up (ENOSPC tests), a spare 64 MiB loop device without a
+//! filesystem (block-device destinations), and `faultfs` (the fault-injecting FUSE
+//! filesystem of `testing/faultfs`, built with the tests) serving `<dir>/faultfs-backing` at
+//! `<dir>/mnt/faultfs`. Each image is a sparse file on its own loop device
+//! (`losetup --find --show`). `--only` chooses among the filesystems of the table; faultfs is
+//! always mounted. Then it runs `cargo test -p blockmap-cli --test 'fs_*'` with:
 //!
 //! - `BLOCKMAP_FS_TEST_MOUNTS`: `name=mountpoint` pairs, comma separated, in the order above;
 //! - `BLOCKMAP_FS_TEST_TINY`: the mount point of the 4 MiB tmpfs;
 //! - `BLOCKMAP_FS_TEST_BLOCKDEV`: the spare loop device, e.g. `/dev/loop7`;
+//! - `BLOCKMAP_FS_TEST_FAULTFS`: faultfs's mount point; `BLOCKMAP_FS_TEST_FAULTFS_BACKING`:
+//!   its backing directory (the same files, without faults);
 //! - `BLOCKMAP_FS_TEST_REPORT`: a file to which the tests append `fs=<name> test=<test>
 //!   cases=<n>` lines (`fs=<a>-><b>` for a test on a pair; `tiny` and `blockdev` are names
 //!   too), see [`crate::report`].
 //!
 //! Afterwards it prints the cases per filesystem and test, writes the same table to
 //! `target/fs-test-report.txt`, and fails if the tests failed or if any mounted filesystem ran
-//! no case at all. Mounts, loop devices and the directory are undone in every case (see
+//! no case at all (faultfs too, except when a test name filter is given: then it is only
+//! noted, so that a filter for some other filesystem's tests still passes). Mounts, loop devices and the directory are undone in every case (see
 //! [`crate::cleanup`]). The mount points are mode 1777, so that tests may run a command as an
 //! unprivileged user there.
 
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::builder::PossibleValuesParser;
@@ -80,6 +87,12 @@ const BLOCKDEV_MIB: u64 = 64;
 const MOUNT_PACKAGE: &str = "mount";
 /// The test targets of blockmap-cli that fs-test runs (cargo matches the glob itself).
 const TEST_TARGETS: &str = "fs_*";
+/// The report's name for the faultfs mount, and its directory under `mnt/`.
+const FAULTFS: &str = "faultfs";
+/// `statfs` `f_type` of a FUSE filesystem.
+const FUSE_SUPER_MAGIC: u64 = 0x6573_5546;
+/// How long faultfs may take to mount.
+const FAULTFS_MOUNT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The prefix of fs-test's temporary directories, also used to spot leftovers of a killed run.
 const DIR_PREFIX: &str = "blockmap-fs-test-";
 
@@ -278,20 +291,77 @@ fn test_command(args: &Args) -> Command {
     cmd
 }
 
-/// Builds the tests before anything is mounted, so that a compile error costs no mount and
-/// the mounts do not wait for the compiler.
+/// Builds the tests and faultfs before anything is mounted, so that a compile error costs no
+/// mount and the mounts do not wait for the compiler.
 fn build_tests(args: &Args) -> Result<()> {
     let mut build = test_command(args);
     build.arg("--no-run");
-    let status = cmd::run_inherited(&mut build)?;
-    cleanup::check_interrupted()?;
-    if !status.success() {
-        bail!(
-            "building the filesystem tests failed: `{}` ({status})",
-            cmd::describe(&build)
-        );
+    let mut faultfs = Command::new(crate::cargo());
+    faultfs
+        .current_dir(crate::project_root())
+        .args(["build", "--package", "faultfs"]);
+    for command in [&mut build, &mut faultfs] {
+        let status = cmd::run_inherited(command)?;
+        cleanup::check_interrupted()?;
+        if !status.success() {
+            bail!(
+                "building the filesystem tests failed: `{}` ({status})",
+                cmd::describe(command)
+            );
+        }
     }
     Ok(())
+}
+
+/// Starts faultfs over `<dir>/faultfs-backing` at `<dir>/mnt/faultfs` (both mode 1777: the
+/// mount's root has the backing directory's mode) and waits until it is mounted. The process
+/// and its mount are recorded for clean-up. Returns the mount point and the backing directory.
+fn start_faultfs(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let backing = dir.join("faultfs-backing");
+    let mountpoint = dir.join("mnt").join(FAULTFS);
+    for d in [&backing, &mountpoint] {
+        fs::create_dir(d)?;
+        fs::set_permissions(d, fs::Permissions::from_mode(0o1777))?;
+    }
+    let program = crate::target_dir().join("debug").join("faultfs");
+    let mut command = Command::new(&program);
+    // Its own process group: a Ctrl-C is for fs-test to handle, which unmounts it last.
+    command
+        .arg(&backing)
+        .arg(&mountpoint)
+        .stdin(std::process::Stdio::null())
+        .process_group(0);
+    let child = command
+        .spawn()
+        .with_context(|| format!("cannot run `{}`", cmd::describe(&command)))?;
+    let pid = child.id();
+    cleanup::push(Undo::StopFaultfs {
+        child,
+        mountpoint: mountpoint.clone(),
+    });
+    let started = Instant::now();
+    loop {
+        cleanup::check_interrupted()?;
+        let is_fuse =
+            rustix::fs::statfs(&mountpoint).is_ok_and(|st| st.f_type as u64 == FUSE_SUPER_MAGIC);
+        if is_fuse && cleanup::is_mounted(&mountpoint) {
+            return Ok((mountpoint, backing));
+        }
+        // Gone or a zombie: it failed to mount (its stderr says why).
+        let state = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = state.rsplit_once(") ").map(|(_, rest)| rest.chars().next());
+        if matches!(state, None | Some(Some('Z'))) {
+            bail!("`{}` exited without mounting", cmd::describe(&command));
+        }
+        if started.elapsed() > FAULTFS_MOUNT_TIMEOUT {
+            bail!(
+                "`{}` did not mount within {} s",
+                cmd::describe(&command),
+                FAULTFS_MOUNT_TIMEOUT.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Makes the temporary directory, the filesystems, the tiny tmpfs and the spare device, runs
@@ -336,6 +406,8 @@ fn set_up_and_test(
     fs::set_permissions(&tiny, fs::Permissions::from_mode(0o1777))?;
     let blockdev = attach_loop(&dir.join("img").join("blockdev.img"), BLOCKDEV_MIB << 20)
         .context("cannot set up the spare loop device")?;
+    cleanup::check_interrupted()?;
+    let (faultfs, faultfs_backing) = start_faultfs(&dir).context("cannot start faultfs")?;
     let report_path = dir.join("report.txt");
     File::create(&report_path)?;
     if mounted.is_empty() {
@@ -348,7 +420,8 @@ fn set_up_and_test(
         .collect::<Vec<_>>()
         .join(",");
     println!(
-        "fs-test: set up {} filesystems, a {TINY_SIZE} tmpfs and a spare loop device in {:.2} s",
+        "fs-test: set up {} filesystems, a {TINY_SIZE} tmpfs, a spare loop device and faultfs \
+         in {:.2} s",
         mounted.len(),
         started.elapsed().as_secs_f64()
     );
@@ -357,6 +430,12 @@ fn set_up_and_test(
     }
     println!("fs-test:   {:<12} {}", "tiny", tiny.display());
     println!("fs-test:   {:<12} {}", "blockdev", blockdev.display());
+    println!(
+        "fs-test:   {:<12} {} (backing {})",
+        FAULTFS,
+        faultfs.display(),
+        faultfs_backing.display()
+    );
 
     let mut test = test_command(args);
     test.arg("--")
@@ -364,6 +443,8 @@ fn set_up_and_test(
         .env("BLOCKMAP_FS_TEST_MOUNTS", &mounts)
         .env("BLOCKMAP_FS_TEST_TINY", &tiny)
         .env("BLOCKMAP_FS_TEST_BLOCKDEV", &blockdev)
+        .env("BLOCKMAP_FS_TEST_FAULTFS", &faultfs)
+        .env("BLOCKMAP_FS_TEST_FAULTFS_BACKING", &faultfs_backing)
         .env("BLOCKMAP_FS_TEST_REPORT", &report_path);
     println!("fs-test: running `{}`", cmd::describe(&test));
     let started = Instant::now();
@@ -377,7 +458,14 @@ fn set_up_and_test(
     let text = fs::read_to_string(&report_path)
         .with_context(|| format!("cannot read {}", report_path.display()))?;
     let report = report::parse(&text);
-    let names: Vec<&str> = mounted.iter().map(|(name, _)| *name).collect();
+    let names: Vec<&str> = mounted
+        .iter()
+        .map(|(name, _)| *name)
+        .chain([FAULTFS])
+        .collect();
+    // A test name filter may leave out every faultfs test; it may not leave out a filesystem
+    // chosen with `--only`.
+    let filtered = args.test_args.iter().any(|a| !a.starts_with('-'));
     let mut out = String::new();
     let _ = writeln!(out, "fs-test: `{}`", cmd::describe(&test));
     let _ = writeln!(
@@ -397,6 +485,10 @@ fn set_up_and_test(
         );
     }
     for name in report.unexercised(&names) {
+        if name == FAULTFS && filtered {
+            let _ = writeln!(out, "note: no test case ran on {name} (the test filter)");
+            continue;
+        }
         let problem = format!("no test case ran on {name}: the tests skipped a mounted filesystem");
         let _ = writeln!(out, "FAILED: {problem}");
         problems.push(problem);

@@ -29,6 +29,8 @@ const CHUNK: usize = 256 << 10;
 /// Chunks in flight (compressed images): one being read and written, the others being hashed
 /// or waiting.
 const CHUNKS: usize = 8;
+/// Ranges a lane takes at once (a plain image).
+const TAKE: usize = 32;
 /// How often the progress callback hears of the copy of a plain image.
 const PROGRESS_TICK: Duration = Duration::from_millis(50);
 
@@ -460,22 +462,31 @@ impl<'a> Copier<'a> {
                 }
                 stop.load(Ordering::Relaxed)
             };
+            // Ranges taken a few at a time: the bmap file is parsed under the lock.
+            let mut mine = std::collections::VecDeque::new();
             while !halt() {
-                let (index, range) = {
+                if mine.is_empty() {
                     let mut next = next.lock().unwrap_or_else(|p| p.into_inner());
-                    let index = next.0;
-                    match next.1.next() {
-                        None => break,
-                        Some(Err(e)) => {
-                            drop(next);
-                            fail(index, e);
-                            break;
-                        }
-                        Some(Ok(range)) => {
-                            next.0 += 1;
-                            (index, range)
+                    while mine.len() < TAKE {
+                        let index = next.0;
+                        match next.1.next() {
+                            None => break,
+                            Some(Err(e)) => {
+                                // Reported after the ranges before it were copied.
+                                next.0 = usize::MAX;
+                                drop(next);
+                                fail(index, e);
+                                break;
+                            }
+                            Some(Ok(range)) => {
+                                next.0 += 1;
+                                mine.push_back((index, range));
+                            }
                         }
                     }
+                }
+                let Some((index, range)) = mine.pop_front() else {
+                    break;
                 };
                 let mut hasher = kind
                     .filter(|_| range.checksum.is_some())

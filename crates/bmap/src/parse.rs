@@ -4,6 +4,7 @@
 //! ranges costs what one does; input that is not a bmap (`/dev/zero`, a binary file) is
 //! refused within its first kilobytes instead of being read to its end.
 
+use std::borrow::Cow;
 use std::io::{self, BufRead, Read};
 
 use quick_xml::events::Event;
@@ -150,7 +151,8 @@ pub(crate) struct Header {
 pub(crate) struct Parser<R> {
     reader: quick_xml::Reader<Guard<R>>,
     buf: Vec<u8>,
-    stack: Vec<String>,
+    /// The open elements (the names of a bmap's own elements not allocated).
+    stack: Vec<Cow<'static, str>>,
     text: String,
     start_at: u64,
     seen_root: bool,
@@ -191,6 +193,26 @@ impl<R: BufRead> Parser<R> {
             header_only: true,
             ..Parser::new(inner)
         }
+    }
+}
+
+/// An element name: a bmap's own without an allocation.
+fn intern(name: &str) -> Cow<'static, str> {
+    const NAMES: [&str; 10] = [
+        "Range",
+        "BlockMap",
+        "ImageSize",
+        "BlockSize",
+        "BlocksCount",
+        "MappedBlocksCount",
+        "ChecksumType",
+        "BmapFileChecksum",
+        "BmapFileSHA1",
+        "bmap",
+    ];
+    match NAMES.iter().find(|n| **n == name) {
+        Some(n) => Cow::Borrowed(n),
+        None => Cow::Owned(name.to_owned()),
     }
 }
 
@@ -287,11 +309,11 @@ impl<R: BufRead> Parser<R> {
                             self.version = Some((a.value.into_owned(), at));
                         }
                     }
-                    self.stack.push(name);
+                    self.stack.push(Cow::Borrowed("bmap"));
                     self.text.clear();
                 }
                 Event::Start(e) => {
-                    let name = e.name().as_ref().to_owned();
+                    let name = intern(e.name().as_ref());
                     if self.header_only
                         && self.stack.len() == 1
                         && name == "BlockMap"
@@ -353,7 +375,7 @@ impl<R: BufRead> Parser<R> {
                 Event::End(_) => {
                     let name = self.stack.pop().unwrap_or_default();
                     let depth = self.stack.len();
-                    let text = std::mem::take(&mut self.text);
+                    let text = &self.text;
                     if depth == 1 {
                         if let Some(i) = FIELDS.iter().position(|n| *n == name) {
                             if self.fields[i].is_some() {
@@ -369,9 +391,11 @@ impl<R: BufRead> Parser<R> {
                         && self.stack[1] == "BlockMap"
                         && let Some(mut r) = range.take()
                     {
-                        r.text = text.trim().to_owned();
+                        r.text.push_str(text.trim());
+                        self.text.clear();
                         return Ok(Some(r));
                     }
+                    self.text.clear();
                 }
                 Event::Eof => self.eof = true,
                 Event::Comment(_) | Event::Decl(_) | Event::PI(_) | Event::DocType(_) => {}

@@ -399,3 +399,43 @@ fn early_failures_leave_the_destination_untouched() {
     check(fifo, "empty stream");
     writer.join().unwrap();
 }
+
+/// Header fields after the `<BlockMap>` (legal XML, never what bmaptool writes): the first
+/// pass reads on to find them, and the file reads as the same bmap.
+#[test]
+fn header_fields_after_the_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bmap = Bmap::new(40 << 20, BLOCK);
+    for i in 0..50 {
+        bmap.push(BlockRange {
+            first: i * 10,
+            last: i * 10 + 4,
+            checksum: Some(ChecksumType::Sha256.hex_digest(&i.to_le_bytes())),
+        });
+    }
+    let xml = String::from_utf8(bmap.to_xml()).unwrap();
+    let sum = bmap::Bmap::from_bytes(xml.as_bytes(), "x")
+        .unwrap()
+        .file_checksum
+        .unwrap();
+    let line = xml
+        .lines()
+        .find(|l| l.contains("<ImageSize>"))
+        .unwrap()
+        .to_owned();
+    let moved = xml
+        .replacen(&format!("{line}\n"), "", 1)
+        .replacen("</bmap>", &format!("{line}\n</bmap>"), 1)
+        .replacen(&sum, &"0".repeat(64), 1);
+    let fixed = moved.replacen(
+        &"0".repeat(64),
+        &ChecksumType::Sha256.hex_digest(moved.as_bytes()),
+        1,
+    );
+    let path = dir.path().join("moved.bmap");
+    std::fs::write(&path, &fixed).unwrap();
+    let read = BmapFile::open(&path).unwrap().to_bmap().unwrap();
+    assert_eq!(read.ranges, bmap.ranges);
+    assert_eq!(read.image_size, bmap.image_size);
+    assert_eq!(read, Bmap::from_bytes(fixed.as_bytes(), "x").unwrap());
+}

@@ -414,7 +414,7 @@ fn header_fields_after_the_ranges() {
         });
     }
     let xml = String::from_utf8(bmap.to_xml()).unwrap();
-    let sum = bmap::Bmap::from_bytes(xml.as_bytes(), "x")
+    let sum = Bmap::from_bytes(xml.as_bytes(), "x")
         .unwrap()
         .file_checksum
         .unwrap();

@@ -5,7 +5,7 @@
 //! the first pass reads it.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -80,8 +80,8 @@ impl Bmap {
 pub struct BmapFile {
     /// The bytes: the file itself, or the spool of a stream.
     file: File,
-    /// The spool's name, while it exists (for gpg, which reads by name).
-    spool: Option<tempfile::TempPath>,
+    /// Whether `file` is a spool (unlinked) of a stream.
+    spooled: bool,
     path: PathBuf,
     header: Header,
     info: BmapInfo,
@@ -108,9 +108,10 @@ impl BmapFile {
         &self.path
     }
 
-    /// A path from which its bytes can be read again: the file, or its spool.
-    pub(crate) fn data_path(&self) -> &Path {
-        self.spool.as_deref().unwrap_or(&self.path)
+    /// Where a program can read its bytes again: its path, or (a spooled stream) a
+    /// descriptor of the spool, from its start, for the program's stdin.
+    pub(crate) fn data(&self) -> Result<Data> {
+        data(&self.file, self.spooled, &self.path)
     }
 
     /// What the bmap says about its image.
@@ -209,12 +210,34 @@ impl Iterator for Ranges<'_> {
 /// The bmap file's bytes on a file that can be read again: the file, or a spool of it.
 pub(crate) struct Input {
     file: File,
-    spool: Option<tempfile::TempPath>,
+    /// Whether `file` is a spool (unlinked) of a stream.
+    spooled: bool,
     /// Starts with the clearsign marker.
     pub clearsigned: bool,
     /// Bytes read from a stream and not yet spooled (a stream's first bytes, read to tell
     /// what it is), and the stream to spool.
     pending: Option<(Vec<u8>, File)>,
+}
+
+/// Where another program (gpg) reads a bmap file's bytes.
+pub(crate) enum Data {
+    /// By name.
+    Path(PathBuf),
+    /// From its stdin: a descriptor of the spool, at its start.
+    Stdin(File),
+}
+
+fn data(file: &File, spooled: bool, path: &Path) -> Result<Data> {
+    if !spooled {
+        return Ok(Data::Path(path.to_owned()));
+    }
+    let mut spool = file
+        .try_clone()
+        .map_err(|e| Error::io("reopen the spooled bmap file", path, e))?;
+    spool
+        .seek(SeekFrom::Start(0))
+        .map_err(|e| Error::io("rewind the spooled bmap file", path, e))?;
+    Ok(Data::Stdin(spool))
 }
 
 /// What starts a clearsigned bmap file.
@@ -239,7 +262,7 @@ impl Input {
                 .map_err(|e| Error::io("read the bmap file", path, e))?;
             return Ok(Input {
                 file,
-                spool: None,
+                spooled: false,
                 clearsigned: head[..n] == *CLEARSIGN_MARKER,
                 pending: None,
             });
@@ -249,20 +272,20 @@ impl Input {
         let n = read_full(&mut &file, &mut head)
             .map_err(|e| Error::io("read the bmap file", path, e))?;
         head.truncate(n);
-        let (spool_file, spool) = tempfile::NamedTempFile::new()
-            .map_err(|e| Error::io("make a temporary file for the bmap", path, e))?
-            .into_parts();
+        let spool = tempfile::tempfile()
+            .map_err(|e| Error::io("make a temporary file for the bmap", path, e))?;
         Ok(Input {
-            file: spool_file,
-            spool: Some(spool),
+            file: spool,
+            spooled: true,
             clearsigned: head == CLEARSIGN_MARKER,
             pending: Some((head, file)),
         })
     }
 
-    /// A path from which the bytes can be read (the spool must be complete).
-    pub(crate) fn data_path<'a>(&'a self, path: &'a Path) -> &'a Path {
-        self.spool.as_deref().unwrap_or(path)
+    /// Where a program can read the bytes (the spool must be complete): see
+    /// [`BmapFile::data`].
+    pub(crate) fn data(&self, path: &Path) -> Result<Data> {
+        data(&self.file, self.spooled, path)
     }
 
     /// Copies what is left of a stream into the spool (a clearsigned stream, which goes to
@@ -348,7 +371,7 @@ impl Input {
         tracing::debug!(bmap = %path.display(), ranges = info.ranges, "bmap file checked");
         Ok(BmapFile {
             file: self.file,
-            spool: self.spool,
+            spooled: self.spooled,
             path: path.to_owned(),
             header,
             info,

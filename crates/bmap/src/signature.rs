@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use tracing::debug;
 
 use crate::error::{Error, Result};
-use crate::file::{BmapFile, Input};
+use crate::file::{BmapFile, Data, Input};
 
 /// How [`read_signed`] treats signatures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +65,6 @@ pub fn read_signed(
         let plain = tempfile::NamedTempFile::new()
             .map_err(|e| Error::io("make a temporary file for the bmap", path, e))?;
         let out = plain.path().to_owned();
-        let data = input.data_path(path).to_owned();
         let (_, status) = gpg(
             path,
             &[
@@ -74,7 +73,8 @@ pub fn read_signed(
                 out.as_os_str(),
                 "--decrypt".as_ref(),
             ],
-            &[&data],
+            &[],
+            input.data(path)?,
         )?;
         let signer = match check {
             SignatureCheck::Verify => Some(signer(path, &status)?),
@@ -119,21 +119,26 @@ pub fn read_signed(
         }
     };
     debug!(signature = %sig.display(), "verifying the bmap's detached signature");
-    let data = bmap.data_path().to_owned();
-    let (_, status) = gpg(&sig, &["--verify".as_ref()], &[&sig, &data])?;
+    let (_, status) = gpg(&sig, &["--verify".as_ref()], &[&sig], bmap.data()?)?;
     Ok((bmap, Some(signer(&sig, &status)?)))
 }
 
-/// Runs `gpg` in batch mode with `args` then `files`; returns its standard output and its
-/// status lines (`--status-fd`). Its exit code is not judged here: the status lines say what
-/// it found.
-fn gpg(sig: &Path, args: &[&OsStr], files: &[&Path]) -> Result<(Vec<u8>, String)> {
+/// Runs `gpg` in batch mode with `args`, then `files`, then the bmap's `data`; returns its
+/// standard output and its status lines (`--status-fd`). Its exit code is not judged here: the
+/// status lines say what it found.
+fn gpg(sig: &Path, args: &[&OsStr], files: &[&Path], data: Data) -> Result<(Vec<u8>, String)> {
     let program = std::env::var_os("BLOCKMAP_GPG").unwrap_or_else(|| "gpg".into());
+    // The bmap's bytes last: by name, or `-` for a spooled stream given as stdin.
+    let (data, stdin): (PathBuf, Stdio) = match data {
+        Data::Path(p) => (p, Stdio::null()),
+        Data::Stdin(file) => (PathBuf::from("-"), Stdio::from(file)),
+    };
     let out = Command::new(&program)
         .args(["--batch", "--no-tty", "--status-fd", "2"])
         .args(args)
         .args(files)
-        .stdin(Stdio::null())
+        .arg(&data)
+        .stdin(stdin)
         .output()
         .map_err(|e| Error::Signature {
             path: sig.to_owned(),

@@ -169,7 +169,8 @@ fn pipes_and_checks_before_writing() {
     assert_fails(out.status, &stderr(&out), 1, &["/dev/stdin"]);
 }
 
-/// `--bmap /dev/zero` and a binary file are refused at once as not a bmap, one line.
+/// `--bmap /dev/zero` is refused at once as not a bmap, one line; `/dev/zero` as the image
+/// stops once it has given more than the bmap's image size.
 #[test]
 fn not_a_bmap_is_refused_at_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -187,6 +188,30 @@ fn not_a_bmap_is_refused_at_once() {
         &stderr(&out),
         1,
         &["/dev/zero", "not a bmap file"],
+    );
+    assert!(!dest.exists());
+    // /dev/zero as the image: read as a stream, and not to its (absent) end.
+    let bmap = dir.path().join("disk.img.bmap");
+    let child = Command::new(BLOCKMAP)
+        .args([
+            "bmap",
+            "copy",
+            "--no-verify",
+            "--bmap",
+            s(&bmap),
+            "/dev/zero",
+            s(&dest),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = finish(child, 30);
+    assert_fails(
+        out.status,
+        &stderr(&out),
+        1,
+        &["/dev/zero", "do not belong together"],
     );
     assert!(!dest.exists());
 }

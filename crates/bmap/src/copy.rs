@@ -390,7 +390,7 @@ impl<'a> Copier<'a> {
             Source::File(file) => self.lanes(file, image, out.file(), dest, written)?,
             stream => {
                 let mut report = self.pump(stream, image, out.file(), dest, written)?;
-                report.skipped_bytes += drain(stream, image, &stopped, dest)?;
+                report.skipped_bytes += drain(stream, image, info.image_size, &stopped, dest)?;
                 let end = stream.position();
                 if end != info.image_size {
                     return Err(Error::ImageSize {
@@ -703,10 +703,12 @@ impl<'a> Copier<'a> {
 }
 
 /// Reads a stream to its end (so that a compressed format's own checksums, at its end, are
-/// checked); returns the bytes read.
+/// checked), or to just past `limit` bytes (an endless stream such as `/dev/zero` is not the
+/// image); returns the bytes read.
 fn drain(
     source: &mut Source,
     image: &Path,
+    limit: u64,
     stopped: &dyn Fn() -> bool,
     dest: &Path,
 ) -> Result<u64> {
@@ -718,6 +720,9 @@ fn drain(
             return Err(interrupted(dest));
         }
         let at = source.position();
+        if at > limit {
+            return Ok(dropped);
+        }
         let n = source
             .read_more(&mut buf)
             .map_err(|e| stream_error(e, image, compression, at))?;

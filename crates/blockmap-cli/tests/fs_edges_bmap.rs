@@ -10,8 +10,8 @@
 //! - `bmap_signals_stop_the_copy`: the image read slowly (`read-delay-ms`), plain (one lane per
 //!   core) and gzip (one stream); SIGINT, SIGTERM and SIGHUP midway: the copy stops within a
 //!   chunk, exit status 128+signal, one line saying so; a DEST it created is removed, an
-//!   existing one is named with the bytes that may be partly written. The library's interrupt
-//!   flag raised midway: the same.
+//!   existing one (a file, or fs-test's spare block device) is named with the bytes that may
+//!   be partly written. The library's interrupt flag raised midway: the same.
 
 #![allow(clippy::print_stderr)] // a test that cannot run here says why
 
@@ -317,6 +317,44 @@ fn bmap_signals_stop_the_copy() {
                 }
             }
         }
+        // A block device (fs-test's spare one), which cannot be undone: the line names the
+        // bytes that may be partly written, inside the image's data.
+        if let Some(dev) = std::env::var_os("BLOCKMAP_FS_TEST_BLOCKDEV").filter(|d| !d.is_empty()) {
+            let mut child = Command::new(BLOCKMAP)
+                .args(["bmap", "copy", "--bmap"])
+                .args([img.bmap.as_os_str(), img.plain.as_os_str(), &dev])
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(500));
+            kill(child.id(), Signal::TERM);
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            let status = child.wait().unwrap();
+            ensure!(
+                status.code() == Some(143),
+                "block device: {status:?}: {err}"
+            );
+            let span = err
+                .split_once("interrupted by SIGTERM: bytes ")
+                .and_then(|(_, rest)| rest.split_once(" may be partly written"))
+                .and_then(|(span, _)| span.split_once('-'))
+                .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)));
+            let Some((first, last)) = span else {
+                return Err(format!("block device: no span of bytes in {err:?}"));
+            };
+            ensure!(
+                MIB <= first && first <= last && last < 17 * MIB,
+                "block device: bytes {first}-{last} outside the image's data: {err}"
+            );
+            *cases += 1;
+        }
+
         // The library: the flag raised midway by another thread.
         for image in [&img.plain, &img.gz] {
             let dest = dest_dir.path().join("lib.img");

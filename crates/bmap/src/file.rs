@@ -119,11 +119,14 @@ impl BmapFile {
         &self.info
     }
 
-    /// The ranges, in order, read from the file as the iterator goes (each checked again; an
-    /// error only if the file changed since it was opened).
+    /// The ranges, in order, read from the file as the iterator goes (each checked again, and
+    /// the file's checksum at the end: an error only if the file changed since it was opened).
     pub fn ranges(&self) -> Ranges<'_> {
         Ranges {
-            parser: Parser::new(BufReader::with_capacity(BUFFER, At::new(&self.file))),
+            parser: Parser::new(Hashing {
+                inner: BufReader::with_capacity(BUFFER, At::new(&self.file)),
+                hasher: ZeroingHasher::of(&self.header),
+            }),
             check: RangeCheck::default(),
             file: self,
             done: false,
@@ -169,7 +172,7 @@ fn fault(f: Fault, file: &File, path: &Path) -> Error {
 
 /// The ranges of a [`BmapFile`], read one at a time.
 pub struct Ranges<'a> {
-    parser: Parser<BufReader<At<'a>>>,
+    parser: Parser<Hashing<BufReader<At<'a>>>>,
     check: RangeCheck,
     file: &'a BmapFile,
     done: bool,
@@ -199,7 +202,24 @@ impl Iterator for Ranges<'_> {
                     self.file.fault(f)
                 }));
             }
-            Ok(None) => self.check.finish(header).err(),
+            Ok(None) => match self.check.finish(header) {
+                Err(f) => Some(f),
+                Ok(()) => {
+                    self.done = true;
+                    // Read to its end again: still the file that was checked.
+                    let calculated = self.parser.take_hasher().map(ZeroingHasher::finish_hex);
+                    return match (calculated, &header.file_checksum) {
+                        (Some(calculated), Some(expected)) if calculated != *expected => {
+                            Some(Err(Error::BmapChecksum {
+                                path: self.file.path.clone(),
+                                expected: expected.clone(),
+                                calculated: format!("{calculated} (it changed during the copy)"),
+                            }))
+                        }
+                        _ => None,
+                    };
+                }
+            },
             Err(f) => Some(f),
         };
         self.done = true;
@@ -325,13 +345,9 @@ impl Input {
         .map_err(|f| fault(f, &self.file, path))?;
 
         // Pass 2: every range against the header, and the file's own checksum.
-        let mut zeroing = header
-            .checksum_type
-            .zip(header.file_checksum.clone())
-            .map(|(kind, sum)| ZeroingHasher::new(kind, sum.into_bytes()));
         let reader = Hashing {
             inner: BufReader::with_capacity(BUFFER, At::new(&self.file)),
-            hasher: zeroing.as_mut(),
+            hasher: ZeroingHasher::of(&header),
         };
         let mut parser = Parser::new(reader);
         let mut check = RangeCheck::default();
@@ -346,8 +362,7 @@ impl Input {
             Ok(header)
         })();
         let header = checked.map_err(|f| fault(f, &self.file, path))?;
-        drop(parser);
-        if let Some(z) = zeroing {
+        if let Some(z) = parser.into_inner().hasher {
             let expected = header.file_checksum.clone().unwrap_or_default();
             let calculated = z.finish_hex();
             if calculated != expected {
@@ -486,12 +501,19 @@ impl<R: BufRead> BufRead for Tee<'_, R> {
 }
 
 /// A `BufRead` that hashes what is consumed of it.
-struct Hashing<'h, R> {
+struct Hashing<R> {
     inner: R,
-    hasher: Option<&'h mut ZeroingHasher>,
+    hasher: Option<ZeroingHasher>,
 }
 
-impl<R: BufRead> Read for Hashing<'_, R> {
+impl<R: BufRead> Parser<Hashing<R>> {
+    /// The hasher of what was read.
+    fn take_hasher(&mut self) -> Option<ZeroingHasher> {
+        self.reader_mut().hasher.take()
+    }
+}
+
+impl<R: BufRead> Read for Hashing<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         let n = {
             let buf = self.fill_buf()?;
@@ -504,7 +526,7 @@ impl<R: BufRead> Read for Hashing<'_, R> {
     }
 }
 
-impl<R: BufRead> BufRead for Hashing<'_, R> {
+impl<R: BufRead> BufRead for Hashing<R> {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
         self.inner.fill_buf()
     }
@@ -531,6 +553,12 @@ struct ZeroingHasher {
 }
 
 impl ZeroingHasher {
+    /// The hasher of a file with this header, if it has a checksum.
+    fn of(header: &Header) -> Option<Self> {
+        let (kind, sum) = header.checksum_type.zip(header.file_checksum.as_ref())?;
+        Some(ZeroingHasher::new(kind, sum.as_bytes().to_vec()))
+    }
+
     fn new(kind: ChecksumType, needle: Vec<u8>) -> Self {
         ZeroingHasher {
             hasher: kind.hasher(),

@@ -244,6 +244,11 @@ impl<R: BufRead> Parser<R> {
         self.reader.into_inner().inner
     }
 
+    /// The reader it reads from, to change.
+    pub(crate) fn reader_mut(&mut self) -> &mut R {
+        &mut self.reader.get_mut().inner
+    }
+
     /// The next `<Range>` of the `<BlockMap>`, or `None` at the end of the document.
     pub(crate) fn next_range(&mut self) -> Result<Option<RawRange>, Fault> {
         let mut range: Option<RawRange> = None;

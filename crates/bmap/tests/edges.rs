@@ -439,3 +439,40 @@ fn header_fields_after_the_ranges() {
     assert_eq!(read.image_size, bmap.image_size);
     assert_eq!(read, Bmap::from_bytes(fixed.as_bytes(), "x").unwrap());
 }
+
+/// A bmap file changed after it was checked (a range rewritten in place, still well-formed):
+/// its ranges, read again for the copy, end in a checksum error instead of passing for the
+/// file that was checked.
+#[test]
+fn a_bmap_file_changed_after_its_check_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bmap = Bmap::new(40 << 20, BLOCK);
+    for i in 0..20 {
+        bmap.push(BlockRange {
+            first: i * 10,
+            last: i * 10 + 4,
+            checksum: None,
+        });
+    }
+    let xml = bmap.to_xml();
+    let path = dir.path().join("x.bmap");
+    std::fs::write(&path, &xml).unwrap();
+    let file = BmapFile::open(&path).unwrap();
+    assert_eq!(file.to_bmap().unwrap().ranges, bmap.ranges);
+    let at = memchr_find(&xml, b"> 50-54 <").unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .write_all_at(b"> 51-55 <", at as u64)
+        .unwrap();
+    let read: Vec<_> = file.ranges().collect();
+    match read.last() {
+        Some(Err(Error::BmapChecksum { .. })) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+fn memchr_find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}

@@ -6,7 +6,7 @@ use std::io::{self, IsTerminal, Write};
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use bmap::{Copier, CreateOptions, SignatureCheck, human_size};
 use sparsecopy::Destination;
 
@@ -30,8 +30,26 @@ fn create(args: &BmapCreateArgs) -> Result<()> {
     // The bmap is written as its ranges are hashed, into the file or, for stdout (which may
     // be a pipe, and the file checksum goes into the header last), into a temporary file
     // copied out at the end.
+    let to_stream = |out: &mut dyn Write, name: &str| -> Result<bmap::BmapInfo> {
+        let spool = tempfile::tempfile().context("cannot make a temporary file")?;
+        let info = bmap::create_to(&args.image, &options, &spool, Path::new("<temporary file>"))?;
+        io::copy(&mut &spool, out)
+            .and_then(|_| out.flush())
+            .with_context(|| format!("writing the bmap to {name}"))?;
+        Ok(info)
+    };
     let info = match &args.output {
+        // `-o /dev/stdout` and other streams: as stdout.
+        Some(path) if std::fs::metadata(path).is_ok_and(|m| is_stream(m.file_type())) => {
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| anyhow!("{}: cannot open: {e}", path.display()))?;
+            to_stream(&mut out, &path.display().to_string())?
+        }
         Some(path) => {
+            let image = std::fs::File::open(&args.image)
+                .map_err(|e| anyhow!("{}: cannot open the image: {e}", args.image.display()))?;
             let out = Destination::open(path)?;
             let refused = if out.is_block_device() {
                 Some(format!(
@@ -39,15 +57,15 @@ fn create(args: &BmapCreateArgs) -> Result<()> {
                     path.display()
                 ))
             } else {
-                let image = std::fs::File::open(&args.image)
-                    .with_context(|| format!("{}: cannot open the image", args.image.display()))?;
-                out.is_same_file(&image, &args.image)?.then(|| {
-                    format!(
+                match out.is_same_file(&image, &args.image) {
+                    Ok(false) => None,
+                    Ok(true) => Some(format!(
                         "{} and {} are the same file: nothing written",
                         args.image.display(),
                         path.display()
-                    )
-                })
+                    )),
+                    Err(e) => Some(e.to_string()),
+                }
             };
             if let Some(refused) = refused {
                 out.remove_if_created();
@@ -62,16 +80,7 @@ fn create(args: &BmapCreateArgs) -> Result<()> {
                 }
             }
         }
-        None => {
-            let spool = tempfile::tempfile().context("cannot make a temporary file")?;
-            let info =
-                bmap::create_to(&args.image, &options, &spool, Path::new("<temporary file>"))?;
-            let mut out = io::stdout().lock();
-            io::copy(&mut &spool, &mut out)
-                .and_then(|_| out.flush())
-                .context("writing the bmap to stdout")?;
-            info
-        }
+        None => to_stream(&mut io::stdout().lock(), "stdout")?,
     };
     let percent = if info.blocks_count == 0 {
         0.0
@@ -95,6 +104,12 @@ fn create(args: &BmapCreateArgs) -> Result<()> {
         started.elapsed().as_secs_f64(),
     ));
     Ok(())
+}
+
+/// A FIFO, character device or socket: written in order, never sized or rewritten.
+fn is_stream(kind: std::fs::FileType) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    kind.is_fifo() || kind.is_char_device() || kind.is_socket()
 }
 
 fn copy(args: &BmapCopyArgs) -> Result<()> {

@@ -482,3 +482,33 @@ fn memory_is_bounded_for_big_bmaps() {
         peaks[0] / MIB
     );
 }
+
+/// `bmap create` writes as it hashes, through a temporary file for a stream: `-o /dev/stdout`
+/// into a pipe gives what stdout gives; `-o FILE` of a missing image leaves no FILE, and an
+/// existing FILE untouched.
+#[test]
+fn create_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (img, bmap) = image(dir.path());
+    let to_stdout = blockmap(&["bmap", "create", s(&img)]);
+    assert_ok(&to_stdout);
+    assert_eq!(to_stdout.stdout, std::fs::read(&bmap).unwrap());
+    let via_dev = blockmap(&["bmap", "create", "-o", "/dev/stdout", s(&img)]);
+    assert_ok(&via_dev);
+    assert_eq!(via_dev.stdout, to_stdout.stdout);
+
+    let missing = dir.path().join("missing.img");
+    let out_file = dir.path().join("new.bmap");
+    let out = blockmap(&["bmap", "create", "-o", s(&out_file), s(&missing)]);
+    assert_fails(
+        out.status,
+        &stderr(&out),
+        1,
+        &["missing.img", "No such file"],
+    );
+    assert!(!out_file.exists(), "created for a missing image");
+    std::fs::write(&out_file, b"keep").unwrap();
+    let out = blockmap(&["bmap", "create", "-o", s(&out_file), s(&missing)]);
+    assert_fails(out.status, &stderr(&out), 1, &["missing.img"]);
+    assert_eq!(std::fs::read(&out_file).unwrap(), b"keep");
+}

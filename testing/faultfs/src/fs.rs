@@ -276,6 +276,10 @@ impl FaultFs {
         lock(&self.handles).get(&fh.0).cloned().ok_or(Errno::EBADF)
     }
 
+    fn any_handle_of(&self, ino: u64) -> Option<Arc<Handle>> {
+        lock(&self.handles).values().find(|h| h.ino == ino).cloned()
+    }
+
     fn add_handle(&self, file: File, ino: u64) -> FileHandle {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.handles).insert(fh, Arc::new(Handle { file, ino }));
@@ -434,11 +438,26 @@ impl Filesystem for FaultFs {
         }
         let result = (|| {
             let rel = self.rel(ino)?;
-            let md = match fh.and_then(|fh| self.handle(fh).ok()) {
-                Some(h) => h.file.metadata(),
-                None => fs::symlink_metadata(self.abs(&rel)),
-            }
-            .map_err(|e| errno(&e))?;
+            // fstat(2) comes without a handle: any open one of this inode is the very file,
+            // even if its path was unlinked or now names another file.
+            let handle = fh
+                .and_then(|fh| self.handle(fh).ok())
+                .or_else(|| self.any_handle_of(ino.0));
+            let md = match handle {
+                Some(h) => h.file.metadata().map_err(|e| errno(&e))?,
+                None => {
+                    let md = fs::symlink_metadata(self.abs(&rel)).map_err(|e| errno(&e))?;
+                    let now_at_path = lock(&self.inodes)
+                        .by_key
+                        .get(&(md.dev(), md.ino()))
+                        .copied();
+                    if now_at_path.is_some_and(|other| other != ino.0) {
+                        // The path names another file now; this one is gone.
+                        return Err(Errno::ENOENT);
+                    }
+                    md
+                }
+            };
             Ok(self.attr(ino.0, &rel, &md))
         })();
         match result {

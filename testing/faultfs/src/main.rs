@@ -43,7 +43,7 @@
 //! | --- | --- |
 //! | `read-eio=OFF` | a read starting before OFF returns at most the bytes before OFF; a read starting at or after OFF fails with EIO |
 //! | `short-read=N` | each read returns at most N bytes (N ≥ 1) |
-//! | `read-delay-ms=N` | each read is answered N ms late, from a thread of its own: other requests, on this file or another, go on meanwhile |
+//! | `read-delay-ms=N` | each read is answered N ms late, from a thread of its own: other requests, on this file or another, go on meanwhile. A signal does not cut the read short (faultfs does not take FUSE interrupts): a handled signal that arrives meanwhile is seen when the read returns, a fatal one ends the program at once |
 //! | `write-eio=OFF` | a write starting before OFF writes only the bytes before OFF and returns that count; a write starting at or after OFF fails with EIO |
 //! | `write-enospc=OFF` | the same with ENOSPC |
 //! | `write-edquot=OFF` | the same with EDQUOT (when several `write-*` are set, the lowest OFF counts) |
@@ -133,18 +133,18 @@ fn run(backing: &Path, mountpoint: &Path) -> Result<(), String> {
     ];
     config.acl = SessionACL::All;
     config.n_threads = Some(THREADS);
-    let session = Session::new(filesystem, &mountpoint, &config)
-        .map_err(|e| format!("cannot mount on {}: {e}", mountpoint.display()))?;
-
+    // Signals are caught before the mount appears: whoever sees it mounted may stop it at once.
     let (events, event) = mpsc::channel();
     let ended = events.clone();
-    let serving = thread::spawn(move || {
-        let _ = ended.send(Event::Ended(session.run()));
-    });
     ctrlc::set_handler(move || {
         let _ = events.send(Event::Signal);
     })
     .map_err(|e| format!("cannot handle signals: {e}"))?;
+    let session = Session::new(filesystem, &mountpoint, &config)
+        .map_err(|e| format!("cannot mount on {}: {e}", mountpoint.display()))?;
+    let serving = thread::spawn(move || {
+        let _ = ended.send(Event::Ended(session.run()));
+    });
     eprintln!(
         "faultfs: serving {} at {}",
         backing.display(),
@@ -180,6 +180,8 @@ fn unmount(mountpoint: &Path) -> bool {
             eprintln!("faultfs: unmounted {}", mountpoint.display());
             true
         }
+        // Not mounted any more: someone else detached it lazily.
+        Err(rustix::io::Errno::INVAL) => false,
         Err(e) => {
             match rustix::mount::unmount(mountpoint, UnmountFlags::DETACH) {
                 Ok(()) => eprintln!(

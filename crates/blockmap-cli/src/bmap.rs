@@ -122,12 +122,8 @@ fn copy(args: &BmapCopyArgs) -> Result<()> {
                 args.image.display()
             );
         }
-        let options = CreateOptions {
-            checksums: false,
-            ..CreateOptions::default()
-        };
         (
-            Copier::new(bmap::create(&args.image, &options)?).bmap_path("-"),
+            Copier::from_image_map(&args.image, blockmap_core::BackendChoice::Auto)?,
             "no bmap: the image's own block map".to_owned(),
         )
     } else {

@@ -12,6 +12,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, channel, sync_chan
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use blockmap_core::{BackendChoice, BlockMap, MapOptions};
 use rustix::fs::Advice;
 use sparsecopy::Destination;
 use tracing::debug;
@@ -74,6 +75,8 @@ pub struct Copier<'a> {
 enum RangeSource {
     Memory(Vec<BlockRange>),
     File(BmapFile),
+    /// The image's own block map, walked again as the copy goes (no bmap file).
+    Map(BlockMap<File>),
 }
 
 /// The ranges in order, with their errors (a bmap file read as the copy goes).
@@ -84,6 +87,14 @@ impl RangeSource {
         match self {
             RangeSource::Memory(ranges) => Box::new(ranges.iter().cloned().map(Ok)),
             RangeSource::File(file) => Box::new(file.ranges()),
+            RangeSource::Map(map) => Box::new(map.mapped_blocks(0..map.block_count()).map(|r| {
+                let r = r?;
+                Ok(BlockRange {
+                    first: r.start,
+                    last: r.end - 1,
+                    checksum: None,
+                })
+            })),
         }
     }
 }
@@ -200,6 +211,39 @@ impl<'a> Copier<'a> {
             interrupt: None,
             progress: None,
         }
+    }
+
+    /// A copier by the image's own block map (no bmap file, nothing to verify), walked once
+    /// here to count the mapped blocks and again as the copy goes: what `bmaptool copy
+    /// --nobmap` copies, in the memory of one walk.
+    pub fn from_image_map(image: impl AsRef<Path>, backend: BackendChoice) -> Result<Self> {
+        let image = image.as_ref();
+        let map = BlockMap::open(image, MapOptions::from(backend))?;
+        let block_size = u64::from(map.block_size());
+        let mut bmap = Bmap::new(map.size(), block_size);
+        bmap.checksum_type = None;
+        let mut info = bmap.info();
+        for r in map.mapped_blocks(0..map.block_count()) {
+            let r = r?;
+            let range = BlockRange {
+                first: r.start,
+                last: r.end - 1,
+                checksum: None,
+            };
+            let bytes = range.bytes(block_size, info.image_size);
+            info.mapped_blocks_count += range.blocks();
+            info.mapped_bytes += bytes.end - bytes.start;
+            info.ranges += 1;
+        }
+        Ok(Copier {
+            info,
+            ranges: RangeSource::Map(map),
+            bmap_path: PathBuf::from("-"),
+            verify: false,
+            sync: true,
+            interrupt: None,
+            progress: None,
+        })
     }
 
     /// The bmap file's path, to name it in errors.

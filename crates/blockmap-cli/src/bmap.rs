@@ -3,11 +3,12 @@
 //! same progress bar and one summary line as `blockmap copy`.
 
 use std::io::{self, IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use bmap::{Copier, CreateOptions, SignatureCheck, human_size};
+use sparsecopy::Destination;
 
 use crate::cli::{BmapCommand, BmapCopyArgs, BmapCreateArgs};
 use crate::copy::progress_bar;
@@ -26,32 +27,75 @@ fn create(args: &BmapCreateArgs) -> Result<()> {
         backend: args.backend,
         ..CreateOptions::default()
     };
-    let bmap = bmap::create(&args.image, &options)?;
-    let xml = bmap.to_xml();
-    match &args.output {
-        Some(path) => std::fs::write(path, &xml)
-            .with_context(|| format!("{}: cannot write the bmap file", path.display()))?,
-        None => {
-            let mut out = io::stdout().lock();
-            out.write_all(&xml)
-                .and_then(|()| out.flush())
-                .context("writing the bmap to stdout")?;
+    // The bmap is written as its ranges are hashed, into the file or, for stdout (which may
+    // be a pipe, and the file checksum goes into the header last), into a temporary file
+    // copied out at the end.
+    let to_stream = |out: &mut dyn Write, name: &str| -> Result<bmap::BmapInfo> {
+        let spool = tempfile::tempfile().context("cannot make a temporary file")?;
+        let info = bmap::create_to(&args.image, &options, &spool, Path::new("<temporary file>"))?;
+        io::copy(&mut &spool, out)
+            .and_then(|_| out.flush())
+            .with_context(|| format!("writing the bmap to {name}"))?;
+        Ok(info)
+    };
+    let info = match &args.output {
+        // `-o /dev/stdout` and other streams: as stdout.
+        Some(path) if std::fs::metadata(path).is_ok_and(|m| is_stream(m.file_type())) => {
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| anyhow!("{}: cannot open: {e}", path.display()))?;
+            to_stream(&mut out, &path.display().to_string())?
         }
-    }
-    let percent = if bmap.blocks_count == 0 {
+        Some(path) => {
+            let image = std::fs::File::open(&args.image)
+                .map_err(|e| anyhow!("{}: cannot open the image: {e}", args.image.display()))?;
+            let out = Destination::open(path)?;
+            let refused = if out.is_block_device() {
+                Some(format!(
+                    "{}: a block device; the bmap goes to a file",
+                    path.display()
+                ))
+            } else {
+                match out.is_same_file(&image, &args.image) {
+                    Ok(false) => None,
+                    Ok(true) => Some(format!(
+                        "{} and {} are the same file: nothing written",
+                        args.image.display(),
+                        path.display()
+                    )),
+                    Err(e) => Some(e.to_string()),
+                }
+            };
+            if let Some(refused) = refused {
+                out.remove_if_created();
+                bail!(refused);
+            }
+            match bmap::create_to(&args.image, &options, out.file(), path) {
+                // A failed close (NFS, FUSE) is a failed write; a file it created is removed.
+                Ok(info) => out.close().map(|()| info)?,
+                Err(e) => {
+                    out.remove_if_created();
+                    return Err(e.into());
+                }
+            }
+        }
+        None => to_stream(&mut io::stdout().lock(), "stdout")?,
+    };
+    let percent = if info.blocks_count == 0 {
         0.0
     } else {
-        bmap.mapped_blocks_count as f64 * 100.0 / bmap.blocks_count as f64
+        info.mapped_blocks_count as f64 * 100.0 / info.blocks_count as f64
     };
     crate::say(format_args!(
         "bmap of {}: {} of {} blocks of {} mapped ({} of {}, {percent:.1}%) in {} ranges{} in {:.2} s",
         args.image.display(),
-        bmap.mapped_blocks_count,
-        bmap.blocks_count,
-        bmap.block_size,
-        human_size(bmap.mapped_bytes()),
-        human_size(bmap.image_size),
-        bmap.ranges.len(),
+        info.mapped_blocks_count,
+        info.blocks_count,
+        info.block_size,
+        human_size(info.mapped_bytes),
+        human_size(info.image_size),
+        info.ranges,
         if args.no_checksum {
             String::new()
         } else {
@@ -62,22 +106,25 @@ fn create(args: &BmapCreateArgs) -> Result<()> {
     Ok(())
 }
 
+/// A FIFO, character device or socket: written in order, never sized or rewritten.
+fn is_stream(kind: std::fs::FileType) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    kind.is_fifo() || kind.is_char_device() || kind.is_socket()
+}
+
 fn copy(args: &BmapCopyArgs) -> Result<()> {
-    let (bmap, bmap_path, signer) = if args.nobmap {
+    // From here on SIGINT, SIGTERM and SIGHUP stop the copy between two chunks.
+    let stop = crate::signals::install().context("cannot install the signal handlers")?;
+    let (copier, source) = if args.nobmap {
         if bmap::Compression::of(&args.image)? != bmap::Compression::None {
             bail!(
                 "{}: --nobmap needs an uncompressed image (its block map stands for the bmap)",
                 args.image.display()
             );
         }
-        let options = CreateOptions {
-            checksums: false,
-            ..CreateOptions::default()
-        };
         (
-            bmap::create(&args.image, &options)?,
-            PathBuf::from("-"),
-            None,
+            Copier::from_image_map(&args.image, blockmap_core::BackendChoice::Auto)?,
+            "no bmap: the image's own block map".to_owned(),
         )
     } else {
         let path = match &args.bmap {
@@ -95,13 +142,22 @@ fn copy(args: &BmapCopyArgs) -> Result<()> {
         } else {
             SignatureCheck::Verify
         };
-        let (bmap, signer) = match bmap::read_signed(&path, args.bmap_sig.as_deref(), check) {
+        let (file, signer) = match bmap::read_signed(&path, args.bmap_sig.as_deref(), check) {
             Err(e @ bmap::Error::Signature { .. }) => {
                 bail!("{e}; --no-sig-verify skips the check")
             }
             other => other?,
         };
-        (bmap, path, signer)
+        let source = match &signer {
+            None => format!("bmap {}", path.display()),
+            Some(signer) => format!(
+                "bmap {}, signed by {} ({})",
+                path.display(),
+                signer.user_id,
+                signer.fingerprint
+            ),
+        };
+        (Copier::from_file(file), source)
     };
 
     let show_progress = !args.no_progress && (args.progress || io::stderr().is_terminal());
@@ -112,26 +168,28 @@ fn copy(args: &BmapCopyArgs) -> Result<()> {
             bar.set_position(done);
         }
     };
-    let result = Copier::new(bmap)
-        .bmap_path(&bmap_path)
+    let result = copier
         .verify(!args.no_verify)
         .sync(!args.no_sync)
+        .interrupt(stop)
         .progress(&mut on_progress)
         .copy(&args.image, &args.dest);
     if let Some(bar) = &bar {
         // Gone before the summary or the error line, which must stand alone.
         bar.finish_and_clear();
     }
-    let report = result?;
-    let source = match (&signer, args.nobmap) {
-        (_, true) => "no bmap: the image's own block map".to_owned(),
-        (None, false) => format!("bmap {}", bmap_path.display()),
-        (Some(signer), false) => format!(
-            "bmap {}, signed by {} ({})",
-            bmap_path.display(),
-            signer.user_id,
-            signer.fingerprint
-        ),
+    let report = match (result, crate::signals::caught()) {
+        (Ok(report), _) => report,
+        (Err(e @ bmap::Error::Interrupted { .. }), Some(signal)) => {
+            // "DEST: interrupted: …" names the signal.
+            let line = e.to_string().replacen(
+                ": interrupted: ",
+                &format!(": interrupted by {}: ", crate::signals::name(signal)),
+                1,
+            );
+            bail!(line)
+        }
+        (Err(e), _) => return Err(e.into()),
     };
     crate::say(format_args!("{report} ({source})"));
     Ok(())

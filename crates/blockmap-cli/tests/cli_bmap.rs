@@ -203,6 +203,6 @@ fn bad_inputs() {
     assert_fails(
         &blockmap(&["bmap", "copy", "--bmap", s(&b), s(&lz4), s(&dest)]),
         1,
-        &["disk.img.lz4: cannot read bytes"],
+        &["disk.img.lz4: the lz4 image is corrupt"],
     );
 }

@@ -101,6 +101,27 @@ fn copy(home: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `copy` with the file `input` as stdin (a pipe's worth: a bmap given as `/dev/stdin` is a
+/// stream, spooled once).
+fn copy_stdin(home: &Path, args: &[&str], input: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_blockmap"))
+        .env("GNUPGHOME", home)
+        .args(["bmap", "copy"])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            let bytes = std::fs::read(input)?;
+            // The child may refuse before reading it all.
+            let _ = child.stdin.take().expect("piped").write_all(&bytes);
+            child.wait_with_output()
+        })
+        .unwrap()
+}
+
 /// The copy worked, equals the image, and the summary names the signer as `signer` says.
 fn assert_copied(out: &Output, image: &Path, dest: &Path, signer: Option<&str>) {
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -243,6 +264,26 @@ fn signed_bmaps() {
         ],
     );
     assert_refused(&out, &elsewhere, "clearsigned", &dest);
+    // Through a pipe (spooled, then given to gpg on its stdin): clearsigned, and with a
+    // detached signature; the wrong detached one refused.
+    let out = copy_stdin(home, &["--bmap", "/dev/stdin", s(&img), s(&dest)], &clear);
+    assert_copied(&out, &img, &dest, fpr);
+    ring.sign(&["--detach-sign", "-o", s(&sig), s(&bmap)]);
+    let args = [
+        "--bmap",
+        "/dev/stdin",
+        "--bmap-sig",
+        s(&sig),
+        s(&img),
+        s(&dest),
+    ];
+    assert_copied(&copy_stdin(home, &args, &bmap), &img, &dest, fpr);
+    let out = copy_stdin(home, &args, &clear);
+    assert_refused(&out, &sig, "clearsigned", &dest);
+    std::fs::write(dir.path().join("other.bmap"), other.to_xml()).unwrap();
+    let out = copy_stdin(home, &args, &dir.path().join("other.bmap"));
+    assert_refused(&out, &sig, "bad signature", &dest);
+
     let text = std::fs::read_to_string(&clear).unwrap();
     let tampered = text.replacen("<BlockSize>", "<BlockSize> ", 1);
     assert_ne!(text, tampered);

@@ -2,21 +2,24 @@
 
 use std::fmt;
 use std::fs::File;
+use std::io::{self, Seek, SeekFrom};
 use std::num::NonZeroU64;
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, channel, sync_channel};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use blockmap_core::{BackendChoice, BlockMap, MapOptions};
 use rustix::fs::Advice;
 use sparsecopy::Destination;
 use tracing::debug;
 
 use crate::checksum::{ChecksumType, Hasher};
 use crate::error::{Error, Result};
+use crate::file::{BmapFile, BmapInfo};
 use crate::format::{BlockRange, Bmap, human_size};
 use crate::source::{Compression, Source, read_full_at};
 
@@ -27,32 +30,73 @@ const CHUNK: usize = 256 << 10;
 /// Chunks in flight (compressed images): one being read and written, the others being hashed
 /// or waiting.
 const CHUNKS: usize = 8;
+/// Ranges a lane takes at once (a plain image).
+const TAKE: usize = 32;
 /// How often the progress callback hears of the copy of a plain image.
 const PROGRESS_TICK: Duration = Duration::from_millis(50);
 
 /// Copies an image by its bmap: only the mapped ranges are read and written, each range's
 /// checksum is verified as its bytes pass. A plain image is copied by one thread per core,
 /// each taking the next range and reading, writing and hashing it chunk by chunk; a
-/// compressed one is decompressed in order by one thread while a second hashes.
+/// compressed one, or one that cannot seek (a pipe), is read in order by one thread while a
+/// second hashes, and read to its end, where the compressed format's own checksum is checked.
+///
+/// The ranges come from a [`Bmap`] in memory ([`Copier::new`]) or are read from a
+/// [`BmapFile`] as the copy goes ([`Copier::from_file`]: memory stays small whatever the
+/// number of ranges).
 ///
 /// With the final fsync on (the default), writeback of the destination is started as the
 /// copy goes, so that the disk writes while the image is read and hashed.
 ///
-/// The destination:
+/// Everything that can be known before writing is checked before the destination is
+/// truncated or written: the image opens and reads (a stream's first bytes are read and, if
+/// compressed, decompressed), its size is the bmap's, the destination is what it should be.
+/// Then the destination:
 /// - **a regular file** becomes the image: created if absent, else truncated (as bmaptool
 ///   does), then sized to `ImageSize`, so the unmapped ranges are holes reading as zeros and
 ///   no stale byte survives;
-/// - **a block device** must hold `ImageSize` bytes (checked before anything is written); the
-///   unmapped ranges are left as they are, as bmaptool leaves them.
+/// - **a block device** must hold `ImageSize` bytes; the unmapped ranges are left as they
+///   are, as bmaptool leaves them.
 ///
-/// A checksum mismatch stops the copy with [`Error::RangeChecksum`]: what was written so far
-/// stays written (as with bmaptool), so the destination must not be trusted.
+/// It is closed with its `close(2)` checked. A failure of any kind (a checksum mismatch, an
+/// I/O error, a failed close, [`Error::Interrupted`]) removes a destination this copy created;
+/// an existing one keeps what was written, and must not be trusted.
 pub struct Copier<'a> {
-    bmap: Bmap,
+    info: BmapInfo,
+    ranges: RangeSource,
     bmap_path: PathBuf,
     verify: bool,
     sync: bool,
+    interrupt: Option<Arc<AtomicBool>>,
     progress: Option<&'a mut dyn FnMut(u64, u64)>,
+}
+
+/// Where the ranges come from.
+enum RangeSource {
+    Memory(Vec<BlockRange>),
+    File(BmapFile),
+    /// The image's own block map, walked again as the copy goes (no bmap file).
+    Map(BlockMap<File>),
+}
+
+/// The ranges in order, with their errors (a bmap file read as the copy goes).
+type RangeIter<'r> = Box<dyn Iterator<Item = Result<BlockRange>> + Send + 'r>;
+
+impl RangeSource {
+    fn iter(&self) -> RangeIter<'_> {
+        match self {
+            RangeSource::Memory(ranges) => Box::new(ranges.iter().cloned().map(Ok)),
+            RangeSource::File(file) => Box::new(file.ranges()),
+            RangeSource::Map(map) => Box::new(map.mapped_blocks(0..map.block_count()).map(|r| {
+                let r = r?;
+                Ok(BlockRange {
+                    first: r.start,
+                    last: r.end - 1,
+                    checksum: None,
+                })
+            })),
+        }
+    }
 }
 
 impl fmt::Debug for Copier<'_> {
@@ -73,7 +117,8 @@ pub struct CopyReport {
     pub image_size: u64,
     /// Bytes read from the image and written (the mapped ranges).
     pub mapped_bytes: u64,
-    /// Bytes of a compressed stream read and dropped (unmapped ranges); 0 for a plain image.
+    /// Bytes of a stream read and dropped (unmapped ranges, to the stream's end); 0 for a
+    /// plain image read where the ranges are.
     pub skipped_bytes: u64,
     /// Ranges written.
     pub ranges: u64,
@@ -111,16 +156,94 @@ impl fmt::Display for CopyReport {
     }
 }
 
+/// The bytes of the destination written so far, as one span (for the message of an
+/// interrupted copy).
+struct Written {
+    start: AtomicU64,
+    end: AtomicU64,
+}
+
+impl Written {
+    fn new() -> Self {
+        Written {
+            start: AtomicU64::new(u64::MAX),
+            end: AtomicU64::new(0),
+        }
+    }
+
+    fn add(&self, bytes: Range<u64>) {
+        self.start.fetch_min(bytes.start, Ordering::Relaxed);
+        self.end.fetch_max(bytes.end, Ordering::Relaxed);
+    }
+
+    fn span(&self) -> Option<Range<u64>> {
+        let (start, end) = (
+            self.start.load(Ordering::Relaxed),
+            self.end.load(Ordering::Relaxed),
+        );
+        (start < end).then_some(start..end)
+    }
+}
+
 impl<'a> Copier<'a> {
     /// A copier by `bmap` (verification and a final fsync on).
     pub fn new(bmap: Bmap) -> Self {
         Copier {
-            bmap,
+            info: bmap.info(),
+            ranges: RangeSource::Memory(bmap.ranges),
             bmap_path: PathBuf::from("<bmap>"),
             verify: true,
             sync: true,
+            interrupt: None,
             progress: None,
         }
+    }
+
+    /// A copier by a bmap file, its ranges read as the copy goes (verification and a final
+    /// fsync on; the file named in errors).
+    pub fn from_file(file: BmapFile) -> Self {
+        Copier {
+            info: file.info().clone(),
+            bmap_path: file.path().to_owned(),
+            ranges: RangeSource::File(file),
+            verify: true,
+            sync: true,
+            interrupt: None,
+            progress: None,
+        }
+    }
+
+    /// A copier by the image's own block map (no bmap file, nothing to verify), walked once
+    /// here to count the mapped blocks and again as the copy goes: what `bmaptool copy
+    /// --nobmap` copies, in the memory of one walk.
+    pub fn from_image_map(image: impl AsRef<Path>, backend: BackendChoice) -> Result<Self> {
+        let image = image.as_ref();
+        let map = BlockMap::open(image, MapOptions::from(backend))?;
+        let block_size = u64::from(map.block_size());
+        let mut bmap = Bmap::new(map.size(), block_size);
+        bmap.checksum_type = None;
+        let mut info = bmap.info();
+        for r in map.mapped_blocks(0..map.block_count()) {
+            let r = r?;
+            let range = BlockRange {
+                first: r.start,
+                last: r.end - 1,
+                checksum: None,
+            };
+            let bytes = range.bytes(block_size, info.image_size);
+            info.mapped_blocks_count += range.blocks();
+            info.mapped_bytes += bytes.end - bytes.start;
+            info.ranges += 1;
+        }
+        Ok(Copier {
+            info,
+            ranges: RangeSource::Map(map),
+            bmap_path: PathBuf::from("-"),
+            verify: false,
+            sync: true,
+            interrupt: None,
+            progress: None,
+        })
     }
 
     /// The bmap file's path, to name it in errors.
@@ -130,6 +253,7 @@ impl<'a> Copier<'a> {
     }
 
     /// Verify each range's checksum (on by default; ranges without one are not verified).
+    /// A compressed image's own checksums are checked either way.
     pub fn verify(mut self, verify: bool) -> Self {
         self.verify = verify;
         self
@@ -141,10 +265,23 @@ impl<'a> Copier<'a> {
         self
     }
 
+    /// A flag that stops the copy when raised (by a signal handler): it is polled before
+    /// every chunk, and the copy ends with [`Error::Interrupted`].
+    pub fn interrupt(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.interrupt = Some(flag);
+        self
+    }
+
     /// Called as data is written, with the bytes written and the mapped bytes in all.
     pub fn progress(mut self, f: &'a mut dyn FnMut(u64, u64)) -> Self {
         self.progress = Some(f);
         self
+    }
+
+    fn interrupted(&self) -> bool {
+        self.interrupt
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed))
     }
 
     /// Copies the image at `image` (compressed as its name says) to `dest`.
@@ -154,41 +291,118 @@ impl<'a> Copier<'a> {
             tracing::debug_span!("bmap::copy", image = %image.display(), dest = %dest.display())
                 .entered();
         let started = Instant::now();
+        let info = &self.info;
         let compression = Compression::of(image)?;
         let file = File::open(image).map_err(|e| Error::io("open the image", image, e))?;
         let meta = file
             .metadata()
             .map_err(|e| Error::io("stat the image", image, e))?;
-        if meta.is_dir() {
+        let kind = meta.file_type();
+        if kind.is_dir() {
             return Err(Error::io(
                 "read the image",
                 image,
-                std::io::Error::from(std::io::ErrorKind::IsADirectory),
+                io::Error::from(io::ErrorKind::IsADirectory),
             ));
         }
-        let bmap = &self.bmap;
-        if compression == Compression::None && meta.is_file() && meta.len() != bmap.image_size {
-            return Err(Error::ImageSize {
-                path: image.to_owned(),
-                bmap: self.bmap_path.clone(),
-                expected: bmap.image_size,
-                actual: meta.len(),
+        let size_mismatch = |actual| Error::ImageSize {
+            path: image.to_owned(),
+            bmap: self.bmap_path.clone(),
+            expected: info.image_size,
+            actual,
+        };
+        // A plain file or device is read where the ranges are; anything else (a pipe, a
+        // character device) in order, as a compressed image is.
+        let seekable = kind.is_file() || kind.is_block_device();
+        if compression == Compression::None && kind.is_file() && meta.len() != info.image_size {
+            return Err(size_mismatch(meta.len()));
+        }
+        if compression == Compression::None && kind.is_block_device() {
+            let size = (&file)
+                .seek(SeekFrom::End(0))
+                .map_err(|e| Error::io("find the size of the image", image, e))?;
+            if size < info.image_size {
+                return Err(size_mismatch(size));
+            }
+        }
+        let mut source = if compression == Compression::None && seekable {
+            // It reads: the first byte, before anything is written.
+            if info.image_size > 0 {
+                read_full_at(&file, 0, &mut [0u8; 1])
+                    .map_err(|e| Error::io("read the image", image, e))?;
+            }
+            Source::File(file)
+        } else {
+            let mut stream = Source::new(file, image, compression)?;
+            // Its first bytes arrive and decompress, before anything is written.
+            let first = stream
+                .peek()
+                .map_err(|e| stream_error(e, image, compression, 0))?;
+            if first == 0 && info.mapped_bytes > 0 {
+                return Err(size_mismatch(0));
+            }
+            stream
+        };
+
+        if self.interrupted() {
+            return Err(Error::Interrupted {
+                dest: dest.to_owned(),
+                removed: false,
+                written: None,
             });
         }
-
         let out = Destination::open(dest)?;
-        if out.is_same_file(&file, image)? {
+        let written = Written::new();
+        let outcome = self.write(&mut source, &out, image, dest, &written);
+        match outcome {
+            Ok(mut report) => {
+                out.close()?;
+                report.compression = compression;
+                report.elapsed = started.elapsed();
+                Ok(report)
+            }
+            Err(mut e) => {
+                let removed = out.remove_if_created();
+                debug!(removed, "copy failed");
+                if let Error::Interrupted {
+                    removed: r,
+                    written: w,
+                    ..
+                } = &mut e
+                {
+                    *r = removed;
+                    *w = written.span();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Everything that writes: the destination checked, sized, filled and synced.
+    fn write(
+        self,
+        source: &mut Source,
+        out: &Destination,
+        image: &Path,
+        dest: &Path,
+        written: &Written,
+    ) -> Result<CopyReport> {
+        let info = self.info.clone();
+        let bmap_path = self.bmap_path.clone();
+        if let Source::File(file) = &*source
+            && out.is_same_file(file, image)?
+        {
             return Err(Error::SameFile {
                 image: image.to_owned(),
                 dest: dest.to_owned(),
             });
         }
         if out.is_block_device() {
-            if out.size() < bmap.image_size {
+            if out.size() < info.image_size {
                 return Err(Error::DeviceTooSmall {
                     path: dest.to_owned(),
                     device: out.size(),
-                    image: bmap.image_size,
+                    image: info.image_size,
                 });
             }
         } else {
@@ -199,30 +413,49 @@ impl<'a> Copier<'a> {
                     .map_err(|e| Error::io(format!("resize to {size} bytes"), dest, e))
             };
             if !out.created() && out.size() > 0 {
+                written.add(0..info.image_size);
                 resize(0)?;
             }
-            resize(bmap.image_size)?;
+            resize(info.image_size)?;
         }
         debug!(
-            ?compression,
             block_device = out.is_block_device(),
-            ranges = bmap.ranges.len(),
+            ranges = info.ranges,
             "copying"
         );
-
         let sync = self.sync;
-        let mut report = match Source::new(file, image, compression)? {
-            Source::File(file) => self.lanes(&file, image, out.file(), dest)?,
-            stream => self.pump(stream, image, out.file(), dest)?,
+        let interrupt = self.interrupt.clone();
+        let stopped = || {
+            interrupt
+                .as_ref()
+                .is_some_and(|f| f.load(Ordering::Relaxed))
         };
+        let mut report = match source {
+            Source::File(file) => self.lanes(file, image, out.file(), dest, written)?,
+            stream => {
+                let mut report = self.pump(stream, image, out.file(), dest, written)?;
+                report.skipped_bytes += drain(stream, image, info.image_size, &stopped, dest)?;
+                let end = stream.position();
+                if end != info.image_size {
+                    return Err(Error::ImageSize {
+                        path: image.to_owned(),
+                        bmap: bmap_path,
+                        expected: info.image_size,
+                        actual: end,
+                    });
+                }
+                report
+            }
+        };
+        if stopped() {
+            return Err(interrupted(dest));
+        }
         if sync {
             out.file()
                 .sync_all()
                 .map_err(|e| Error::io("fsync", dest, e))?;
         }
-        report.compression = compression;
         report.block_device = out.is_block_device();
-        report.elapsed = started.elapsed();
         Ok(report)
     }
 
@@ -230,47 +463,94 @@ impl<'a> Copier<'a> {
     /// reading, writing and hashing it chunk by chunk, the chunk still in the core's cache
     /// (a range is hashed in order, so ranges are what runs in parallel). This thread passes
     /// the progress on.
-    fn lanes(mut self, file: &File, image: &Path, out: &File, dest: &Path) -> Result<CopyReport> {
-        let bmap = &self.bmap;
-        let kind = bmap.checksum_type.filter(|_| self.verify);
-        let total = bmap.mapped_bytes();
+    fn lanes(
+        mut self,
+        file: &File,
+        image: &Path,
+        out: &File,
+        dest: &Path,
+        written: &Written,
+    ) -> Result<CopyReport> {
+        let info = &self.info;
+        let kind = info.checksum_type.filter(|_| self.verify);
+        let total = info.mapped_bytes;
         let lanes = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
-            .min(bmap.ranges.len())
+            .min(usize::try_from(info.ranges).unwrap_or(usize::MAX))
             .max(1);
         debug!(lanes, "copying a plain image");
-        let next = AtomicUsize::new(0);
+        // The ranges, handed out in order with their index.
+        let next: Mutex<(usize, RangeIter<'_>)> = Mutex::new((0, self.ranges.iter()));
         let stop = AtomicBool::new(false);
+        let was_interrupted = AtomicBool::new(false);
         let copied = AtomicU64::new(0);
         let (ranges, verified) = (AtomicU64::new(0), AtomicU64::new(0));
         // Of several failures, the first range's is reported.
         let failure: Mutex<Option<(usize, Error)>> = Mutex::new(None);
+        let fail = |index: usize, e: Error| {
+            stop.store(true, Ordering::Relaxed);
+            let mut failure = failure.lock().unwrap_or_else(|p| p.into_inner());
+            if failure.as_ref().is_none_or(|(first, _)| index < *first) {
+                *failure = Some((index, e));
+            }
+        };
         let sync = self.sync;
+        let interrupt = self.interrupt.as_deref();
         let lane = || {
             let mut buf = vec![0u8; CHUNK];
             let mut writeback = sync.then(|| Writeback::new(out, dest));
-            while !stop.load(Ordering::Relaxed) {
-                let index = next.fetch_add(1, Ordering::Relaxed);
-                let Some(range) = bmap.ranges.get(index) else {
+            let halt = || {
+                if interrupt.is_some_and(|f| f.load(Ordering::Relaxed)) {
+                    was_interrupted.store(true, Ordering::Relaxed);
+                    stop.store(true, Ordering::Relaxed);
+                }
+                stop.load(Ordering::Relaxed)
+            };
+            // Ranges taken a few at a time: the bmap file is parsed under the lock.
+            let mut mine = std::collections::VecDeque::new();
+            while !halt() {
+                if mine.is_empty() {
+                    let mut next = next.lock().unwrap_or_else(|p| p.into_inner());
+                    while mine.len() < TAKE {
+                        let index = next.0;
+                        match next.1.next() {
+                            None => break,
+                            Some(Err(e)) => {
+                                // Reported after the ranges before it were copied.
+                                next.0 = usize::MAX;
+                                drop(next);
+                                fail(index, e);
+                                break;
+                            }
+                            Some(Ok(range)) => {
+                                next.0 += 1;
+                                mine.push_back((index, range));
+                            }
+                        }
+                    }
+                }
+                let Some((index, range)) = mine.pop_front() else {
                     break;
                 };
                 let mut hasher = kind
                     .filter(|_| range.checksum.is_some())
                     .map(|k| k.hasher());
-                let bytes = range.bytes(bmap.block_size, bmap.image_size);
+                let bytes = range.bytes(info.block_size, info.image_size);
                 let mut pos = bytes.start;
                 let outcome = loop {
                     if pos == bytes.end {
                         break Ok(());
                     }
-                    if stop.load(Ordering::Relaxed) {
+                    if halt() {
                         return;
                     }
                     let n = (bytes.end - pos).min(CHUNK as u64) as usize;
                     let piece = &mut buf[..n];
-                    if let Err(e) = read_piece(file, image, range, pos, piece)
-                        .and_then(|()| write_piece(out, dest, range, pos, piece))
-                    {
+                    if let Err(e) = read_piece(file, image, &range, pos, piece) {
+                        break Err(e);
+                    }
+                    written.add(pos..pos + n as u64);
+                    if let Err(e) = write_piece(out, dest, &range, pos, piece) {
                         break Err(e);
                     }
                     if let Some(w) = writeback.as_mut() {
@@ -283,7 +563,7 @@ impl<'a> Copier<'a> {
                     copied.fetch_add(n as u64, Ordering::Relaxed);
                 };
                 let outcome = outcome.and_then(|()| match hasher {
-                    Some(h) => check(h, image, bmap, index).map(|()| 1),
+                    Some(h) => check(h, image, info, &range).map(|()| 1),
                     None => Ok(0),
                 });
                 match outcome {
@@ -291,14 +571,7 @@ impl<'a> Copier<'a> {
                         verified.fetch_add(n, Ordering::Relaxed);
                         ranges.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(e) => {
-                        stop.store(true, Ordering::Relaxed);
-                        let mut failure = failure.lock().unwrap_or_else(|p| p.into_inner());
-                        if failure.as_ref().is_none_or(|(first, _)| index < *first) {
-                            *failure = Some((index, e));
-                        }
-                        return;
-                    }
+                    Err(e) => return fail(index, e),
                 }
             }
         };
@@ -320,6 +593,9 @@ impl<'a> Copier<'a> {
                 }
             }
         });
+        if was_interrupted.into_inner() {
+            return Err(interrupted(dest));
+        }
         if let Some((_, e)) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
             return Err(e);
         }
@@ -328,7 +604,7 @@ impl<'a> Copier<'a> {
             p(mapped_bytes, total);
         }
         Ok(CopyReport {
-            image_size: bmap.image_size,
+            image_size: info.image_size,
             mapped_bytes,
             skipped_bytes: 0,
             ranges: ranges.into_inner(),
@@ -340,19 +616,21 @@ impl<'a> Copier<'a> {
         })
     }
 
-    /// The data path of a compressed image: this thread decompresses, reads and writes chunks
-    /// in order, a second thread hashes them; the chunk buffers go round between the two.
+    /// The data path of a stream: this thread reads (decompresses) and writes chunks in
+    /// order, a second thread hashes them; the chunk buffers go round between the two.
     fn pump(
         mut self,
-        mut source: Source,
+        source: &mut Source,
         image: &Path,
         out: &File,
         dest: &Path,
+        written: &Written,
     ) -> Result<CopyReport> {
-        let bmap = &self.bmap;
-        let (bs, size) = (bmap.block_size, bmap.image_size);
-        let kind = bmap.checksum_type.filter(|_| self.verify);
-        let total = bmap.mapped_bytes();
+        let info = &self.info;
+        let (bs, size) = (info.block_size, info.image_size);
+        let kind = info.checksum_type.filter(|_| self.verify);
+        let total = info.mapped_bytes;
+        let compression = source.compression();
         let mut report = CopyReport {
             image_size: size,
             mapped_bytes: 0,
@@ -366,6 +644,12 @@ impl<'a> Copier<'a> {
         };
         let mut streamed_to = 0u64;
         let mut writeback = self.sync.then(|| Writeback::new(out, dest));
+        let interrupt = self.interrupt.clone();
+        let stopped = || {
+            interrupt
+                .as_ref()
+                .is_some_and(|f| f.load(Ordering::Relaxed))
+        };
 
         let (free_tx, free_rx) = sync_channel::<Vec<u8>>(CHUNKS);
         for _ in 0..CHUNKS {
@@ -379,7 +663,7 @@ impl<'a> Copier<'a> {
             // The hasher holds the only sender: if it died, `recv` would fail rather than hang.
             let hasher_free = free_tx;
             let mismatch = &mismatch;
-            s.spawn(move || hasher(work_rx, hasher_free, result_tx, mismatch, image, bmap));
+            s.spawn(move || hasher(work_rx, hasher_free, result_tx, mismatch, image, info));
 
             let mut run = || -> Result<()> {
                 // Small ranges share a buffer: one hand-over to the hasher per buffer, not per
@@ -389,11 +673,15 @@ impl<'a> Copier<'a> {
                     pieces: Vec::new(),
                 };
                 let mut fill = 0;
-                for (index, range) in bmap.ranges.iter().enumerate() {
+                for range in self.ranges.iter() {
+                    let range = range?;
                     let bytes = range.bytes(bs, size);
                     let check = kind.filter(|_| range.checksum.is_some());
                     let mut pos = bytes.start;
                     while pos < bytes.end {
+                        if stopped() {
+                            return Err(interrupted(dest));
+                        }
                         if fill == CHUNK {
                             let next = free_rx.recv().expect("the hasher returns buffers");
                             let full = std::mem::replace(
@@ -409,21 +697,23 @@ impl<'a> Copier<'a> {
                         }
                         let n = (bytes.end - pos).min((CHUNK - fill) as u64) as usize;
                         let piece = &mut batch.buf[fill..fill + n];
-                        let got = source.read_at(pos, piece).map_err(|e| {
-                            Error::io(format!("read bytes {}-{}", pos, pos + n as u64), image, e)
-                        })?;
+                        let got = source
+                            .read_at(pos, piece)
+                            .map_err(|e| stream_error(e, image, compression, pos))?;
                         if got < n {
-                            return Err(too_short(image, range, pos + got as u64));
+                            return Err(too_short(image, &range, pos + got as u64));
                         }
-                        write_piece(out, dest, range, pos, piece)?;
+                        written.add(pos..pos + n as u64);
+                        write_piece(out, dest, &range, pos, piece)?;
                         if let Some(w) = writeback.as_mut() {
                             w.written(pos..pos + n as u64);
                         }
+                        let last = pos + n as u64 == bytes.end;
                         batch.pieces.push(Piece {
                             at: fill,
                             len: n,
                             begin: check.filter(|_| pos == bytes.start),
-                            end: (check.is_some() && pos + n as u64 == bytes.end).then_some(index),
+                            end: (check.is_some() && last).then(|| range.clone()),
                         });
                         fill += n;
                         report.skipped_bytes += pos - streamed_to;
@@ -456,6 +746,59 @@ impl<'a> Copier<'a> {
     }
 }
 
+/// Reads a stream to its end (so that a compressed format's own checksums, at its end, are
+/// checked), or to just past `limit` bytes (an endless stream such as `/dev/zero` is not the
+/// image); returns the bytes read.
+fn drain(
+    source: &mut Source,
+    image: &Path,
+    limit: u64,
+    stopped: &dyn Fn() -> bool,
+    dest: &Path,
+) -> Result<u64> {
+    let compression = source.compression();
+    let mut buf = vec![0u8; CHUNK];
+    let mut dropped = 0;
+    loop {
+        if stopped() {
+            return Err(interrupted(dest));
+        }
+        let at = source.position();
+        if at > limit {
+            return Ok(dropped);
+        }
+        let n = source
+            .read_more(&mut buf)
+            .map_err(|e| stream_error(e, image, compression, at))?;
+        if n == 0 {
+            return Ok(dropped);
+        }
+        dropped += n as u64;
+    }
+}
+
+fn interrupted(dest: &Path) -> Error {
+    Error::Interrupted {
+        dest: dest.to_owned(),
+        removed: false,
+        written: None,
+    }
+}
+
+/// A read error of a stream: a decoder's complaint is the image being corrupt; the kernel's
+/// (an errno) is an I/O error.
+fn stream_error(e: io::Error, image: &Path, compression: Compression, at: u64) -> Error {
+    if e.raw_os_error().is_some() || compression == Compression::None {
+        return Error::io(format!("read the image at byte {at}"), image, e);
+    }
+    Error::Corrupt {
+        path: image.to_owned(),
+        compression: compression.name(),
+        at,
+        source: e,
+    }
+}
+
 /// A buffer on its way to the hashing thread, and what its bytes are.
 struct Batch {
     buf: Vec<u8>,
@@ -469,8 +812,8 @@ struct Piece {
     len: usize,
     /// The range begins here and is to be hashed this way.
     begin: Option<ChecksumType>,
-    /// The range (its index in the bmap) ends here: compare.
-    end: Option<usize>,
+    /// The range ends here: compare.
+    end: Option<BlockRange>,
 }
 
 fn hasher(
@@ -479,7 +822,7 @@ fn hasher(
     result: SyncSender<Result<u64>>,
     mismatch: &AtomicBool,
     image: &Path,
-    bmap: &Bmap,
+    info: &BmapInfo,
 ) {
     let mut current = None;
     let mut verified = 0;
@@ -495,9 +838,9 @@ fn hasher(
             }
             let Some(h) = current.as_mut() else { continue };
             h.update(&batch.buf[piece.at..piece.at + piece.len]);
-            let Some(index) = piece.end else { continue };
+            let Some(range) = &piece.end else { continue };
             let Some(h) = current.take() else { continue };
-            match check(h, image, bmap, index) {
+            match check(h, image, info, range) {
                 Ok(()) => verified += 1,
                 Err(e) => {
                     mismatch.store(true, Ordering::Relaxed);
@@ -513,16 +856,15 @@ fn hasher(
     });
 }
 
-/// Compares the hash of range `index` with its checksum.
-fn check(hasher: Hasher, image: &Path, bmap: &Bmap, index: usize) -> Result<()> {
+/// Compares the hash of `range` with its checksum.
+fn check(hasher: Hasher, image: &Path, info: &BmapInfo, range: &BlockRange) -> Result<()> {
     let calculated = hasher.finish_hex();
-    let range = &bmap.ranges[index];
     let expected = range.checksum.as_deref().unwrap_or_default();
     if calculated.eq_ignore_ascii_case(expected) {
         return Ok(());
     }
-    debug!(index, "checksum mismatch");
-    let bytes = range.bytes(bmap.block_size, bmap.image_size);
+    debug!(first = range.first, "checksum mismatch");
+    let bytes = range.bytes(info.block_size, info.image_size);
     Err(Error::RangeChecksum {
         path: image.to_owned(),
         first: range.first,

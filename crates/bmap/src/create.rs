@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::io;
 use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -12,7 +13,8 @@ use tracing::debug;
 
 use crate::checksum::ChecksumType;
 use crate::error::{Error, Result};
-use crate::format::{BlockRange, Bmap};
+use crate::file::BmapInfo;
+use crate::format::{BlockRange, Bmap, FOOTER, Layout};
 use crate::source::read_full_at;
 
 /// How [`create`] makes a bmap.
@@ -84,6 +86,162 @@ pub fn create(path: impl AsRef<Path>, options: &CreateOptions) -> Result<Bmap> {
         });
     }
     Ok(bmap)
+}
+
+/// Ranges hashed together by [`create_to`] before they are written: enough to keep every
+/// thread busy, few enough that their checksums take little memory.
+const BATCH_RANGES: usize = 16384;
+/// Bytes hashed together by [`create_to`] at most (a batch ends early at this many).
+const BATCH_BYTES: u64 = 1 << 30;
+
+/// Makes the format 2.0 bmap of the image at `path`, as [`create`], and writes it into `out`
+/// (truncated first, once the image is mapped) without holding its ranges: the image's map is
+/// walked once to count the mapped blocks (the header comes first), then again, its ranges
+/// hashed a batch at a time and written as they are done, in order; the file's own checksum
+/// is computed as the bytes go out and written into its place at the end. Memory stays a few
+/// MiB whatever the number of ranges. The output is byte for byte what [`Bmap::to_xml`] of
+/// [`create`]'s bmap is. `out` (named `out_path` in errors) is written with positioned writes:
+/// a regular file.
+pub fn create_to(
+    path: impl AsRef<Path>,
+    options: &CreateOptions,
+    out: &File,
+    out_path: &Path,
+) -> Result<BmapInfo> {
+    let path = path.as_ref();
+    let _span = tracing::debug_span!("bmap::create_to", path = %path.display()).entered();
+    let map = BlockMap::open(path, MapOptions::from(options.backend))?;
+    if map.size() == 0 {
+        return Err(Error::EmptyImage {
+            path: path.to_owned(),
+        });
+    }
+    let block_size = u64::from(map.block_size());
+    let mut info = BmapInfo {
+        version: crate::format::Version::V2_0,
+        image_size: map.size(),
+        block_size,
+        blocks_count: map.block_count(),
+        mapped_blocks_count: 0,
+        checksum_type: Some(options.checksum_type),
+        ranges: 0,
+        mapped_bytes: 0,
+    };
+    for r in map.mapped_blocks(0..map.block_count()) {
+        let r = r?;
+        info.mapped_blocks_count += r.end - r.start;
+        info.ranges += 1;
+    }
+    debug!(backend = %map.backend(), block_size, ranges = info.ranges, "mapped");
+    let layout = Layout::new(
+        info.version,
+        info.image_size,
+        block_size,
+        info.mapped_blocks_count,
+        info.checksum_type,
+    );
+    let mut sink = Sink {
+        out,
+        path: out_path,
+        pos: 0,
+        buf: Vec::with_capacity(SINK_BUFFER),
+        hasher: layout.checksum.map(|(_, kind)| kind.hasher()),
+    };
+    out.set_len(0)
+        .map_err(|e| Error::io("truncate it", out_path, e))?;
+    sink.write(&layout.head)?;
+
+    let header = Bmap::new(info.image_size, block_size);
+    let mut walk = map.mapped_blocks(0..map.block_count());
+    let mut batch: Vec<Range<u64>> = Vec::new();
+    let mut line = Vec::new();
+    let (mut blocks, mut ranges) = (0u64, 0u64);
+    loop {
+        batch.clear();
+        let mut bytes = 0;
+        while batch.len() < BATCH_RANGES && bytes < BATCH_BYTES {
+            let Some(r) = walk.next() else { break };
+            let r = r?;
+            let b = from_blocks(&r, &header);
+            bytes += b.end - b.start;
+            batch.push(r);
+        }
+        if batch.is_empty() {
+            break;
+        }
+        let sums = if options.checksums {
+            hash_ranges(map.file(), path, &header, &batch, options)?
+        } else {
+            vec![None; batch.len()]
+        };
+        for (r, checksum) in batch.iter().zip(sums) {
+            let range = BlockRange {
+                first: r.start,
+                last: r.end - 1,
+                checksum,
+            };
+            blocks += range.blocks();
+            ranges += 1;
+            let b = range.bytes(block_size, info.image_size);
+            info.mapped_bytes += b.end - b.start;
+            line.clear();
+            layout.push_range(&mut line, &range);
+            sink.write(&line)?;
+        }
+    }
+    if blocks != info.mapped_blocks_count || ranges != info.ranges {
+        return Err(Error::io(
+            "map the image",
+            path,
+            io::Error::other("the image changed while its bmap was made"),
+        ));
+    }
+    sink.write(FOOTER.as_bytes())?;
+    let sum = sink.finish()?;
+    if let (Some((at, _)), Some(sum)) = (layout.checksum, sum) {
+        out.write_all_at(sum.as_bytes(), at as u64)
+            .map_err(|e| Error::io("write the bmap", out_path, e))?;
+    }
+    Ok(info)
+}
+
+const SINK_BUFFER: usize = 256 << 10;
+
+/// The output of [`create_to`]: buffered positioned writes, hashed as they go.
+struct Sink<'a> {
+    out: &'a File,
+    path: &'a Path,
+    pos: u64,
+    buf: Vec<u8>,
+    hasher: Option<crate::checksum::Hasher>,
+}
+
+impl Sink<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= SINK_BUFFER {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(&self.buf);
+        }
+        self.out
+            .write_all_at(&self.buf, self.pos)
+            .map_err(|e| Error::io("write the bmap", self.path, e))?;
+        self.pos += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Writes what is left; the checksum of all that was written.
+    fn finish(mut self) -> Result<Option<String>> {
+        self.flush()?;
+        Ok(self.hasher.map(crate::checksum::Hasher::finish_hex))
+    }
 }
 
 fn hash_ranges(

@@ -134,7 +134,7 @@ pub enum Error {
         tried: Vec<PathBuf>,
     },
     /// The image's name says a compression this crate does not read.
-    #[error("{}: {kind} images are not supported (gz, xz, zst, bz2 and uncompressed are)", path.display())]
+    #[error("{}: {kind} images are not supported (gz, xz, zst, bz2, lz4 and uncompressed are)", path.display())]
     UnsupportedCompression {
         /// The image.
         path: PathBuf,
@@ -147,6 +147,29 @@ pub enum Error {
         /// The image.
         path: PathBuf,
     },
+    /// A compressed image's decoder found it corrupt (a bad block, a checksum of the format
+    /// that does not match, a stream cut short).
+    #[error("{}: the {compression} image is corrupt (at byte {at} of its data): {source}", path.display())]
+    Corrupt {
+        /// The image.
+        path: PathBuf,
+        /// The format's name (`"gzip"`…).
+        compression: &'static str,
+        /// Where in the decompressed data the decoder stopped.
+        at: u64,
+        /// The decoder's complaint.
+        source: io::Error,
+    },
+    /// The copy was stopped by [`Copier::interrupt`](crate::Copier::interrupt)'s flag.
+    #[error("{}: interrupted: {}", dest.display(), interrupted_detail(*removed, written.as_ref()))]
+    Interrupted {
+        /// The destination.
+        dest: PathBuf,
+        /// Whether the destination, created by this copy, was removed.
+        removed: bool,
+        /// The bytes of the destination that may be partly written, if any were.
+        written: Option<std::ops::Range<u64>>,
+    },
     /// Mapping the image failed (opening it, its kind, FIEMAP/SEEK errors).
     #[error(transparent)]
     Map(#[from] blockmap_core::Error),
@@ -157,6 +180,19 @@ pub enum Error {
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What an interrupted copy left behind.
+pub(crate) fn interrupted_detail(removed: bool, written: Option<&std::ops::Range<u64>>) -> String {
+    match (removed, written) {
+        (true, _) => "removed the partial copy (this run created it)".to_owned(),
+        (false, Some(w)) => format!(
+            "bytes {}-{} may be partly written: do not trust it",
+            w.start,
+            w.end.saturating_sub(1)
+        ),
+        (false, None) => "nothing was written".to_owned(),
+    }
+}
 
 impl Error {
     pub(crate) fn io(what: impl Into<String>, path: impl Into<PathBuf>, source: io::Error) -> Self {

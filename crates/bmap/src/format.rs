@@ -4,10 +4,9 @@ use std::fmt;
 use std::ops::Range;
 use std::path::Path;
 
-use quick_xml::events::Event;
-
 use crate::checksum::ChecksumType;
 use crate::error::{Error, Result};
+use crate::parse::Checksums;
 
 /// A bmap format version, `major.minor`.
 ///
@@ -28,45 +27,11 @@ impl Version {
     pub const V2_0: Version = Version { major: 2, minor: 0 };
     /// 1.3, the first version with checksums (SHA1 only).
     pub const V1_3: Version = Version { major: 1, minor: 3 };
-
-    /// Which tags and attributes carry the checksums in this version.
-    fn checksums(self) -> Checksums {
-        if self.major > 1 || (self.major == 1 && self.minor == 4) {
-            Checksums::Typed
-        } else if self.major == 1 && self.minor == 3 {
-            Checksums::Sha1
-        } else {
-            Checksums::None
-        }
-    }
 }
 
 impl fmt::Display for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}", self.major, self.minor)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Checksums {
-    None,
-    Sha1,
-    Typed,
-}
-
-impl Checksums {
-    fn file_tag(self) -> &'static str {
-        match self {
-            Checksums::Sha1 => "BmapFileSHA1",
-            _ => "BmapFileChecksum",
-        }
-    }
-
-    fn range_attr(self) -> &'static str {
-        match self {
-            Checksums::Sha1 => "sha1",
-            _ => "chksum",
-        }
     }
 }
 
@@ -170,11 +135,10 @@ impl Bmap {
             .sum()
     }
 
-    /// Reads and checks a bmap file: [`Bmap::from_bytes`] on its contents.
+    /// Reads and checks a bmap file, as [`Bmap::from_bytes`] checks its contents (a stream such
+    /// as a FIFO is read once).
     pub fn read(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let raw = std::fs::read(path).map_err(|e| Error::io("read the bmap file", path, e))?;
-        Bmap::from_bytes(&raw, path)
+        crate::file::BmapFile::open(path)?.to_bmap()
     }
 
     /// Parses a bmap file's contents (`path` names it in errors), checks that it is consistent
@@ -182,7 +146,7 @@ impl Bmap {
     /// file's own checksum, as bmaptool does.
     pub fn from_bytes(raw: &[u8], path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let bmap = parse(raw, path)?;
+        let bmap = crate::file::parse_bytes(raw, path)?;
         bmap.verify_file_checksum(raw, path)?;
         Ok(bmap)
     }
@@ -214,7 +178,7 @@ impl Bmap {
     /// the same layout and their own tags (`BmapFileSHA1` and `sha1=` for 1.3, no checksums
     /// before).
     pub fn to_xml(&self) -> Vec<u8> {
-        Writer::new(self).finish()
+        write_xml(self)
     }
 }
 
@@ -269,45 +233,47 @@ const HEADER: &str = r#"<?xml version="1.0" ?>
 
 "#;
 
-/// Writes a bmap the way bmaptool does: a header with blank fields, the ranges, then the
-/// fields filled in place (which may overwrite a few of the padding spaces after them), then
-/// the checksum of the whole with the checksum field all `0`s.
-struct Writer<'a> {
-    bmap: &'a Bmap,
-    out: Vec<u8>,
+/// A bmap laid out the way bmaptool writes it: the header with blank fields, the ranges, then
+/// the fields filled in place (which may overwrite a few of the padding spaces after them),
+/// then the checksum of the whole with the checksum field all `0`s. The counts are known
+/// before the ranges are written, so the header is final but for the checksum: the ranges
+/// can be written as they come.
+pub(crate) struct Layout {
+    /// Everything before the first range, counts filled in, the checksum all `0`s.
+    pub head: Vec<u8>,
+    /// Where the file checksum goes in `head`, and its type.
+    pub checksum: Option<(usize, ChecksumType)>,
+    /// The range checksum's attribute, when the version has range checksums.
+    attr: Option<&'static str>,
 }
 
-impl<'a> Writer<'a> {
-    fn new(bmap: &'a Bmap) -> Self {
-        Writer {
-            bmap,
-            out: Vec::with_capacity(4096 + bmap.ranges.len() * 100),
-        }
-    }
+/// What follows the last range.
+pub(crate) const FOOTER: &str = "    </BlockMap>\n</bmap>\n";
 
-    fn overwrite(&mut self, at: usize, text: &[u8]) {
-        let end = at + text.len();
-        if end > self.out.len() {
-            self.out.resize(end, b' ');
-        }
-        self.out[at..end].copy_from_slice(text);
-    }
-
-    fn finish(mut self) -> Vec<u8> {
-        let b = self.bmap;
-        let checksums = b.version.checksums();
+impl Layout {
+    /// The layout of a bmap with this header: `checksum_type` is used for format 1.4 and 2.x
+    /// (SHA256 if none), `sha1` for 1.3, none before.
+    pub(crate) fn new(
+        version: Version,
+        image_size: u64,
+        block_size: u64,
+        mapped_blocks_count: u64,
+        checksum_type: Option<ChecksumType>,
+    ) -> Layout {
+        let blocks_count = image_size.div_ceil(block_size.max(1));
+        let checksums = Checksums::of(version);
         let kind = match checksums {
             Checksums::None => None,
             Checksums::Sha1 => Some(ChecksumType::Sha1),
-            Checksums::Typed => Some(b.checksum_type.unwrap_or(ChecksumType::Sha256)),
+            Checksums::Typed => Some(checksum_type.unwrap_or(ChecksumType::Sha256)),
         };
-        let image_human = human_size(b.image_size);
+        let image_human = human_size(image_size);
         let mut s = String::from(HEADER);
         s += &format!(
             "<bmap version=\"{}\">\n    <!-- Image size in bytes: {} -->\n    <ImageSize> {} </ImageSize>\n\n    \
              <!-- Size of a block in bytes -->\n    <BlockSize> {} </BlockSize>\n\n    \
              <!-- Count of blocks in the image file -->\n    <BlocksCount> {} </BlocksCount>\n\n",
-            b.version, image_human, b.image_size, b.block_size, b.blocks_count
+            version, image_human, image_size, block_size, blocks_count
         );
         s += "    <!-- Count of mapped blocks: ";
         let mapped_pos1 = s.len();
@@ -320,9 +286,9 @@ impl<'a> Writer<'a> {
         let mapped_pos2 = s.len();
         s += &format!(
             "{} </MappedBlocksCount>\n\n",
-            " ".repeat(b.blocks_count.to_string().len())
+            " ".repeat(blocks_count.to_string().len())
         );
-        let mut checksum_pos = None;
+        let mut checksum = None;
         if let Some(kind) = kind {
             if checksums == Checksums::Typed {
                 s += "    <!-- Type of checksum used in this file -->\n";
@@ -331,7 +297,7 @@ impl<'a> Writer<'a> {
             s += "    <!-- The checksum of this bmap file. When it is calculated, the value of\n";
             s += "         the checksum has be zero (all ASCII \"0\" symbols).  -->\n";
             s += &format!("    <{}> ", checksums.file_tag());
-            checksum_pos = Some(s.len());
+            checksum = Some((s.len(), kind));
             s += &format!(
                 "{} </{}>\n\n",
                 "0".repeat(kind.hex_len()),
@@ -342,336 +308,62 @@ impl<'a> Writer<'a> {
         s += "         range of blocks or a single block. The 'chksum' attribute\n";
         s += "         (if present) is the checksum of this blocks range. -->\n";
         s += "    <BlockMap>\n";
-        let attr = checksums.range_attr();
-        for r in &b.ranges {
-            let chksum = match (&r.checksum, kind) {
-                (Some(c), Some(_)) => format!(" {attr}=\"{c}\""),
-                _ => String::new(),
-            };
-            if r.first != r.last {
-                s += &format!("        <Range{chksum}> {}-{} </Range>\n", r.first, r.last);
-            } else {
-                s += &format!("        <Range{chksum}> {} </Range>\n", r.first);
-            }
-        }
-        s += "    </BlockMap>\n</bmap>\n";
-        self.out = s.into_bytes();
+        let mut head = s.into_bytes();
 
-        let mapped_human = human_size(b.mapped_blocks_count.saturating_mul(b.block_size));
-        let percent = if b.blocks_count == 0 {
+        let mapped_human = human_size(mapped_blocks_count.saturating_mul(block_size));
+        let percent = if blocks_count == 0 {
             0.0
         } else {
-            (b.mapped_blocks_count as f64 * 100.0) / b.blocks_count as f64
+            (mapped_blocks_count as f64 * 100.0) / blocks_count as f64
         };
-        self.overwrite(
+        let mut overwrite = |at: usize, text: &[u8]| {
+            head[at..at + text.len()].copy_from_slice(text);
+        };
+        overwrite(
             mapped_pos1,
             format!("{mapped_human} or {percent:.1}%").as_bytes(),
         );
-        self.overwrite(mapped_pos2, b.mapped_blocks_count.to_string().as_bytes());
-        if let (Some(kind), Some(at)) = (kind, checksum_pos) {
-            let sum = kind.hex_digest(&self.out);
-            self.overwrite(at, sum.as_bytes());
-        }
-        self.out
-    }
-}
-
-/// The 1-based line of byte offset `pos` in `raw`.
-fn line_of(raw: &[u8], pos: u64) -> u64 {
-    let pos = (pos as usize).min(raw.len());
-    raw[..pos].iter().filter(|&&c| c == b'\n').count() as u64 + 1
-}
-
-/// A field of the header, with the byte offset of its start tag.
-#[derive(Default)]
-struct Field {
-    text: Option<(String, u64)>,
-}
-
-fn parse(raw: &[u8], path: &Path) -> Result<Bmap> {
-    // Positions are byte offsets until an error needs its at: counting lines at every
-    // event would be quadratic in the size of the file.
-    let err = |at: u64, message: String| Error::Format {
-        path: path.to_owned(),
-        line: line_of(raw, at),
-        message,
-    };
-    let mut reader = quick_xml::Reader::from_reader(raw);
-    reader.config_mut().check_end_names = true;
-
-    let mut stack: Vec<String> = Vec::new();
-    let mut version: Option<(String, u64)> = None;
-    let mut fields: [(&str, Field); 7] = [
-        ("ImageSize", Field::default()),
-        ("BlockSize", Field::default()),
-        ("BlocksCount", Field::default()),
-        ("MappedBlocksCount", Field::default()),
-        ("ChecksumType", Field::default()),
-        ("BmapFileChecksum", Field::default()),
-        ("BmapFileSHA1", Field::default()),
-    ];
-    // Ranges as read: (text, checksum attributes by name, at).
-    struct RawRange {
-        text: String,
-        chksum: Option<String>,
-        sha1: Option<String>,
-        at: u64,
-    }
-    let mut raw_ranges: Vec<RawRange> = Vec::new();
-    let mut text = String::new();
-    let mut start_at = 1;
-    let mut seen_root = false;
-
-    loop {
-        let before = reader.buffer_position();
-        let event = reader
-            .read_event()
-            .map_err(|e| err(reader.error_position(), format!("not well-formed XML: {e}")))?;
-        let at = before + leading_whitespace(raw, before);
-        match event {
-            Event::Start(e) | Event::Empty(e) if stack.is_empty() => {
-                let name = e.name().as_ref().to_owned();
-                if name != "bmap" || seen_root {
-                    return Err(err(
-                        at,
-                        format!("expected the root element <bmap>, found <{name}>"),
-                    ));
-                }
-                seen_root = true;
-                for a in e.attributes() {
-                    let a = a.map_err(|e| err(at, format!("bad attribute of <bmap>: {e}")))?;
-                    if a.key.as_ref() == "version" {
-                        version = Some((a.value.into_owned(), at));
-                    }
-                }
-                stack.push(name);
-                text.clear();
-            }
-            Event::Start(e) => {
-                let name = e.name().as_ref().to_owned();
-                if name == "Range" && stack.last().map(String::as_str) == Some("BlockMap") {
-                    let mut chksum = None;
-                    let mut sha1 = None;
-                    for a in e.attributes() {
-                        let a = a.map_err(|e| err(at, format!("bad attribute of <Range>: {e}")))?;
-                        let v = a.value.trim().to_owned();
-                        match a.key.as_ref() {
-                            "chksum" => chksum = Some(v),
-                            "sha1" => sha1 = Some(v),
-                            _ => {}
-                        }
-                    }
-                    raw_ranges.push(RawRange {
-                        text: String::new(),
-                        chksum,
-                        sha1,
-                        at,
-                    });
-                }
-                stack.push(name);
-                text.clear();
-                start_at = at;
-            }
-            Event::Empty(e) => {
-                let name = e.name().as_ref().to_owned();
-                if name == "Range" || fields.iter().any(|(n, _)| *n == name) {
-                    return Err(err(at, format!("<{name}/> is empty")));
-                }
-            }
-            Event::Text(t) => {
-                text.push_str(&t);
-            }
-            Event::CData(t) => text.push_str(&t),
-            Event::GeneralRef(r) => {
-                return Err(err(at, format!("unexpected entity &{};", &*r)));
-            }
-            Event::End(_) => {
-                let name = stack.pop().unwrap_or_default();
-                let depth = stack.len();
-                if depth == 1 {
-                    if let Some((_, f)) = fields.iter_mut().find(|(n, _)| *n == name) {
-                        if f.text.is_some() {
-                            return Err(err(start_at, format!("<{name}> appears twice")));
-                        }
-                        f.text = Some((text.trim().to_owned(), start_at));
-                    }
-                } else if depth == 2 && name == "Range" && stack[1] == "BlockMap" {
-                    let r = raw_ranges.last_mut().expect("pushed at the start tag");
-                    r.text = text.trim().to_owned();
-                }
-                text.clear();
-            }
-            Event::Eof => break,
-            Event::Comment(_) | Event::Decl(_) | Event::PI(_) | Event::DocType(_) => {}
-        }
-    }
-    let end_at = raw.len() as u64;
-    if !seen_root {
-        return Err(err(end_at, "no <bmap> element".into()));
-    }
-    if !stack.is_empty() {
-        return Err(err(
-            end_at,
-            format!("<{}> is not closed", stack.last().unwrap()),
-        ));
-    }
-
-    let (version_text, version_at) =
-        version.ok_or_else(|| err(0, "<bmap> has no version attribute".into()))?;
-    let version = parse_version(&version_text).ok_or_else(|| {
-        err(
-            version_at,
-            format!("bad version {version_text:?}: expected major.minor"),
-        )
-    })?;
-    if version.major > 2 || version.major == 0 {
-        return Err(err(
-            version_at,
-            format!("bmap format version {version} is not supported (1.0 to 2.x are)"),
-        ));
-    }
-
-    let blocks_count_at = fields[2].1.text.as_ref().map_or(end_at, |(_, l)| *l);
-    let mut field = |name: &str| -> Option<(String, u64)> {
-        fields
-            .iter_mut()
-            .find(|(n, _)| *n == name)
-            .and_then(|(_, f)| f.text.take())
-    };
-    let mut number = |name: &str| -> Result<u64> {
-        let (t, at) = field(name).ok_or_else(|| err(end_at, format!("<{name}> is missing")))?;
-        t.parse::<u64>()
-            .map_err(|_| err(at, format!("<{name}> {t:?} is not a number")))
-    };
-    let image_size = number("ImageSize")?;
-    let block_size = number("BlockSize")?;
-    let blocks_count = number("BlocksCount")?;
-    let mapped_blocks_count = number("MappedBlocksCount")?;
-    if block_size == 0 {
-        return Err(err(end_at, "<BlockSize> is 0".into()));
-    }
-    if image_size.div_ceil(block_size) != blocks_count {
-        return Err(err(
-            blocks_count_at,
-            format!(
-                "inconsistent bmap: <BlocksCount> {blocks_count} is not <ImageSize> {image_size} in blocks of {block_size}"
-            ),
-        ));
-    }
-
-    let checksums = version.checksums();
-    let (checksum_type, file_checksum) = match checksums {
-        Checksums::None => (None, None),
-        Checksums::Sha1 | Checksums::Typed => {
-            let kind = if checksums == Checksums::Sha1 {
-                ChecksumType::Sha1
-            } else {
-                let (t, at) = field("ChecksumType")
-                    .ok_or_else(|| err(end_at, "<ChecksumType> is missing".into()))?;
-                t.parse()
-                    .map_err(|e| err(at, format!("<ChecksumType>: {e}")))?
-            };
-            let tag = checksums.file_tag();
-            let (sum, at) = field(tag).ok_or_else(|| err(end_at, format!("<{tag}> is missing")))?;
-            check_hex(&sum, kind).map_err(|m| err(at, format!("<{tag}> {m}")))?;
-            (Some(kind), Some(sum))
-        }
-    };
-
-    let attr_is_sha1 = checksums == Checksums::Sha1;
-    let mut ranges = Vec::with_capacity(raw_ranges.len());
-    let mut counted = 0u64;
-    let mut next_free = 0u64;
-    for r in raw_ranges {
-        let bad = |m: String| err(r.at, m);
-        let (first, last) = match r.text.split_once('-') {
-            Some((a, b)) => (a.trim(), Some(b.trim())),
-            None => (r.text.as_str(), None),
-        };
-        let first: u64 = first
-            .parse()
-            .map_err(|_| bad(format!("bad range {:?}: expected N or N-M", r.text)))?;
-        let last: u64 = match last {
-            Some(l) => l
-                .parse()
-                .map_err(|_| bad(format!("bad range {:?}: expected N or N-M", r.text)))?,
-            None => first,
-        };
-        if first > last {
-            return Err(bad(format!("bad range {:?}: first > last", r.text)));
-        }
-        if last >= blocks_count {
-            return Err(bad(format!(
-                "range {:?} runs past the image's {blocks_count} blocks",
-                r.text
-            )));
-        }
-        if first < next_free {
-            return Err(bad(format!(
-                "range {:?} overlaps or precedes the range before it",
-                r.text
-            )));
-        }
-        next_free = last + 1;
-        let checksum = match checksum_type {
-            Some(kind) => {
-                let c = if attr_is_sha1 { r.sha1 } else { r.chksum };
-                if let Some(c) = &c {
-                    check_hex(c, kind)
-                        .map_err(|m| bad(format!("checksum of range {:?} {m}", r.text)))?;
-                }
-                c
-            }
-            None => None,
-        };
-        counted += last - first + 1;
-        ranges.push(BlockRange {
-            first,
-            last,
+        overwrite(mapped_pos2, mapped_blocks_count.to_string().as_bytes());
+        Layout {
+            head,
             checksum,
-        });
+            attr: kind.map(|_| checksums.range_attr()),
+        }
     }
-    if counted != mapped_blocks_count {
-        return Err(err(
-            end_at,
-            format!(
-                "inconsistent bmap: <MappedBlocksCount> is {mapped_blocks_count} but the ranges hold {counted} blocks"
-            ),
-        ));
+
+    /// Appends the line of range `r` to `out`.
+    pub(crate) fn push_range(&self, out: &mut Vec<u8>, r: &BlockRange) {
+        use std::io::Write;
+        out.extend_from_slice(b"        <Range");
+        if let (Some(c), Some(attr)) = (&r.checksum, self.attr) {
+            let _ = write!(out, " {attr}=\"{c}\"");
+        }
+        let _ = if r.first != r.last {
+            writeln!(out, "> {}-{} </Range>", r.first, r.last)
+        } else {
+            writeln!(out, "> {} </Range>", r.first)
+        };
     }
-    Ok(Bmap {
-        version,
-        image_size,
-        block_size,
-        blocks_count,
-        mapped_blocks_count,
-        checksum_type,
-        file_checksum,
-        ranges,
-    })
 }
 
-/// quick-xml reports an event's position before the whitespace that leads into it; point at
-/// the markup itself.
-fn leading_whitespace(raw: &[u8], pos: u64) -> u64 {
-    let rest = &raw[(pos as usize).min(raw.len())..];
-    rest.iter().take_while(|c| c.is_ascii_whitespace()).count() as u64
-}
-
-fn parse_version(s: &str) -> Option<Version> {
-    let (major, minor) = s.trim().split_once('.')?;
-    Some(Version {
-        major: major.parse().ok()?,
-        minor: minor.parse().ok()?,
-    })
-}
-
-fn check_hex(s: &str, kind: ChecksumType) -> std::result::Result<(), String> {
-    if s.len() != kind.hex_len() || !s.bytes().all(|c| c.is_ascii_hexdigit()) {
-        return Err(format!(
-            "{s:?} is not a {kind} checksum ({} hexadecimal digits)",
-            kind.hex_len()
-        ));
+/// The whole file in memory.
+fn write_xml(b: &Bmap) -> Vec<u8> {
+    let layout = Layout::new(
+        b.version,
+        b.image_size,
+        b.block_size,
+        b.mapped_blocks_count,
+        b.checksum_type,
+    );
+    let mut out = Vec::with_capacity(layout.head.len() + b.ranges.len() * 100 + FOOTER.len());
+    out.extend_from_slice(&layout.head);
+    for r in &b.ranges {
+        layout.push_range(&mut out, r);
     }
-    Ok(())
+    out.extend_from_slice(FOOTER.as_bytes());
+    if let Some((at, kind)) = layout.checksum {
+        let sum = kind.hex_digest(&out);
+        out[at..at + sum.len()].copy_from_slice(sum.as_bytes());
+    }
+    out
 }

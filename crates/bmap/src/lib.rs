@@ -6,16 +6,20 @@
 //! does (versions 1.0 to 1.4 and 2.0), creates bmaps from a file's block map, and copies
 //! images by them, compressed or not.
 //!
-//! - [`Bmap`]: the file's contents; [`Bmap::read`] / [`Bmap::from_bytes`] parse one, check
-//!   that it is consistent and verify its own checksum (`BmapFileChecksum`); [`Bmap::to_xml`]
-//!   writes one byte for byte as bmaptool lays it out.
+//! - [`BmapFile`]: a bmap file checked as a stream (its XML, every range, its own checksum
+//!   `BmapFileChecksum`), its ranges read again one at a time as a copy takes them: memory
+//!   stays a few MiB whatever the number of ranges; a FIFO is spooled once; what is not a bmap
+//!   is refused within its first 64 KiB.
+//! - [`Bmap`]: a bmap in memory; [`Bmap::read`] / [`Bmap::from_bytes`] parse and check one;
+//!   [`Bmap::to_xml`] writes one byte for byte as bmaptool lays it out.
 //! - [`create`]: the bmap of an image, from `blockmap-core`'s [`BlockMap`](blockmap_core::BlockMap)
 //!   (a block is mapped when any of its bytes may be data: data is never called a hole), the
-//!   ranges hashed in parallel.
+//!   ranges hashed in parallel; [`create_to`] writes it to a file as the ranges are hashed.
 //! - [`Copier`]: writes an image's mapped ranges to a file or block device, verifying every
-//!   range's checksum as the data passes; `.gz`, `.xz`, `.zst`, `.bz2` and `.lz4` images are streamed
-//!   through their decompressors ([`find_bmap`] finds the bmap beside an image as bmaptool
-//!   does).
+//!   range's checksum as the data passes; `.gz`, `.xz`, `.zst`, `.bz2` and `.lz4` images (and
+//!   plain ones that cannot seek, such as pipes) are streamed through their decompressors and
+//!   read to their end, where the format's own checksums are checked ([`find_bmap`] finds the
+//!   bmap beside an image as bmaptool does). An interrupt flag stops it between two chunks.
 //! - [`read_signed`]: reads a bmap file verifying its GPG signature (detached or clearsigned)
 //!   with GnuPG, as bmaptool does.
 //!
@@ -37,7 +41,7 @@
 //!
 //! // Finds disk.img.bmap, writes the mapped blocks, verifies their checksums.
 //! let bmap_path = bmap::find_bmap(&image)?;
-//! let report = bmap::Copier::new(bmap::Bmap::read(&bmap_path)?).copy(&image, &copy)?;
+//! let report = bmap::Copier::from_file(bmap::BmapFile::open(&bmap_path)?).copy(&image, &copy)?;
 //! assert_eq!(report.image_size, 16 << 20);
 //! assert_eq!(std::fs::read(&image).unwrap(), std::fs::read(&copy).unwrap());
 //! # Ok(())
@@ -50,14 +54,17 @@ mod checksum;
 mod copy;
 mod create;
 mod error;
+mod file;
 mod format;
+mod parse;
 mod signature;
 mod source;
 
 pub use checksum::{ChecksumType, Hasher, UnknownChecksumType};
 pub use copy::{Copier, CopyReport};
-pub use create::{CreateOptions, create};
+pub use create::{CreateOptions, create, create_to};
 pub use error::{Error, Result};
+pub use file::{BmapFile, BmapInfo, Ranges};
 pub use format::{BlockRange, Bmap, Version, human_size};
 pub use signature::{SignatureCheck, Signer, read_signed};
 pub use source::{Compression, find_bmap};

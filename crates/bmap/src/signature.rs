@@ -4,16 +4,14 @@
 //! cryptography, with the caller's keyring (`GNUPGHOME`); its machine-readable status lines
 //! are what is read. `BLOCKMAP_GPG` names another `gpg` program.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use tracing::debug;
 
 use crate::error::{Error, Result};
-use crate::format::Bmap;
-
-/// What starts a clearsigned bmap file.
-const CLEARSIGN_MARKER: &[u8] = b"-----BEGIN PGP SIGNED MESSAGE-----";
+use crate::file::{BmapFile, Data, Input};
 
 /// How [`read_signed`] treats signatures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,10 +47,10 @@ pub fn read_signed(
     path: impl AsRef<Path>,
     detached: Option<&Path>,
     check: SignatureCheck,
-) -> Result<(Bmap, Option<Signer>)> {
+) -> Result<(BmapFile, Option<Signer>)> {
     let path = path.as_ref();
-    let raw = std::fs::read(path).map_err(|e| Error::io("read the bmap file", path, e))?;
-    if raw.starts_with(CLEARSIGN_MARKER) {
+    let mut input = Input::open(path)?;
+    if input.clearsigned {
         if let Some(sig) = detached {
             return Err(Error::Signature {
                 path: sig.to_owned(),
@@ -62,20 +60,40 @@ pub fn read_signed(
                 ),
             });
         }
-        let (plain, status) = gpg(path, &["--output", "-", "--decrypt"], &[path])?;
+        input.spool_all(path)?;
+        // gpg writes the signed text to a file of ours, not into our memory.
+        let plain = tempfile::NamedTempFile::new()
+            .map_err(|e| Error::io("make a temporary file for the bmap", path, e))?;
+        let out = plain.path().to_owned();
+        let (_, status) = gpg(
+            path,
+            &[
+                "--yes".as_ref(),
+                "--output".as_ref(),
+                out.as_os_str(),
+                "--decrypt".as_ref(),
+            ],
+            &[],
+            input.data(path)?,
+        )?;
         let signer = match check {
             SignatureCheck::Verify => Some(signer(path, &status)?),
             SignatureCheck::Skip => None,
         };
-        if plain.is_empty() {
+        let plain_input = Input::open(&out)?;
+        let is_empty = std::fs::metadata(&out).map_or(true, |m| m.len() == 0);
+        if is_empty {
             return Err(Error::Signature {
                 path: path.to_owned(),
                 reason: "gpg found no signed text in the clearsigned file".to_owned(),
             });
         }
-        return Ok((Bmap::from_bytes(&plain, path)?, signer));
+        // Errors name the file the user gave, lines counted in its signed text.
+        let file = plain_input.into_bmap_file(path)?;
+        drop(plain);
+        return Ok((file, signer));
     }
-    let bmap = Bmap::from_bytes(&raw, path)?;
+    let bmap = input.into_bmap_file(path)?;
     if check == SignatureCheck::Skip {
         return Ok((bmap, None));
     }
@@ -101,20 +119,26 @@ pub fn read_signed(
         }
     };
     debug!(signature = %sig.display(), "verifying the bmap's detached signature");
-    let (_, status) = gpg(&sig, &["--verify"], &[&sig, path])?;
+    let (_, status) = gpg(&sig, &["--verify".as_ref()], &[&sig], bmap.data()?)?;
     Ok((bmap, Some(signer(&sig, &status)?)))
 }
 
-/// Runs `gpg` in batch mode with `args` then `files`; returns its standard output and its
-/// status lines (`--status-fd`). Its exit code is not judged here: the status lines say what
-/// it found.
-fn gpg(sig: &Path, args: &[&str], files: &[&Path]) -> Result<(Vec<u8>, String)> {
+/// Runs `gpg` in batch mode with `args`, then `files`, then the bmap's `data`; returns its
+/// standard output and its status lines (`--status-fd`). Its exit code is not judged here: the
+/// status lines say what it found.
+fn gpg(sig: &Path, args: &[&OsStr], files: &[&Path], data: Data) -> Result<(Vec<u8>, String)> {
     let program = std::env::var_os("BLOCKMAP_GPG").unwrap_or_else(|| "gpg".into());
+    // The bmap's bytes last: by name, or `-` for a spooled stream given as stdin.
+    let (data, stdin): (PathBuf, Stdio) = match data {
+        Data::Path(p) => (p, Stdio::null()),
+        Data::Stdin(file) => (PathBuf::from("-"), Stdio::from(file)),
+    };
     let out = Command::new(&program)
         .args(["--batch", "--no-tty", "--status-fd", "2"])
         .args(args)
         .args(files)
-        .stdin(Stdio::null())
+        .arg(&data)
+        .stdin(stdin)
         .output()
         .map_err(|e| Error::Signature {
             path: sig.to_owned(),

@@ -113,12 +113,14 @@ pub fn find_bmap(image: impl AsRef<Path>) -> Result<PathBuf> {
 
 /// Where the image's bytes come from.
 pub(crate) enum Source {
-    /// A plain file: positioned reads, the holes never read.
+    /// A plain file or device: positioned reads, the holes never read.
     File(File),
-    /// A decompressor: read in order, the unmapped parts read and dropped.
+    /// A decompressor, or a plain image that cannot seek (a pipe): read in order, the
+    /// unmapped parts read and dropped.
     Stream {
-        reader: Box<dyn Read + Send>,
+        reader: BufReader<Box<dyn Read + Send>>,
         pos: u64,
+        compression: Compression,
     },
 }
 
@@ -134,31 +136,72 @@ impl std::fmt::Debug for Source {
 const COMPRESSED_BUFFER: usize = 256 << 10;
 
 impl Source {
-    /// Reads `file` (at `path`) as `compression` says.
+    /// `file` (at `path`) read in order, decompressed as `compression` says.
     pub(crate) fn new(file: File, path: &Path, compression: Compression) -> Result<Source> {
+        let buffered = |file| BufReader::with_capacity(COMPRESSED_BUFFER, file);
         let reader: Box<dyn Read + Send> = match compression {
-            Compression::None => return Ok(Source::File(file)),
-            Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(
-                BufReader::with_capacity(COMPRESSED_BUFFER, file),
-            )),
-            Compression::Xz => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(
-                BufReader::with_capacity(COMPRESSED_BUFFER, file),
-            )),
-            Compression::Zstd => Box::new(
-                zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(
-                    COMPRESSED_BUFFER,
-                    file,
-                ))
-                .map_err(|e| Error::io("start the zstd decoder", path, e))?,
-            ),
-            Compression::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(
-                BufReader::with_capacity(COMPRESSED_BUFFER, file),
-            )),
-            Compression::Lz4 => Box::new(Lz4Frames(lz4_flex::frame::FrameDecoder::new(
-                BufReader::with_capacity(COMPRESSED_BUFFER, file),
+            Compression::None => Box::new(file),
+            Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered(file))),
+            Compression::Xz => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(buffered(
+                file,
             ))),
+            Compression::Zstd => Box::new(
+                zstd::stream::read::Decoder::with_buffer(buffered(file))
+                    .map_err(|e| Error::io("start the zstd decoder", path, e))?,
+            ),
+            Compression::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(buffered(file))),
+            Compression::Lz4 => Box::new(Lz4Frames(lz4_flex::frame::FrameDecoder::new(buffered(
+                file,
+            )))),
         };
-        Ok(Source::Stream { reader, pos: 0 })
+        Ok(Source::Stream {
+            reader: BufReader::with_capacity(COMPRESSED_BUFFER, reader),
+            pos: 0,
+            compression,
+        })
+    }
+
+    /// How the image is compressed.
+    pub(crate) fn compression(&self) -> Compression {
+        match self {
+            Source::File(_) => Compression::None,
+            Source::Stream { compression, .. } => *compression,
+        }
+    }
+
+    /// Where a stream is (the bytes read from it so far).
+    pub(crate) fn position(&self) -> u64 {
+        match self {
+            Source::File(_) => 0,
+            Source::Stream { pos, .. } => *pos,
+        }
+    }
+
+    /// Reads (and decompresses) a stream's first bytes without consuming them: the count
+    /// available, 0 for an empty stream.
+    pub(crate) fn peek(&mut self) -> io::Result<usize> {
+        match self {
+            Source::File(_) => Ok(1),
+            Source::Stream { reader, .. } => loop {
+                match reader.fill_buf() {
+                    Ok(buf) => return Ok(buf.len()),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            },
+        }
+    }
+
+    /// The next bytes of a stream, up to `buf.len()`: 0 at its end.
+    pub(crate) fn read_more(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Source::File(_) => Ok(0),
+            Source::Stream { reader, pos, .. } => {
+                let got = read_full(reader, buf)?;
+                *pos += got as u64;
+                Ok(got)
+            }
+        }
     }
 
     /// Reads the image's bytes at `pos` into `buf`, as many as there are up to `buf.len()`:
@@ -167,11 +210,13 @@ impl Source {
     pub(crate) fn read_at(&mut self, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Source::File(file) => read_full_at(file, pos, buf),
-            Source::Stream { reader, pos: at } => {
+            Source::Stream {
+                reader, pos: at, ..
+            } => {
                 if pos < *at {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidInput,
-                        "ranges out of order in a compressed stream",
+                        "ranges out of order in a stream",
                     ));
                 }
                 // Skip: read and drop, through the caller's buffer.
@@ -221,7 +266,7 @@ pub(crate) fn read_full_at(file: &File, pos: u64, buf: &mut [u8]) -> io::Result<
     Ok(done)
 }
 
-fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         match r.read(&mut buf[done..]) {

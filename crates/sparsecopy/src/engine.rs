@@ -549,7 +549,11 @@ impl Engine<'_, '_> {
 
     /// Writes a batch that the feed read: its data ranges from the buffer, its holes cleared.
     fn batch(&mut self, batch: &Batch) -> Result<()> {
-        trace!(span = ?batch.span, steps = batch.steps.len(), "batch");
+        trace!(
+            spans = batch.spans.len(),
+            steps = batch.steps.len(),
+            "batch"
+        );
         self.report.syscalls.pread += batch.preads;
         for (i, step) in batch.steps.iter().enumerate() {
             match step {

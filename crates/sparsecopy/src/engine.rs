@@ -42,6 +42,11 @@ const KERNEL_CHUNK: u64 = 1 << 30;
 /// A whole window is reflinked in pieces of this size: mostly holes, as a disk image is, each
 /// call costs next to nothing, and one per GiB made a 1 TiB image cost a thousand calls.
 const CLONE_CHUNK: u64 = 1 << 40;
+/// A `pwrite` writes at most this much, as cp does. The page cache sizes the folios it
+/// allocates for a write by the write's length; folios of a whole buffer come from the large
+/// free blocks that a VM with free page reporting has handed back to its host, and stall on
+/// the host at first touch, where smaller ones come from memory still at hand (ARCHITECTURE).
+const WRITE_MAX: usize = 128 << 10;
 /// The progress callback is called at most once per this many bytes (and at the end).
 const PROGRESS_EVERY: u64 = 1 << 20;
 /// Zeros for filling where a hole cannot be punched.
@@ -949,13 +954,14 @@ impl Engine<'_, '_> {
         Ok(())
     }
 
-    /// `pwrite` until all of `bytes` is written.
+    /// `pwrite` until all of `bytes` is written, [`WRITE_MAX`] at most a call.
     fn write_all(&mut self, bytes: &[u8], offset: u64) -> Result<()> {
         let mut put = 0;
         while put < bytes.len() {
             let at = offset + put as u64;
+            let end = bytes.len().min(put + WRITE_MAX);
             self.report.syscalls.pwrite += 1;
-            match rustix::io::pwrite(self.dst, &bytes[put..], at) {
+            match rustix::io::pwrite(self.dst, &bytes[put..end], at) {
                 Ok(0) => return Err(self.write_error(at, io::ErrorKind::WriteZero.into())),
                 Ok(n) => put += n,
                 Err(Errno::INTR) => {}

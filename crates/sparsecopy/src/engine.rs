@@ -45,6 +45,11 @@ const COPY_CHUNK: u64 = 16 << 20;
 /// A whole window is reflinked in pieces of this size: mostly holes, as a disk image is, each
 /// call costs next to nothing, and one per GiB made a 1 TiB image cost a thousand calls.
 const CLONE_CHUNK: u64 = 1 << 40;
+/// A `pwrite` writes at most this much, as cp does. The page cache sizes the folios it
+/// allocates for a write by the write's length; folios of a whole buffer come from the large
+/// free blocks that a VM with free page reporting has handed back to its host, and stall on
+/// the host at first touch, where smaller ones come from memory still at hand (ARCHITECTURE).
+const WRITE_MAX: usize = 128 << 10;
 /// The progress callback is called at most once per this many bytes (and at the end).
 const PROGRESS_EVERY: u64 = 1 << 20;
 /// Zeros for filling where a hole cannot be punched.
@@ -805,7 +810,11 @@ impl Engine<'_, '_> {
 
     /// Writes a batch that the feed read: its data ranges from the buffer, its holes cleared.
     fn batch(&mut self, batch: &Batch) -> Result<()> {
-        trace!(span = ?batch.span, steps = batch.steps.len(), "batch");
+        trace!(
+            spans = batch.spans.len(),
+            steps = batch.steps.len(),
+            "batch"
+        );
         self.report.syscalls.pread += batch.preads;
         for (i, step) in batch.steps.iter().enumerate() {
             match step {
@@ -1213,14 +1222,15 @@ impl Engine<'_, '_> {
         Ok(())
     }
 
-    /// `pwrite` until all of `bytes` is written.
+    /// `pwrite` until all of `bytes` is written, [`WRITE_MAX`] at most a call.
     fn write_all(&mut self, bytes: &[u8], offset: u64) -> Result<()> {
         self.touch(offset..offset + bytes.len() as u64);
         let mut put = 0;
         while put < bytes.len() {
             let at = offset + put as u64;
+            let end = bytes.len().min(put + WRITE_MAX);
             self.report.syscalls.pwrite += 1;
-            match rustix::io::pwrite(self.dst, &bytes[put..], at) {
+            match rustix::io::pwrite(self.dst, &bytes[put..end], at) {
                 Ok(0) => return Err(self.write_error(at, io::ErrorKind::WriteZero.into())),
                 Ok(n) => put += n,
                 Err(Errno::INTR) => {}

@@ -6,8 +6,9 @@
 //! finding and reading it costs as much again. Here the map walk (FIEMAP) and the reads
 //! happen on a second core, ahead of the writer. Neighbouring small ranges are read with one
 //! `pread` of the span that holds them (the holes between them come back as zeros and are
-//! not written), into buffers that go round between the two threads: memory stays at
-//! [`POOL`] buffers whatever the file.
+//! not written); ranges further apart are read each on its own, into the same buffer, until
+//! it is full. Buffers go round between the two threads: memory stays at [`POOL`] buffers
+//! whatever the file, and a thread handoff costs one buffer of data, not one extent.
 //!
 //! Large ranges are read here too, a buffer at a time, when they go through user space
 //! anyway (no reflink, no kernel copy, no zero detection): the reads of one buffer then
@@ -54,16 +55,17 @@ pub(crate) enum Item {
     /// A settled data range of SRC ([`Step::Settled`]), not read: the engine copies it
     /// through user space, leaving out all-zero blocks.
     Settled(Range<u64>),
-    /// Small data ranges and the holes between them, with SRC's bytes of their span.
+    /// Small data ranges and the holes between them, with SRC's bytes of their spans.
     Batch(Batch),
     /// The walk or a read failed; nothing follows.
     Failed(Error),
 }
 
-/// Steps read at once: `buf[..span.len()]` holds SRC's bytes of `span`.
+/// Steps read at once: SRC's bytes of each span, packed in order into `buf`.
 #[derive(Debug)]
 pub(crate) struct Batch {
-    pub span: Range<u64>,
+    /// The SRC ranges read, in order, each with where its bytes start in `buf`.
+    pub spans: Vec<(Range<u64>, usize)>,
     pub steps: Vec<Step>,
     pub buf: Vec<u8>,
     /// `pread` calls it took.
@@ -74,9 +76,30 @@ pub(crate) struct Batch {
 }
 
 impl Batch {
-    /// The bytes of a data range inside the span.
+    fn new(span: Range<u64>, step: Step, buf: Vec<u8>, continues: bool) -> Self {
+        Batch {
+            spans: vec![(span, 0)],
+            steps: vec![step],
+            buf,
+            preads: 0,
+            continues,
+        }
+    }
+
+    /// The bytes of a data range inside one of the spans.
     pub(crate) fn bytes(&self, r: &Range<u64>) -> &[u8] {
-        &self.buf[(r.start - self.span.start) as usize..(r.end - self.span.start) as usize]
+        let i = self.spans.partition_point(|(s, _)| s.start <= r.start) - 1;
+        let (span, at) = &self.spans[i];
+        debug_assert!(r.end <= span.end, "{r:?} outside {span:?}");
+        let start = at + (r.start - span.start) as usize;
+        &self.buf[start..start + (r.end - r.start) as usize]
+    }
+
+    /// Bytes of the buffer taken.
+    fn used(&self) -> usize {
+        self.spans
+            .last()
+            .map_or(0, |(s, at)| at + (s.end - s.start) as usize)
     }
 }
 
@@ -220,50 +243,49 @@ impl<'a> Feed<'a> {
         while at < r.end {
             let piece = at..r.end.min(at + self.policy.buf_len as u64);
             let buf = self.buffer()?;
-            self.open = Some(Batch {
-                span: piece.clone(),
-                steps: vec![Step::Data(piece.clone())],
+            self.open = Some(Batch::new(
+                piece.clone(),
+                Step::Data(piece.clone()),
                 buf,
-                preads: 0,
-                continues: at > r.start,
-            });
+                at > r.start,
+            ));
             self.flush()?;
             at = piece.end;
         }
         Ok(())
     }
 
-    /// Adds a small data step to the open batch, first sending that batch if the range does
-    /// not belong with it.
+    /// Adds a small data step to the open batch: to its last span when the gap is small,
+    /// else as a span of its own; first sending the batch if the buffer or the batch is full.
     fn add(&mut self, step: Step) -> std::result::Result<(), Gone> {
         let r = step.range().clone();
-        if let Some(batch) = &self.open
-            && (r.start - batch.span.end > MAX_GAP
-                || r.end - batch.span.start > self.policy.buf_len as u64
-                || batch.steps.len() >= MAX_STEPS)
-        {
+        let buf_len = self.policy.buf_len;
+        if let Some(batch) = &mut self.open {
+            let used = batch.used();
+            let (last, at) = batch.spans.last_mut().expect("a batch has a span");
+            // A near range that does not fit starts the next batch, as one read of both
+            // would have been cheaper than a read each.
+            let near = r.start - last.end <= MAX_GAP;
+            if batch.steps.len() < MAX_STEPS {
+                if near && *at + (r.end - last.start) as usize <= buf_len {
+                    last.end = r.end;
+                    batch.steps.push(step);
+                    return Ok(());
+                }
+                if !near && used + (r.end - r.start) as usize <= buf_len {
+                    batch.spans.push((r, used));
+                    batch.steps.push(step);
+                    return Ok(());
+                }
+            }
             self.flush()?;
         }
-        match &mut self.open {
-            Some(batch) => {
-                batch.span.end = r.end;
-                batch.steps.push(step);
-            }
-            None => {
-                let buf = self.buffer()?;
-                self.open = Some(Batch {
-                    span: r,
-                    steps: vec![step],
-                    buf,
-                    preads: 0,
-                    continues: false,
-                });
-            }
-        }
+        let buf = self.buffer()?;
+        self.open = Some(Batch::new(r, step, buf, false));
         Ok(())
     }
 
-    /// Reads the open batch's span and sends it.
+    /// Reads the open batch's spans and sends it.
     fn flush(&mut self) -> std::result::Result<(), Gone> {
         let Some(mut batch) = self.open.take() else {
             return Ok(());
@@ -271,13 +293,18 @@ impl<'a> Feed<'a> {
         if self.policy.stopped() {
             return Err(Gone);
         }
-        let span = batch.span.clone();
-        let len = (span.end - span.start) as usize;
-        match read_exact(self.src, self.src_path, span.start, &mut batch.buf[..len]) {
-            Ok(preads) => batch.preads = preads,
-            Err(e) => return self.fail(e),
+        for (span, at) in &batch.spans {
+            let buf = &mut batch.buf[*at..*at + (span.end - span.start) as usize];
+            match read_exact(self.src, self.src_path, span.start, buf) {
+                Ok(preads) => batch.preads += preads,
+                Err(e) => return self.fail(e),
+            }
         }
-        trace!(?span, steps = batch.steps.len(), "read ahead");
+        trace!(
+            spans = batch.spans.len(),
+            steps = batch.steps.len(),
+            "read ahead"
+        );
         self.send(Item::Batch(batch))?;
         // Read bytes go at once: the engine may be waiting for them.
         self.send_chunk()
@@ -404,5 +431,78 @@ where
             }
         }
         self.queue.pop_front().map(Ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileExt;
+    use std::sync::mpsc;
+
+    use super::*;
+    use crate::plan::Steps;
+
+    /// Small extents too far apart to share a read are read each on its own, and still reach
+    /// the engine a buffer at a time: a handoff between the threads per extent cost a context
+    /// switch per extent.
+    #[test]
+    fn far_apart_small_extents_share_handoffs() {
+        const N: u64 = 1024;
+        const BLOCK: u64 = 4096;
+        let stride = 2 * MAX_GAP;
+        let file = tempfile::tempfile().unwrap();
+        let data: Vec<Range<u64>> = (0..N).map(|i| i * stride..i * stride + BLOCK).collect();
+        let content = |i: usize| vec![(i % 251) as u8 + 1; BLOCK as usize];
+        for (i, r) in data.iter().enumerate() {
+            file.write_all_at(&content(i), r.start).unwrap();
+        }
+        file.set_len(N * stride).unwrap();
+
+        let user_space = AtomicBool::new(true);
+        let policy = Policy {
+            read_max: 1 << 20,
+            user_space: &user_space,
+            buf_len: 1 << 20,
+            settled_zeros: true,
+            large_reads: true,
+            stop: None,
+        };
+        let (tx, items) = mpsc::sync_channel(POOL);
+        let (give_back, returned) = mpsc::channel();
+        let fd = file.as_fd();
+        let ranges = data.clone();
+        let (mut handoffs, mut preads, mut seen) = (0, 0, Vec::new());
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                let steps = Steps::new(ranges.into_iter().map(Ok::<_, Error>), 0..N * stride);
+                Feed::new(fd, Path::new("src"), policy, tx, returned).run(steps);
+            });
+            for chunk in items {
+                handoffs += 1;
+                for item in chunk {
+                    match item {
+                        Item::Batch(b) => {
+                            preads += b.preads;
+                            for step in &b.steps {
+                                if let Step::Data(r) = step {
+                                    seen.push((r.clone(), b.bytes(r).to_vec()));
+                                }
+                            }
+                            let _ = give_back.send(b.buf);
+                        }
+                        Item::Hole(_) => {}
+                        other => panic!("unexpected item {other:?}"),
+                    }
+                }
+            }
+        });
+        assert_eq!(seen.len(), data.len());
+        for (i, ((r, bytes), want)) in seen.iter().zip(&data).enumerate() {
+            assert_eq!(r, want);
+            assert!(*bytes == content(i), "bytes of {r:?}");
+        }
+        assert_eq!(preads, N, "one read per extent: the gaps are not read");
+        assert!(handoffs <= N / 100, "{handoffs} handoffs for {N} extents");
     }
 }

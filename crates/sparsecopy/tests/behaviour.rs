@@ -126,6 +126,34 @@ fn large_ranges_read_a_buffer_at_a_time_count_once() {
 }
 
 #[test]
+fn writes_are_at_most_128_kib() {
+    // The page cache sizes a write's folios by the write's length; writes of at most 128 KiB,
+    // as cp's, keep them small (ARCHITECTURE: why). Dense data read 1 MiB at a time must
+    // still be written in pieces of at most 128 KiB: at least len / 128 KiB pwrites.
+    let tmp = tempdir_in(&std::env::temp_dir());
+    let src = tmp.path().join("src");
+    let dst = tmp.path().join("dst");
+    let model = bytes(9, (3 * MIB + 5000) as usize);
+    std::fs::write(&src, &model).unwrap();
+    for method in [Method::Auto, Method::ReadWrite] {
+        let _ = std::fs::remove_file(&dst);
+        let opts = Options::new().method(method).reflink(Reflink::Never);
+        let r = sparsecopy::copy(&src, &dst, Window::new(), &opts).unwrap();
+        assert_same(&read(&dst), &model, "copy");
+        if r.read_write_bytes == 0 {
+            continue; // copied in the kernel (copy_file_range): no pwrite at all
+        }
+        let least = r.read_write_bytes.div_ceil(128 * KIB);
+        assert!(
+            r.syscalls.pwrite >= least,
+            "{method:?}: {} pwrites for {} bytes: some wrote more than 128 KiB",
+            r.syscalls.pwrite,
+            r.read_write_bytes
+        );
+    }
+}
+
+#[test]
 fn existing_data_under_source_holes_is_punched() {
     let tmp = tempdir_in(&std::env::temp_dir());
     let src = tmp.path().join("src");

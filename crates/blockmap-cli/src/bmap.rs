@@ -7,8 +7,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
-use bmap::{Copier, CreateOptions, SignatureCheck, human_size};
+use bmap::{Copier, CreateOptions, SignatureCheck};
 use sparsecopy::Destination;
+use sparsecopy::human_size;
 
 use crate::cli::{BmapCommand, BmapCopyArgs, BmapCreateArgs};
 use crate::copy::progress_bar;

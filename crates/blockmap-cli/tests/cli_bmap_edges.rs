@@ -512,3 +512,38 @@ fn create_outputs() {
     assert_fails(out.status, &stderr(&out), 1, &["missing.img"]);
     assert_eq!(std::fs::read(&out_file).unwrap(), b"keep");
 }
+
+/// Issue #10 item 8: the summaries of `bmap create` and `bmap copy` size a 2 PiB image in
+/// PiB (bmaptool's own formatter, kept for the bmap file's comments, says "2048.0 EiB").
+/// On tmpfs (`/dev/shm`), whose files may be that large.
+#[test]
+fn summaries_of_a_2_pib_image() {
+    let dir = tempfile::tempdir_in("/dev/shm").expect("a tmpfs at /dev/shm");
+    let image = dir.path().join("huge.img");
+    let f = File::create(&image).unwrap();
+    let size = 2u64 << 50;
+    f.set_len(size).unwrap();
+    f.write_all_at(&noise(4096, 7), 0).unwrap();
+    f.write_all_at(&noise(4096, 8), size - 4096).unwrap();
+    drop(f);
+    let bmap = dir.path().join("huge.bmap");
+    let out = blockmap(&["bmap", "create", "-o", s(&bmap), s(&image)]);
+    assert_ok(&out);
+    let err = stderr(&out);
+    assert!(err.contains("(8.0 KiB of 2.0 PiB"), "{err}");
+    assert!(!err.contains("EiB"), "{err}");
+
+    let dest = dir.path().join("dest.img");
+    let out = blockmap(&["bmap", "copy", "--bmap", s(&bmap), s(&image), s(&dest)]);
+    assert_ok(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains("copied 8.0 KiB of mapped data in 2 ranges of a 2.0 PiB image"),
+        "{err}"
+    );
+    let d = File::open(&dest).unwrap();
+    assert_eq!(d.metadata().unwrap().len(), size);
+    let mut buf = vec![0; 4096];
+    d.read_exact_at(&mut buf, size - 4096).unwrap();
+    assert_eq!(buf, noise(4096, 8));
+}

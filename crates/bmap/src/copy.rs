@@ -20,7 +20,7 @@ use tracing::debug;
 use crate::checksum::{ChecksumType, Hasher};
 use crate::error::{Error, Result};
 use crate::file::{BmapFile, BmapInfo};
-use crate::format::{BlockRange, Bmap, human_size};
+use crate::format::{BlockRange, Bmap};
 use crate::source::{Compression, Source, read_full_at};
 
 /// Size of one chunk of data on its way from the image to the destination and the hasher:
@@ -139,9 +139,9 @@ impl fmt::Display for CopyReport {
         write!(
             f,
             "copied {} of mapped data in {} ranges of a {} image",
-            human_size(self.mapped_bytes),
+            sparsecopy::human_size(self.mapped_bytes),
             self.ranges,
-            human_size(self.image_size),
+            sparsecopy::human_size(self.image_size),
         )?;
         if self.compression != Compression::None {
             write!(f, " ({} compressed)", self.compression.name())?;
@@ -963,5 +963,32 @@ impl<'a> Writeback<'a> {
         if let Err(e) = rustix::fs::fadvise(self.out, pending.start, len, Advice::DontNeed) {
             debug!(dest = %self.dest.display(), error = %e, "no early writeback");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sizes in the summary are the workspace's one formatter, right past TiB (bmaptool's,
+    /// kept for the bmap file's comments, calls 2 PiB "2048.0 EiB").
+    #[test]
+    fn summary_sizes_are_right_at_every_unit() {
+        let report = CopyReport {
+            image_size: 2 << 50,
+            mapped_bytes: 3 << 40,
+            skipped_bytes: 0,
+            ranges: 2,
+            verified_ranges: 0,
+            checksum_type: None,
+            compression: Compression::None,
+            block_device: false,
+            elapsed: Duration::ZERO,
+        };
+        let line = report.to_string();
+        assert!(
+            line.starts_with("copied 3.0 TiB of mapped data in 2 ranges of a 2.0 PiB image"),
+            "{line}"
+        );
     }
 }

@@ -189,8 +189,10 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// bmaptool's `human_size`: `"1 byte"`, `"N bytes"` under 512, else one decimal of the
-/// largest binary unit under 1024.
+/// bmaptool's `human_size`, for the comments of a bmap file to be byte-identical to
+/// bmaptool's: `"1 byte"`, `"N bytes"` under 512, else one decimal of the largest binary
+/// unit under 1024 up to TiB, and past that bmaptool's own quirk (2 PiB is `"2048.0 EiB"`).
+/// Summaries for people use [`sparsecopy::human_size`].
 pub fn human_size(size: u64) -> String {
     if size == 1 {
         return "1 byte".into();

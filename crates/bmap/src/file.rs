@@ -13,6 +13,7 @@ use crate::checksum::{ChecksumType, Hasher};
 use crate::error::{Error, Result};
 use crate::format::{BlockRange, Bmap, Version};
 use crate::parse::{Fault, Header, Parser, RangeCheck, line_at};
+use crate::source::read_full;
 
 /// Read buffer of each pass.
 const BUFFER: usize = 128 << 10;
@@ -468,14 +469,7 @@ struct Tee<'a, R> {
 
 impl<R: BufRead> Read for Tee<'_, R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let n = {
-            let buf = self.fill_buf()?;
-            let n = buf.len().min(out.len());
-            out[..n].copy_from_slice(&buf[..n]);
-            n
-        };
-        self.consume(n);
-        Ok(n)
+        crate::source::read_through_buf(self, out)
     }
 }
 
@@ -515,14 +509,7 @@ impl<R: BufRead> Parser<Hashing<R>> {
 
 impl<R: BufRead> Read for Hashing<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let n = {
-            let buf = self.fill_buf()?;
-            let n = buf.len().min(out.len());
-            out[..n].copy_from_slice(&buf[..n]);
-            n
-        };
-        self.consume(n);
-        Ok(n)
+        crate::source::read_through_buf(self, out)
     }
 }
 
@@ -594,17 +581,4 @@ impl ZeroingHasher {
         self.hasher.update(&pending);
         self.hasher.finish_hex()
     }
-}
-
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match r.read(&mut buf[done..]) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
 }

@@ -87,14 +87,7 @@ struct Guard<R> {
 
 impl<R: BufRead> Read for Guard<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let n = {
-            let buf = self.fill_buf()?;
-            let n = buf.len().min(out.len());
-            out[..n].copy_from_slice(&buf[..n]);
-            n
-        };
-        self.consume(n);
-        Ok(n)
+        crate::source::read_through_buf(self, out)
     }
 }
 

@@ -266,7 +266,8 @@ pub(crate) fn read_full_at(file: &File, pos: u64, buf: &mut [u8]) -> io::Result<
     Ok(done)
 }
 
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+/// `read` into `buf` until it is full or the reader ends (EINTR retried): the bytes read.
+pub(crate) fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         match r.read(&mut buf[done..]) {
@@ -277,4 +278,17 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(done)
+}
+
+/// `Read::read` for a reader whose `BufRead` side does the work (a filter that sees every
+/// byte in `fill_buf`/`consume`): copies what `fill_buf` offers and consumes it.
+pub(crate) fn read_through_buf(r: &mut impl BufRead, out: &mut [u8]) -> io::Result<usize> {
+    let n = {
+        let buf = r.fill_buf()?;
+        let n = buf.len().min(out.len());
+        out[..n].copy_from_slice(&buf[..n]);
+        n
+    };
+    r.consume(n);
+    Ok(n)
 }

@@ -169,6 +169,10 @@ fn copy(args: &BmapCopyArgs) -> Result<()> {
             bar.set_position(done);
         }
     };
+    let copier = match args.checksum_retry {
+        Some(n) => copier.checksum_retry(n),
+        None => copier,
+    };
     let result = copier
         .verify(!args.no_verify)
         .sync(!args.no_sync)

@@ -109,6 +109,28 @@ pub(crate) struct BmapCopyArgs {
 
     /// The file or block device to write.
     pub dest: PathBuf,
+
+    /// After writing and syncing, read every range back from DEST past the page cache and
+    /// check its checksum; rewrite a range that differs up to N times, then fail naming it.
+    #[arg(long, value_name = "N", conflicts_with = "nobmap")]
+    pub checksum_retry: Option<u32>,
+
+    /// Refuse a DEST that is not a removable block device (an SD card, a USB stick).
+    #[arg(long)]
+    pub removable_device: bool,
+
+    /// Check the bmap's signature against the keys of this keyring only (not GNUPGHOME's).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["nobmap", "no_sig_verify"])]
+    pub keyring: Option<PathBuf>,
+
+    /// Accept the bmap's signature only if made by this key (its primary or subkey
+    /// fingerprint); a bmap without a signature is refused.
+    #[arg(long, value_name = "FPR", conflicts_with_all = ["nobmap", "no_sig_verify"])]
+    pub fingerprint: Option<String>,
+
+    /// Write progress as psplash does it (`PROGRESS <percent>`) to this FIFO, if it is one.
+    #[arg(long, value_name = "PATH")]
+    pub psplash_pipe: Option<PathBuf>,
 }
 
 /// `blockmap map [--backend …] [--json] [--holes] [--sync] FILE`

@@ -450,3 +450,115 @@ fn faultfs_faults_follow_the_path_and_the_control_file_checks_lines() {
         1,
     );
 }
+
+#[test]
+fn faultfs_read_corrupt() {
+    let Some(ffs) = common::faultfs("faultfs_read_corrupt") else {
+        return;
+    };
+    let dir = ffs.dir();
+    let mut cases = 0;
+    for off in [0u64, 4095, 70_000] {
+        let data = pattern(100_000, off + 7);
+        let mut flipped = data.clone();
+        flipped[off as usize] ^= 0xff;
+        let whole = |path: &Path| {
+            let mut got = vec![0; data.len()];
+            let n = File::open(path).unwrap().read_at(&mut got, 0).unwrap();
+            got.truncate(n);
+            got
+        };
+
+        // Always: every read covering OFF has it flipped, one that does not is true.
+        let path = backed_file(&ffs, &dir, &format!("always{off}"), &data);
+        ffs.set(&path, &format!("read-corrupt={off}"));
+        assert_eq!(whole(&path), flipped, "read-corrupt={off}: first read");
+        assert_eq!(whole(&path), flipped, "read-corrupt={off}: second read");
+        let mut one = [0u8; 1];
+        File::open(&path).unwrap().read_at(&mut one, off).unwrap();
+        assert_eq!(one[0], !data[off as usize], "read-corrupt={off}: one byte");
+        if off > 0 {
+            let mut before = vec![0; off as usize];
+            File::open(&path)
+                .unwrap()
+                .read_exact_at(&mut before, 0)
+                .unwrap();
+            assert_eq!(
+                before,
+                data[..off as usize],
+                "read-corrupt={off}: before OFF"
+            );
+        }
+        assert_eq!(
+            fs::read(ffs.backing(&path)).unwrap(),
+            data,
+            "backing file changed"
+        );
+        cases += 1;
+
+        // Once: a read not covering OFF does not spend it; the first that does is flipped,
+        // every later one true, and the fault is gone from the listing.
+        let path = backed_file(&ffs, &dir, &format!("once{off}"), &data);
+        ffs.set(&path, &format!("read-corrupt-once={off}"));
+        let file = File::open(&path).unwrap();
+        let mut after = vec![0; 1000];
+        file.read_exact_at(&mut after, off + 1).unwrap();
+        assert_eq!(after, data[off as usize + 1..off as usize + 1001]);
+        assert_eq!(whole(&path), flipped, "read-corrupt-once={off}: first read");
+        assert_eq!(whole(&path), data, "read-corrupt-once={off}: second read");
+        let listing = fs::read_to_string(dir.parent().unwrap().join(".faultfs")).unwrap();
+        assert!(
+            !listing.contains(&format!("once{off}")),
+            "a spent fault is still listed: {listing}"
+        );
+        assert_eq!(
+            fs::read(ffs.backing(&path)).unwrap(),
+            data,
+            "backing file changed"
+        );
+        cases += 1;
+    }
+    ffs.report("faultfs_read_corrupt", cases);
+}
+
+#[test]
+fn faultfs_write_corrupt_once() {
+    let Some(ffs) = common::faultfs("faultfs_write_corrupt_once") else {
+        return;
+    };
+    let dir = ffs.dir();
+    let mut cases = 0;
+    for off in [0u64, 4095, 70_000] {
+        let data = pattern(100_000, off + 11);
+        let path = dir.join(format!("w{off}"));
+        ffs.set(&path, &format!("write-corrupt-once={off}"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        // A write not covering OFF does not spend it.
+        if off > 0 {
+            file.write_all_at(&data[..off as usize], 0).unwrap();
+            assert_eq!(fs::read(ffs.backing(&path)).unwrap(), data[..off as usize]);
+        }
+        file.write_all_at(&data, 0).unwrap();
+        let mut flipped = data.clone();
+        flipped[off as usize] ^= 0xff;
+        assert_eq!(
+            fs::read(ffs.backing(&path)).unwrap(),
+            flipped,
+            "write-corrupt-once={off}: first write"
+        );
+        file.write_all_at(&data, 0).unwrap();
+        assert_eq!(
+            fs::read(ffs.backing(&path)).unwrap(),
+            data,
+            "write-corrupt-once={off}: second write"
+        );
+        cases += 1;
+    }
+    ffs.report("faultfs_write_corrupt_once", cases);
+}

@@ -21,6 +21,7 @@ use crate::checksum::{ChecksumType, Hasher};
 use crate::error::{Error, Result};
 use crate::file::{BmapFile, BmapInfo};
 use crate::format::{BlockRange, Bmap};
+use crate::readback::{self, ReadBackReport, Reread};
 use crate::source::{Compression, Source, read_full_at};
 
 /// Size of one chunk of data on its way from the image to the destination and the hasher:
@@ -69,6 +70,7 @@ pub struct Copier<'a> {
     sync: bool,
     interrupt: Option<Arc<AtomicBool>>,
     progress: Option<&'a mut dyn FnMut(u64, u64)>,
+    checksum_retry: Option<u32>,
 }
 
 /// Where the ranges come from.
@@ -132,6 +134,8 @@ pub struct CopyReport {
     pub block_device: bool,
     /// Wall time of the copy.
     pub elapsed: Duration,
+    /// What the read-back verification did, if it was asked for.
+    pub readback: Option<ReadBackReport>,
 }
 
 impl fmt::Display for CopyReport {
@@ -151,6 +155,9 @@ impl fmt::Display for CopyReport {
                 write!(f, ", {} ranges verified ({kind})", self.verified_ranges)?
             }
             _ => write!(f, ", not verified")?,
+        }
+        if let Some(r) = &self.readback {
+            write!(f, ", {r}")?;
         }
         write!(f, " in {:.2} s", self.elapsed.as_secs_f64())
     }
@@ -196,6 +203,7 @@ impl<'a> Copier<'a> {
             sync: true,
             interrupt: None,
             progress: None,
+            checksum_retry: None,
         }
     }
 
@@ -210,6 +218,7 @@ impl<'a> Copier<'a> {
             sync: true,
             interrupt: None,
             progress: None,
+            checksum_retry: None,
         }
     }
 
@@ -243,6 +252,7 @@ impl<'a> Copier<'a> {
             sync: true,
             interrupt: None,
             progress: None,
+            checksum_retry: None,
         })
     }
 
@@ -275,6 +285,17 @@ impl<'a> Copier<'a> {
     /// Called as data is written, with the bytes written and the mapped bytes in all.
     pub fn progress(mut self, f: &'a mut dyn FnMut(u64, u64)) -> Self {
         self.progress = Some(f);
+        self
+    }
+
+    /// After the copy is written and synced, read every range back from the destination
+    /// (past the page cache) and compare it with its checksum; a range that differs is
+    /// written again from the image and read back again, up to `retries` times, and the copy
+    /// fails with [`Error::ReadBack`] naming those that never matched. Needs a bmap with
+    /// checksums, and for `retries > 0` an image that can be read again (not a pipe): else
+    /// [`Error::ReadBackUnavailable`], before anything is written.
+    pub fn checksum_retry(mut self, retries: u32) -> Self {
+        self.checksum_retry = Some(retries);
         self
     }
 
@@ -351,9 +372,18 @@ impl<'a> Copier<'a> {
                 written: None,
             });
         }
+        if let Some(retries) = self.checksum_retry {
+            // bmaptool's bmaps have a checksum in every range or in none.
+            let summed = match self.ranges.iter().next() {
+                Some(first) => first?.checksum.is_some(),
+                None => true,
+            };
+            let summed = summed && info.checksum_type.is_some();
+            readback::check_possible(summed, retries, seekable, image, &self.bmap_path)?;
+        }
         let out = Destination::open(dest)?;
         let written = Written::new();
-        let outcome = self.write(&mut source, &out, image, dest, &written);
+        let outcome = self.write(&mut source, &out, image, dest, &written, seekable);
         match outcome {
             Ok(mut report) => {
                 out.close()?;
@@ -380,12 +410,13 @@ impl<'a> Copier<'a> {
 
     /// Everything that writes: the destination checked, sized, filled and synced.
     fn write(
-        self,
+        mut self,
         source: &mut Source,
         out: &Destination,
         image: &Path,
         dest: &Path,
         written: &Written,
+        rereadable: bool,
     ) -> Result<CopyReport> {
         let info = self.info.clone();
         let bmap_path = self.bmap_path.clone();
@@ -430,7 +461,7 @@ impl<'a> Copier<'a> {
                 .as_ref()
                 .is_some_and(|f| f.load(Ordering::Relaxed))
         };
-        let mut report = match source {
+        let mut report = match &mut *source {
             Source::File(file) => self.lanes(file, image, out.file(), dest, written)?,
             stream => {
                 let mut report = self.pump(stream, image, out.file(), dest, written)?;
@@ -455,6 +486,30 @@ impl<'a> Copier<'a> {
                 .sync_all()
                 .map_err(|e| Error::io("fsync", dest, e))?;
         }
+        if let Some(retries) = self.checksum_retry {
+            if !sync {
+                out.file()
+                    .sync_all()
+                    .map_err(|e| Error::io("fsync", dest, e))?;
+            }
+            let reread = match &*source {
+                Source::File(file) => Reread::File(file),
+                stream if rereadable => Reread::Decode(stream.compression()),
+                _ => Reread::Never,
+            };
+            let ranges = self.ranges.iter();
+            let r = readback::run(
+                ranges,
+                &info,
+                retries,
+                reread,
+                image,
+                out.file(),
+                dest,
+                &stopped,
+            )?;
+            report.readback = Some(r);
+        }
         report.block_device = out.is_block_device();
         Ok(report)
     }
@@ -464,7 +519,7 @@ impl<'a> Copier<'a> {
     /// (a range is hashed in order, so ranges are what runs in parallel). This thread passes
     /// the progress on.
     fn lanes(
-        mut self,
+        &mut self,
         file: &File,
         image: &Path,
         out: &File,
@@ -613,13 +668,14 @@ impl<'a> Copier<'a> {
             compression: Compression::None,
             block_device: false,
             elapsed: Duration::ZERO,
+            readback: None,
         })
     }
 
     /// The data path of a stream: this thread reads (decompresses) and writes chunks in
     /// order, a second thread hashes them; the chunk buffers go round between the two.
     fn pump(
-        mut self,
+        &mut self,
         source: &mut Source,
         image: &Path,
         out: &File,
@@ -641,6 +697,7 @@ impl<'a> Copier<'a> {
             compression: Compression::None,
             block_device: false,
             elapsed: Duration::ZERO,
+            readback: None,
         };
         let mut streamed_to = 0u64;
         let mut writeback = self.sync.then(|| Writeback::new(out, dest));
@@ -984,6 +1041,7 @@ mod tests {
             compression: Compression::None,
             block_device: false,
             elapsed: Duration::ZERO,
+            readback: None,
         };
         let line = report.to_string();
         assert!(

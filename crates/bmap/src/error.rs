@@ -170,6 +170,32 @@ pub enum Error {
         /// The bytes of the destination that may be partly written, if any were.
         written: Option<std::ops::Range<u64>>,
     },
+    /// Ranges of the destination read back different from the bmap's checksums after the
+    /// copy, and still did after `retries` rewrites (`--checksum-retry`).
+    #[error(
+        "{}: read back wrong after {}: {}: do not trust it",
+        dest.display(),
+        match retries { 0 => "writing (no rewrite asked)".to_owned(), 1 => "1 rewrite".to_owned(), n => format!("{n} rewrites") },
+        crate::readback::describe(ranges, *count)
+    )]
+    ReadBack {
+        /// The destination.
+        dest: PathBuf,
+        /// Rewrites tried per range.
+        retries: u32,
+        /// The first ranges that never matched.
+        ranges: Vec<crate::readback::BadRange>,
+        /// How many never matched.
+        count: u64,
+    },
+    /// Read-back verification was asked for and cannot be done (no checksums, a stream).
+    #[error("{}: cannot verify by reading back: {reason}", path.display())]
+    ReadBackUnavailable {
+        /// The bmap file or the image.
+        path: PathBuf,
+        /// Why not.
+        reason: String,
+    },
     /// Mapping the image failed (opening it, its kind, FIEMAP/SEEK errors).
     #[error(transparent)]
     Map(#[from] blockmap_core::Error),

@@ -33,6 +33,23 @@ pub struct Faults {
     pub size: Option<u64>,
     /// `no-seek`: lseek SEEK_DATA/SEEK_HOLE fail with EINVAL.
     pub no_seek: bool,
+    /// `read-corrupt=OFF`: every read covering byte OFF returns it with its bits flipped.
+    pub read_corrupt: Option<u64>,
+    /// `read-corrupt-once=OFF`: the first read covering byte OFF returns it flipped; the
+    /// fault is then gone (later reads are true).
+    pub read_corrupt_once: Option<u64>,
+    /// `write-corrupt-once=OFF`: the first write covering byte OFF stores it flipped (a write
+    /// that did not land right); the fault is then gone.
+    pub write_corrupt_once: Option<u64>,
+}
+
+/// The faults that are spent when they fire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Once {
+    /// `read-corrupt-once`.
+    Read,
+    /// `write-corrupt-once`.
+    Write,
 }
 
 /// The errnos a write can be made to fail with.
@@ -108,6 +125,9 @@ impl Faults {
             "fallocate-eopnotsupp" => self.fallocate_eopnotsupp = flag()?,
             "size" => self.size = Some(number()?),
             "no-seek" => self.no_seek = flag()?,
+            "read-corrupt" => self.read_corrupt = Some(number()?),
+            "read-corrupt-once" => self.read_corrupt_once = Some(number()?),
+            "write-corrupt-once" => self.write_corrupt_once = Some(number()?),
             _ => return Err(format!("unknown fault {token:?}")),
         }
         Ok(())
@@ -158,6 +178,15 @@ impl fmt::Display for Faults {
         }
         if self.no_seek {
             tokens.push("no-seek".to_owned());
+        }
+        if let Some(n) = self.read_corrupt {
+            tokens.push(format!("read-corrupt={n}"));
+        }
+        if let Some(n) = self.read_corrupt_once {
+            tokens.push(format!("read-corrupt-once={n}"));
+        }
+        if let Some(n) = self.write_corrupt_once {
+            tokens.push(format!("write-corrupt-once={n}"));
         }
         f.write_str(&tokens.join(" "))
     }
@@ -239,6 +268,28 @@ impl FaultTable {
         self.lock().get(path).cloned().unwrap_or_default()
     }
 
+    /// The byte of `path`'s `read-corrupt-once` or `write-corrupt-once` fault (`which`) if
+    /// `bytes` holds it: the fault is then spent (removed, and the path's entry with it if it
+    /// was the last).
+    pub fn fire_once(&self, path: &Path, which: Once, bytes: std::ops::Range<u64>) -> Option<u64> {
+        let mut table = self.lock();
+        let faults = table.get_mut(path)?;
+        let fault = match which {
+            Once::Read => &mut faults.read_corrupt_once,
+            Once::Write => &mut faults.write_corrupt_once,
+        };
+        match *fault {
+            Some(off) if bytes.contains(&off) => {
+                *fault = None;
+                if !faults.any() {
+                    table.remove(path);
+                }
+                Some(off)
+            }
+            _ => None,
+        }
+    }
+
     /// Applies the control lines in `text`: all of them, or none if one is bad (then the
     /// error names it).
     pub fn apply(&self, text: &str) -> Result<(), String> {
@@ -295,7 +346,8 @@ mod tests {
     fn every_token_parses_and_prints_back() {
         let line = "set a/b read-eio=10 short-read=3 read-delay-ms=5 write-eio=7 \
                     write-enospc=8 write-edquot=9 short-write=2 flush-eio fsync-eio \
-                    truncate-eio fallocate-eopnotsupp size=0 no-seek";
+                    truncate-eio fallocate-eopnotsupp size=0 no-seek read-corrupt=11 \
+                    read-corrupt-once=12 write-corrupt-once=13";
         let faults = set(line);
         assert_eq!(faults.read_eio, Some(10));
         assert_eq!(faults.short_read, Some(3));
@@ -305,12 +357,38 @@ mod tests {
         assert!(faults.flush_eio && faults.fsync_eio && faults.truncate_eio);
         assert!(faults.fallocate_eopnotsupp && faults.no_seek);
         assert_eq!(faults.size, Some(0));
+        assert_eq!(faults.read_corrupt, Some(11));
+        assert_eq!(faults.read_corrupt_once, Some(12));
+        assert_eq!(faults.write_corrupt_once, Some(13));
         let printed = format!("set a/b {faults}");
         assert_eq!(set(&printed), faults);
         assert_eq!(
             printed.split_whitespace().collect::<Vec<_>>(),
             line.split_whitespace().collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn a_corrupt_once_fault_fires_once_and_only_where_it_is() {
+        let table = FaultTable::default();
+        table
+            .apply("set f read-corrupt-once=100 write-corrupt-once=7 no-seek")
+            .unwrap();
+        let f = Path::new("f");
+        assert_eq!(
+            table.fire_once(f, Once::Read, 0..100),
+            None,
+            "fired before its byte"
+        );
+        assert_eq!(table.fire_once(Path::new("g"), Once::Read, 0..4096), None);
+        assert_eq!(table.fire_once(f, Once::Read, 100..101), Some(100));
+        assert_eq!(table.fire_once(f, Once::Read, 0..4096), None, "fired twice");
+        assert_eq!(table.listing(), "set f no-seek write-corrupt-once=7\n");
+        assert_eq!(table.fire_once(f, Once::Write, 0..4096), Some(7));
+        assert_eq!(table.listing(), "set f no-seek\n");
+        table.apply("set f read-corrupt-once=0").unwrap();
+        assert_eq!(table.fire_once(f, Once::Read, 0..1), Some(0));
+        assert_eq!(table.listing(), "", "a spent fault left an empty entry");
     }
 
     #[test]
@@ -326,6 +404,8 @@ mod tests {
             "set",
             "set f read-eio",
             "set f read-eio=x",
+            "set f read-corrupt",
+            "set f read-corrupt-once=x",
             "set f short-read=0",
             "set f short-write=0",
             "set f flush-eio=1",

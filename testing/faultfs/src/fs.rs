@@ -25,7 +25,7 @@ use fuser::{
 };
 use rustix::fs::{AtFlags, CWD, FallocateFlags, Mode, SeekFrom, Timespec, Timestamps};
 
-use crate::faults::{FaultTable, Faults};
+use crate::faults::{FaultTable, Faults, Once};
 
 /// The control file's name, at the root only.
 pub const CONTROL_NAME: &str = ".faultfs";
@@ -391,8 +391,23 @@ impl FaultFs {
             buf.truncate(done);
             Ok(buf)
         };
+        let rel = self.rel(INodeNo(handle.ino)).ok();
+        let table = Arc::clone(&self.faults);
         let answer = move |handle: &Handle, reply: ReplyData| match read(handle) {
-            Ok(data) => reply.data(&data),
+            Ok(mut data) => {
+                // The corrupt bytes: flipped in what is answered, never in the backing file.
+                let bytes = offset..offset + data.len() as u64;
+                let once = faults
+                    .read_corrupt_once
+                    .and_then(|_| table.fire_once(rel.as_ref()?, Once::Read, bytes.clone()));
+                for off in [faults.read_corrupt.filter(|off| bytes.contains(off)), once]
+                    .into_iter()
+                    .flatten()
+                {
+                    data[(off - offset) as usize] ^= 0xff;
+                }
+                reply.data(&data)
+            }
             Err(e) => reply.error(errno(&e)),
         };
         match faults.read_delay_ms {
@@ -794,10 +809,18 @@ impl Filesystem for FaultFs {
             if let Some(n) = faults.short_write {
                 limit = limit.min(u64::from(n));
             }
-            let data = &data[..limit as usize];
+            let mut data = std::borrow::Cow::Borrowed(&data[..limit as usize]);
+            let bytes = offset..offset + limit;
+            if faults.write_corrupt_once.is_some()
+                && let Ok(rel) = self.rel(INodeNo(handle.ino))
+                && let Some(off) = self.faults.fire_once(&rel, Once::Write, bytes)
+            {
+                // Stored flipped: the write is answered as done, its byte is wrong.
+                data.to_mut()[(off - offset) as usize] ^= 0xff;
+            }
             handle
                 .file
-                .write_all_at(data, offset)
+                .write_all_at(&data, offset)
                 .map_err(|e| errno(&e))?;
             Ok(data.len() as u32)
         })();

@@ -54,6 +54,9 @@
 //! | `fallocate-eopnotsupp` | fallocate(2) fails with EOPNOTSUPP, whatever its mode |
 //! | `size=N` | stat reports size N whatever the backing file holds; reads still return the backing file's bytes, up to its real end |
 //! | `no-seek` | lseek SEEK_DATA and SEEK_HOLE fail with EINVAL (the other whences work) |
+//! | `read-corrupt=OFF` | every read covering byte OFF returns that byte with its bits flipped (the backing file keeps it true): a disk that always reads one byte wrong |
+//! | `read-corrupt-once=OFF` | the first read covering byte OFF returns it flipped, later reads are true: the fault is spent, and gone from the listing (a card that read one byte wrong once) |
+//! | `write-corrupt-once=OFF` | the first write covering byte OFF stores it flipped in the backing file (and succeeds): a write that did not land right, which a rewrite mends; the fault is then spent |
 //!
 //! A file with any fault is opened with direct I/O (`FOPEN_DIRECT_IO`): the page cache is
 //! bypassed, every read and write reaches faultfs at the offset and (up to FUSE's request

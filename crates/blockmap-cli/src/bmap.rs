@@ -116,6 +116,9 @@ fn is_stream(kind: std::fs::FileType) -> bool {
 fn copy(args: &BmapCopyArgs) -> Result<()> {
     // From here on SIGINT, SIGTERM and SIGHUP stop the copy between two chunks.
     let stop = crate::signals::install().context("cannot install the signal handlers")?;
+    if args.removable_device {
+        bmap::check_removable(&args.dest)?;
+    }
     let (copier, source) = if args.nobmap {
         if bmap::Compression::of(&args.image)? != bmap::Compression::None {
             bail!(
@@ -143,7 +146,12 @@ fn copy(args: &BmapCopyArgs) -> Result<()> {
         } else {
             SignatureCheck::Verify
         };
-        let (file, signer) = match bmap::read_signed(&path, args.bmap_sig.as_deref(), check) {
+        let options = bmap::SignatureOptions {
+            keyring: args.keyring.clone(),
+            fingerprint: args.fingerprint.clone(),
+        };
+        let signed = bmap::read_signed_with(&path, args.bmap_sig.as_deref(), check, &options);
+        let (file, signer) = match signed {
             Err(e @ bmap::Error::Signature { .. }) => {
                 bail!("{e}; --no-sig-verify skips the check")
             }
@@ -163,7 +171,21 @@ fn copy(args: &BmapCopyArgs) -> Result<()> {
 
     let show_progress = !args.no_progress && (args.progress || io::stderr().is_terminal());
     let bar = show_progress.then(progress_bar);
+    // Best effort, as bmaptool: a path that is no FIFO is a warning, the copy goes on.
+    let mut splash = args
+        .psplash_pipe
+        .as_ref()
+        .and_then(|p| match bmap::Psplash::new(p) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                crate::say(format_args!("warning: {e}: no psplash progress"));
+                None
+            }
+        });
     let mut on_progress = |done: u64, total: u64| {
+        if let Some(s) = splash.as_mut() {
+            s.progress(done, total);
+        }
         if let Some(bar) = &bar {
             bar.set_length(total);
             bar.set_position(done);

@@ -434,3 +434,123 @@ fn bmap_checksum_retry_reads_back() {
         panic!("{TEST}: {e}");
     }
 }
+
+/// Detaches the loop device it names when dropped.
+struct Loop(PathBuf);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
+/// `--removable-device` and loop devices, which are not removable (this kernel has no way to
+/// make a removable device: no scsi_debug, no modules): fs-test's spare loop device is refused
+/// by its own sysfs attribute, and a partition of a loop device made here by its disk's.
+#[test]
+fn bmap_removable_device_refuses_loop_devices() {
+    const TEST: &str = "bmap_removable_device_refuses_loop_devices";
+    let Some(ffs) = common::faultfs(TEST) else {
+        return;
+    };
+    let mut cases = 0;
+    let result = (|| -> Result<(), String> {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.img");
+        let f = File::create(&img).unwrap();
+        f.write_all_at(&noise(64 << 10, 9), 4096).unwrap();
+        f.set_len(MIB).unwrap();
+        drop(f);
+        let map = bmap::create(&img, &CreateOptions::default()).unwrap();
+        std::fs::write(dir.path().join("disk.img.bmap"), map.to_xml()).unwrap();
+        let refused = |dev: &Path, disk: &str| -> Result<(), String> {
+            let before = std::fs::read(dev).map_err(|e| e.to_string())?;
+            let out = run_cli([
+                "bmap",
+                "copy",
+                "--no-progress",
+                "--removable-device",
+                img.to_str().unwrap(),
+                dev.to_str().unwrap(),
+            ]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            ensure!(
+                out.status.code() == Some(1) && err.lines().count() == 1,
+                "{dev:?}: {err:?}"
+            );
+            let says = format!(
+                "{}: not a removable device (/sys/devices/virtual/block/{disk}/removable says 0)",
+                dev.display()
+            );
+            ensure!(err.contains(&says), "{dev:?}: expected {says:?}: {err:?}");
+            ensure!(
+                std::fs::read(dev).map_err(|e| e.to_string())? == before,
+                "{dev:?} was written"
+            );
+            Ok(())
+        };
+        let spare = std::env::var_os("BLOCKMAP_FS_TEST_BLOCKDEV")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .ok_or("fs-test gave no spare block device (BLOCKMAP_FS_TEST_BLOCKDEV)")?;
+        let name = std::fs::canonicalize(&spare)
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        refused(&spare, &name)?;
+        cases += 1;
+
+        // A loop device with a partition table (one partition, sectors 2048-10239).
+        let backing = dir.path().join("parted.img");
+        let f = File::create(&backing).unwrap();
+        f.set_len(8 * MIB).unwrap();
+        let mut mbr = [0u8; 512];
+        mbr[446 + 4] = 0x83;
+        mbr[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
+        mbr[446 + 12..446 + 16].copy_from_slice(&8192u32.to_le_bytes());
+        mbr[510] = 0x55;
+        mbr[511] = 0xaa;
+        f.write_all_at(&mbr, 0).unwrap();
+        drop(f);
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&backing)
+            .output()
+            .unwrap();
+        ensure!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dev = Loop(PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()));
+        // partx reads the table itself and adds the partition with BLKPG (this kernel reads
+        // no partition table on its own).
+        let out = Command::new("partx")
+            .arg("--add")
+            .arg(&dev.0)
+            .output()
+            .unwrap();
+        ensure!(
+            out.status.success(),
+            "partx --add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let disk = dev.0.file_name().unwrap().to_str().unwrap().to_owned();
+        let part = PathBuf::from(format!("{}p1", dev.0.display()));
+        let appeared = (0..100).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            part.exists()
+        });
+        ensure!(appeared, "{part:?} did not appear");
+        refused(&part, &disk)?;
+        cases += 1;
+        Ok(())
+    })();
+    ffs.report(TEST, cases);
+    if let Err(e) = result {
+        panic!("{TEST}: {e}");
+    }
+}

@@ -196,6 +196,14 @@ pub enum Error {
         /// Why not.
         reason: String,
     },
+    /// `--removable-device` and the destination is not a removable block device.
+    #[error("{}: {reason}", path.display())]
+    NotRemovable {
+        /// The destination.
+        path: PathBuf,
+        /// Why it is refused.
+        reason: String,
+    },
     /// Mapping the image failed (opening it, its kind, FIEMAP/SEEK errors).
     #[error(transparent)]
     Map(#[from] blockmap_core::Error),

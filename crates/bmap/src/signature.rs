@@ -33,6 +33,81 @@ pub struct Signer {
     pub fingerprint: String,
     /// The user id GnuPG names for the key.
     pub user_id: String,
+    /// The fingerprint of the primary key, when a subkey signed (GnuPG's `VALIDSIG` says it).
+    pub primary_fingerprint: Option<String>,
+}
+
+/// What [`read_signed_with`] demands of a signature beyond its being good: bmaptool 3.9's
+/// `--keyring` and `--fingerprint`. Either one makes a signature required.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SignatureOptions {
+    /// Check against the keys of this keyring only (GnuPG's `--no-default-keyring
+    /// --keyring FILE`, in a temporary home of its own), not the caller's `GNUPGHOME`.
+    pub keyring: Option<PathBuf>,
+    /// Accept only a signature by this key: the fingerprint of the signing key or of its
+    /// primary key (hex, any case, spaces ignored).
+    pub fingerprint: Option<String>,
+}
+
+/// [`read_signed`] with `options`: a bmap without a signature is refused when either option
+/// is set, and a good signature by a key other than `options.fingerprint`'s is refused.
+pub fn read_signed_with(
+    path: impl AsRef<Path>,
+    detached: Option<&Path>,
+    check: SignatureCheck,
+    options: &SignatureOptions,
+) -> Result<(BmapFile, Option<Signer>)> {
+    let path = path.as_ref();
+    let keyring = match &options.keyring {
+        // gpg takes a name without a slash as relative to its home directory.
+        Some(k) => Some(std::path::absolute(k).map_err(|e| Error::io("find the keyring", k, e))?),
+        None => None,
+    };
+    if let Some(k) = &keyring {
+        std::fs::File::open(k).map_err(|e| Error::io("read the keyring", k, e))?;
+    }
+    let (bmap, signer) = read_signed_in(path, detached, check, keyring.as_deref())?;
+    let wanted = options.fingerprint.as_deref();
+    match (&signer, wanted) {
+        (None, _) if check == SignatureCheck::Verify && (wanted.is_some() || keyring.is_some()) => {
+            Err(Error::Signature {
+                path: path.to_owned(),
+                reason: format!(
+                    "not signed (no detached .asc or .sig beside it, not clearsigned), but {} asks for a signature",
+                    if wanted.is_some() {
+                        "--fingerprint"
+                    } else {
+                        "--keyring"
+                    }
+                ),
+            })
+        }
+        (Some(signer), Some(wanted)) if !fingerprint_matches(signer, wanted) => {
+            Err(Error::Signature {
+                path: signer.signature.clone(),
+                reason: format!(
+                    "signed by {} ({}), not by the key {wanted} that --fingerprint asks for",
+                    signer.user_id, signer.fingerprint
+                ),
+            })
+        }
+        _ => Ok((bmap, signer)),
+    }
+}
+
+/// Whether `wanted` is the signing key's or its primary key's fingerprint.
+fn fingerprint_matches(signer: &Signer, wanted: &str) -> bool {
+    let norm = |s: &str| {
+        s.chars()
+            .filter(|c| !c.is_whitespace())
+            .collect::<String>()
+            .to_ascii_uppercase()
+    };
+    let wanted = norm(wanted);
+    !wanted.is_empty()
+        && std::iter::once(&signer.fingerprint)
+            .chain(signer.primary_fingerprint.as_ref())
+            .any(|f| norm(f) == wanted)
 }
 
 /// Reads the bmap file at `path`, verifying its GPG signature as bmaptool does: the detached
@@ -48,7 +123,16 @@ pub fn read_signed(
     detached: Option<&Path>,
     check: SignatureCheck,
 ) -> Result<(BmapFile, Option<Signer>)> {
-    let path = path.as_ref();
+    read_signed_in(path.as_ref(), detached, check, None)
+}
+
+/// [`read_signed`], the keys from `keyring` alone if given.
+fn read_signed_in(
+    path: &Path,
+    detached: Option<&Path>,
+    check: SignatureCheck,
+    keyring: Option<&Path>,
+) -> Result<(BmapFile, Option<Signer>)> {
     let mut input = Input::open(path)?;
     if input.clearsigned {
         if let Some(sig) = detached {
@@ -75,6 +159,7 @@ pub fn read_signed(
             ],
             &[],
             input.data(path)?,
+            keyring,
         )?;
         let signer = match check {
             SignatureCheck::Verify => Some(signer(path, &status)?),
@@ -119,15 +204,42 @@ pub fn read_signed(
         }
     };
     debug!(signature = %sig.display(), "verifying the bmap's detached signature");
-    let (_, status) = gpg(&sig, &["--verify".as_ref()], &[&sig], bmap.data()?)?;
+    let (_, status) = gpg(&sig, &["--verify".as_ref()], &[&sig], bmap.data()?, keyring)?;
     Ok((bmap, Some(signer(&sig, &status)?)))
 }
 
 /// Runs `gpg` in batch mode with `args`, then `files`, then the bmap's `data`; returns its
 /// standard output and its status lines (`--status-fd`). Its exit code is not judged here: the
 /// status lines say what it found.
-fn gpg(sig: &Path, args: &[&OsStr], files: &[&Path], data: Data) -> Result<(Vec<u8>, String)> {
+fn gpg(
+    sig: &Path,
+    args: &[&OsStr],
+    files: &[&Path],
+    data: Data,
+    keyring: Option<&Path>,
+) -> Result<(Vec<u8>, String)> {
     let program = std::env::var_os("BLOCKMAP_GPG").unwrap_or_else(|| "gpg".into());
+    // A keyring alone: an empty home of its own, so that no other key (GNUPGHOME's) counts,
+    // as bmaptool 3.9 runs gpg.
+    let home = match keyring {
+        Some(_) => Some(
+            tempfile::Builder::new()
+                .prefix("blockmap-gnupg.")
+                .tempdir()
+                .map_err(|e| Error::io("make a temporary GnuPG home", sig, e))?,
+        ),
+        None => None,
+    };
+    let mut keyring_args: Vec<&OsStr> = Vec::new();
+    if let (Some(home), Some(keyring)) = (&home, keyring) {
+        keyring_args.extend([
+            "--homedir".as_ref(),
+            home.path().as_os_str(),
+            "--no-default-keyring".as_ref(),
+            "--keyring".as_ref(),
+            keyring.as_os_str(),
+        ]);
+    }
     // The bmap's bytes last: by name, or `-` for a spooled stream given as stdin.
     let (data, stdin): (PathBuf, Stdio) = match data {
         Data::Path(p) => (p, Stdio::null()),
@@ -135,6 +247,7 @@ fn gpg(sig: &Path, args: &[&OsStr], files: &[&Path], data: Data) -> Result<(Vec<
     };
     let out = Command::new(&program)
         .args(["--batch", "--no-tty", "--status-fd", "2"])
+        .args(&keyring_args)
         .args(args)
         .args(files)
         .arg(&data)
@@ -156,6 +269,7 @@ fn gpg(sig: &Path, args: &[&OsStr], files: &[&Path], data: Data) -> Result<(Vec<
 fn signer(sig: &Path, status: &str) -> Result<Signer> {
     let mut good = None;
     let mut fingerprint = None;
+    let mut primary_fingerprint = None;
     let mut bad = None;
     for line in status.lines() {
         let Some(line) = line.strip_prefix("[GNUPG:] ") else {
@@ -164,7 +278,11 @@ fn signer(sig: &Path, status: &str) -> Result<Signer> {
         let (keyword, rest) = line.split_once(' ').unwrap_or((line, ""));
         match keyword {
             "GOODSIG" => good = Some(rest.split_once(' ').map_or("", |(_, uid)| uid).to_owned()),
-            "VALIDSIG" => fingerprint = rest.split(' ').next().map(str::to_owned),
+            "VALIDSIG" => {
+                let fields: Vec<&str> = rest.split(' ').collect();
+                fingerprint = fields.first().map(|f| (*f).to_owned());
+                primary_fingerprint = fields.get(9).map(|f| (*f).to_owned());
+            }
             "BADSIG" => bad = Some("bad signature: the bmap file is not what was signed"),
             "EXPSIG" => bad = Some("the signature has expired"),
             "EXPKEYSIG" => bad = Some("the signing key has expired"),
@@ -181,6 +299,7 @@ fn signer(sig: &Path, status: &str) -> Result<Signer> {
                 signature: sig.to_owned(),
                 fingerprint,
                 user_id,
+                primary_fingerprint,
             });
         }
         (Some(bad), _, _) => bad.to_owned(),

@@ -435,11 +435,13 @@ fn bmap_checksum_retry_reads_back() {
     }
 }
 
-/// Detaches the loop device it names when dropped.
+/// Deletes the partitions of the loop device it names and detaches it when dropped (a
+/// detach leaves partitions added with BLKPG behind).
 struct Loop(PathBuf);
 
 impl Drop for Loop {
     fn drop(&mut self) {
+        let _ = Command::new("partx").arg("--delete").arg(&self.0).output();
         let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
     }
 }

@@ -50,12 +50,14 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod archive;
 mod checksum;
 mod copy;
 mod create;
 mod error;
 mod file;
 mod format;
+mod input;
 mod parse;
 mod signature;
 mod source;
@@ -66,5 +68,6 @@ pub use create::{CreateOptions, create, create_to};
 pub use error::{Error, Result};
 pub use file::{BmapFile, BmapInfo, Ranges};
 pub use format::{BlockRange, Bmap, Version, human_size};
+pub use input::{Container, Input};
 pub use signature::{SignatureCheck, Signer, read_signed};
 pub use source::{Compression, find_bmap};

@@ -241,6 +241,59 @@ fn the_first_regular_member_is_the_image() {
 }
 
 #[test]
+fn sparse_tars_gnu_and_pax() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path());
+    let want = std::fs::read(&img).unwrap();
+    let bmap = dir.path().join("disk.img.bmap");
+    // `tar -S`: GNU's sparse headers, and the three pax sparse formats.
+    let made = [
+        ("gnu.tar.gz", "--format=gnu"),
+        ("pax00.tar.gz", "--format=posix --sparse-version=0.0"),
+        ("pax01.tar.gz", "--format=posix --sparse-version=0.1"),
+        ("pax10.tar.gz", "--format=posix --sparse-version=1.0"),
+    ];
+    for (name, format) in made {
+        sh(
+            dir.path(),
+            &format!("tar -S {format} -cf - -C src disk.img | gzip -c > {name}"),
+        );
+        let archive = dir.path().join(name);
+        // Sparse indeed: far smaller than the image's 12 MiB.
+        assert!(std::fs::metadata(&archive).unwrap().len() < 4 << 20);
+        let dest = dir.path().join("out.img");
+        assert_ok(&blockmap(&[
+            "bmap",
+            "copy",
+            "--bmap",
+            s(&bmap),
+            s(&archive),
+            s(&dest),
+        ]));
+        assert!(std::fs::read(&dest).unwrap() == want, "{name}");
+        std::fs::remove_file(&dest).unwrap();
+        assert_ok(&blockmap(&[
+            "bmap",
+            "copy",
+            "--nobmap",
+            s(&archive),
+            s(&dest),
+        ]));
+        assert!(std::fs::read(&dest).unwrap() == want, "{name} --nobmap");
+        std::fs::remove_file(&dest).unwrap();
+        if let Some(bmaptool) = bmaptool("sparse_tars_gnu_and_pax") {
+            let out = Command::new(bmaptool)
+                .args(["copy", "--bmap", s(&bmap), s(&archive), s(&dest)])
+                .output()
+                .unwrap();
+            assert_ok(&out);
+            assert!(std::fs::read(&dest).unwrap() == want, "{name} by bmaptool");
+            std::fs::remove_file(&dest).unwrap();
+        }
+    }
+}
+
+#[test]
 fn corrupt_archives_fail_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     image(dir.path());
@@ -394,6 +447,26 @@ fn the_content_wins_over_the_name() {
         }
         assert!(std::fs::read(&dest).unwrap() == want, "{name}");
     }
+    // The disagreement is told at debug level (-v), and only where there is one.
+    let lies = dir.path().join("lies.gz");
+    let dest = dir.path().join("out.img");
+    let out = blockmap(&["-v", "bmap", "copy", "--bmap", s(&bmap), s(&lies), s(&dest)]);
+    assert_ok(&out);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("the name and the content disagree"), "{log}");
+    let honest = dir.path().join("honest.xz");
+    std::fs::rename(&lies, &honest).unwrap();
+    let out = blockmap(&[
+        "-v",
+        "bmap",
+        "copy",
+        "--bmap",
+        s(&bmap),
+        s(&honest),
+        s(&dest),
+    ]);
+    assert_ok(&out);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("disagree"));
 }
 
 #[test]

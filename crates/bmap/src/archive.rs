@@ -75,12 +75,20 @@ pub(crate) fn tar(bytes: Box<dyn Read + Send>, label: Label) -> Result<Box<dyn R
             let mut entry = entry?;
             let kind = entry.header().entry_type();
             let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-            if found || !kind.is_file() {
+            // A GNU sparse member (`tar -S`) is made whole by the tar crate.
+            let regular =
+                kind.is_file() || kind.is_gnu_sparse() || kind == tar::EntryType::Continuous;
+            if found || !regular {
                 debug!(archive = %label.path.display(), member = name, ?kind, "member skipped");
                 continue;
             }
             debug!(archive = %label.path.display(), member = name, size = entry.size(), "the image");
-            out.copy_from(&mut entry)?;
+            match pax_sparse(&mut entry)? {
+                Some(sparse) => sparse.expand(&mut entry, out)?,
+                None => {
+                    out.copy_from(&mut entry)?;
+                }
+            }
             found = true;
         }
         if !found {
@@ -93,6 +101,148 @@ pub(crate) fn tar(bytes: Box<dyn Read + Send>, label: Label) -> Result<Box<dyn R
         io::copy(&mut archive.into_inner(), &mut io::sink())?;
         Ok(())
     })
+}
+
+/// A member stored sparse in the POSIX (pax) way, as `tar --format=posix -S` writes it: its
+/// data segments one after another, where they go listed in pax records (formats 0.0 and 0.1)
+/// or in a map before the data (1.0). The tar crate reads only GNU's own sparse headers.
+#[derive(Debug, Default)]
+struct PaxSparse {
+    /// The member's real size.
+    size: u64,
+    /// (offset, length) of each data segment, in order.
+    segments: Vec<(u64, u64)>,
+    /// Whether the map is at the start of the data (format 1.0).
+    map_in_data: bool,
+}
+
+/// Bytes of a map in the data (format 1.0) at most: 1 MiB, some 40000 segments.
+const MAX_SPARSE_MAP: usize = 1 << 20;
+
+fn pax_sparse<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Option<PaxSparse>> {
+    let Some(extensions) = entry.pax_extensions()? else {
+        return Ok(None);
+    };
+    let mut sparse = PaxSparse::default();
+    let (mut major, mut minor, mut any) = (None, None, false);
+    let number = |v: &str| {
+        v.trim()
+            .parse::<u64>()
+            .map_err(|_| failure(format!("a pax sparse record that is not a number: {v:?}")))
+    };
+    let mut offset = None;
+    for extension in extensions {
+        let extension = extension?;
+        let (Ok(key), Ok(value)) = (extension.key(), extension.value()) else {
+            continue;
+        };
+        match key {
+            "GNU.sparse.major" => major = Some(number(value)?),
+            "GNU.sparse.minor" => minor = Some(number(value)?),
+            "GNU.sparse.realsize" | "GNU.sparse.size" => {
+                sparse.size = number(value)?;
+                any = true;
+            }
+            // 0.1: "offset,length,offset,length,…"
+            "GNU.sparse.map" => {
+                let numbers = value
+                    .split(',')
+                    .filter(|v| !v.is_empty())
+                    .map(number)
+                    .collect::<io::Result<Vec<_>>>()?;
+                sparse.segments.extend(
+                    numbers
+                        .chunks(2)
+                        .map(|p| (p[0], p.get(1).copied().unwrap_or(0))),
+                );
+            }
+            // 0.0: the pairs as records of their own.
+            "GNU.sparse.offset" => offset = Some(number(value)?),
+            "GNU.sparse.numbytes" => {
+                let start = offset
+                    .take()
+                    .ok_or_else(|| failure("GNU.sparse.numbytes without its offset".to_owned()))?;
+                sparse.segments.push((start, number(value)?));
+            }
+            _ => {}
+        }
+    }
+    if !any {
+        return Ok(None);
+    }
+    sparse.map_in_data = major == Some(1) && minor == Some(0);
+    if !sparse.map_in_data && major.is_some_and(|m| m != 0) {
+        return Err(failure(format!(
+            "a pax sparse member of format {}.{}, which is not read",
+            major.unwrap_or(0),
+            minor.unwrap_or(0)
+        )));
+    }
+    Ok(Some(sparse))
+}
+
+impl PaxSparse {
+    /// Writes the member whole: zeros where it has no data.
+    fn expand(mut self, data: &mut dyn Read, out: &mut Sender) -> io::Result<()> {
+        if self.map_in_data {
+            self.segments = read_sparse_map(data)?;
+        }
+        let mut at = 0u64;
+        for (offset, length) in std::mem::take(&mut self.segments) {
+            if offset < at || offset.saturating_add(length) > self.size {
+                return Err(failure(format!(
+                    "a pax sparse map out of order or past the member's size ({} bytes)",
+                    self.size
+                )));
+            }
+            out.zeros(offset - at)?;
+            let copied = out.copy_from(&mut data.take(length))?;
+            if copied < length {
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+            }
+            at = offset + length;
+        }
+        out.zeros(self.size - at)
+    }
+}
+
+/// The map at the start of a 1.0 pax sparse member: the count of segments, then an offset and
+/// a length for each, every number on a line, padded to a 512-byte block.
+fn read_sparse_map(data: &mut dyn Read) -> io::Result<Vec<(u64, u64)>> {
+    let mut numbers = Vec::new();
+    let mut line = Vec::new();
+    let mut wanted = None;
+    let mut block = [0u8; 512];
+    let mut read = 0;
+    loop {
+        data.read_exact(&mut block)?;
+        read += block.len();
+        if read > MAX_SPARSE_MAP {
+            return Err(failure("a pax sparse map larger than 1 MiB".to_owned()));
+        }
+        for &b in &block {
+            if wanted.is_some_and(|w| numbers.len() == w) {
+                break;
+            }
+            if b != b'\n' {
+                line.push(b);
+                continue;
+            }
+            let text = String::from_utf8_lossy(&line).into_owned();
+            let n = text
+                .parse::<u64>()
+                .map_err(|_| failure(format!("a pax sparse map with {text:?} in it")))?;
+            line.clear();
+            match wanted {
+                None => wanted = Some(usize::try_from(n).unwrap_or(usize::MAX).saturating_mul(2)),
+                Some(_) => numbers.push(n),
+            }
+        }
+        if wanted.is_some_and(|w| numbers.len() == w) {
+            // The rest of this block is padding; the data begins at the next.
+            return Ok(numbers.chunks(2).map(|p| (p[0], p[1])).collect());
+        }
+    }
 }
 
 /// The first file of a zip archive read by its central directory.
@@ -193,19 +343,37 @@ struct Sender {
 }
 
 impl Sender {
-    /// Reads `r` to its end into chunks.
-    fn copy_from(&mut self, r: &mut dyn Read) -> io::Result<()> {
+    /// Reads `r` to its end into chunks: the bytes read.
+    fn copy_from(&mut self, r: &mut dyn Read) -> io::Result<u64> {
+        let mut copied = 0;
         loop {
             if self.fill == CHUNK {
                 self.flush()?;
             }
             match r.read(&mut self.buf[self.fill..]) {
-                Ok(0) => return Ok(()),
-                Ok(n) => self.fill += n,
+                Ok(0) => return Ok(copied),
+                Ok(n) => {
+                    self.fill += n;
+                    copied += n as u64;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// `n` zero bytes.
+    fn zeros(&mut self, mut n: u64) -> io::Result<()> {
+        while n > 0 {
+            if self.fill == CHUNK {
+                self.flush()?;
+            }
+            let k = (CHUNK - self.fill).min(usize::try_from(n).unwrap_or(usize::MAX));
+            self.buf[self.fill..self.fill + k].fill(0);
+            self.fill += k;
+            n -= k as u64;
+        }
+        Ok(())
     }
 
     /// Sends what is filled.

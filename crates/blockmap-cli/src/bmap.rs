@@ -119,20 +119,30 @@ fn copy(args: &BmapCopyArgs) -> Result<()> {
     if args.removable_device {
         bmap::check_removable(&args.dest)?;
     }
+    let mut input = None;
     let (copier, source) = if args.nobmap {
-        if bmap::Compression::of(&args.image)? != bmap::Compression::None {
-            bail!(
-                "{}: --nobmap needs an uncompressed image (its block map stands for the bmap)",
-                args.image.display()
-            );
+        // A plain file is copied by its own block map; anything else (compressed, an
+        // archive, a stream) all of it, as bmaptool does.
+        let opened = bmap::Input::open(&args.image)?;
+        let plain = opened.is_plain_file() && args.image != Path::new("-");
+        input = Some(opened);
+        if plain {
+            (
+                Copier::from_image_map(&args.image, blockmap_core::BackendChoice::Auto)?,
+                "no bmap: the image's own block map".to_owned(),
+            )
+        } else {
+            (
+                Copier::whole_image(),
+                "no bmap: all of the image written".to_owned(),
+            )
         }
-        (
-            Copier::from_image_map(&args.image, blockmap_core::BackendChoice::Auto)?,
-            "no bmap: the image's own block map".to_owned(),
-        )
     } else {
         let path = match &args.bmap {
             Some(p) => p.clone(),
+            None if args.image == Path::new("-") => bail!(
+                "-: standard input has no name to find its bmap beside: give --bmap FILE (or --nobmap to write all of it)"
+            ),
             None => bmap::find_bmap(&args.image)?,
         };
         if path == args.image {
@@ -195,12 +205,15 @@ fn copy(args: &BmapCopyArgs) -> Result<()> {
         Some(n) => copier.checksum_retry(n),
         None => copier,
     };
-    let result = copier
+    let copier = copier
         .verify(!args.no_verify)
         .sync(!args.no_sync)
         .interrupt(stop)
-        .progress(&mut on_progress)
-        .copy(&args.image, &args.dest);
+        .progress(&mut on_progress);
+    let result = match input {
+        Some(input) => copier.copy_input(input, &args.dest),
+        None => copier.copy(&args.image, &args.dest),
+    };
     if let Some(bar) = &bar {
         // Gone before the summary or the error line, which must stand alone.
         bar.finish_and_clear();

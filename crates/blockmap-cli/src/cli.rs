@@ -35,8 +35,9 @@ pub(crate) enum Command {
 pub(crate) enum BmapCommand {
     /// Write the bmap of an image (its mapped blocks, with a checksum per range).
     Create(BmapCreateArgs),
-    /// Copy an image (plain, .gz, .xz, .zst, .bz2 or .lz4) to a file or block device by its bmap,
-    /// writing only the mapped blocks and verifying their checksums.
+    /// Copy an image (plain, .gz, .xz, .zst, .bz2, .lz4, tar or zip; a file or a pipe) to a
+    /// file or block device by its bmap, writing only the mapped blocks and verifying their
+    /// checksums.
     Copy(BmapCopyArgs),
 }
 
@@ -74,8 +75,8 @@ pub(crate) struct BmapCopyArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "nobmap")]
     pub bmap: Option<PathBuf>,
 
-    /// Copy without a bmap: the image's own block map (uncompressed images only) says what
-    /// to write; nothing is verified.
+    /// Copy without a bmap: a plain image's own block map says what to write; a compressed
+    /// image, an archive or a stream is written whole. Nothing is verified.
     #[arg(long)]
     pub nobmap: bool,
 
@@ -104,7 +105,9 @@ pub(crate) struct BmapCopyArgs {
     #[arg(long, overrides_with = "progress")]
     pub no_progress: bool,
 
-    /// The image (plain, .gz, .xz, .zst, .bz2 or .lz4).
+    /// The image: a file, a block device, a pipe or - (standard input, which needs --bmap);
+    /// plain, gzip, xz, zstd, bzip2 or lz4, or inside a tar (also compressed) or zip archive,
+    /// recognised by its first bytes.
     pub image: PathBuf,
 
     /// The file or block device to write.

@@ -21,8 +21,11 @@ use crate::checksum::{ChecksumType, Hasher};
 use crate::error::{Error, Result};
 use crate::file::{BmapFile, BmapInfo};
 use crate::format::{BlockRange, Bmap};
+use crate::input::{Input, Opened};
 use crate::readback::{self, ReadBackReport, Reread};
 use crate::source::{Compression, Source, read_full_at};
+
+mod whole;
 
 /// Size of one chunk of data on its way from the image to the destination and the hasher:
 /// small enough to stay in a core's L2 cache (1 MiB here) between the `pread` that fills it
@@ -79,6 +82,8 @@ enum RangeSource {
     File(BmapFile),
     /// The image's own block map, walked again as the copy goes (no bmap file).
     Map(BlockMap<File>),
+    /// No bmap, no map: every byte of the image, its size known at its end.
+    Whole,
 }
 
 /// The ranges in order, with their errors (a bmap file read as the copy goes).
@@ -97,6 +102,7 @@ impl RangeSource {
                     checksum: None,
                 })
             })),
+            RangeSource::Whole => Box::new(std::iter::empty()),
         }
     }
 }
@@ -256,6 +262,24 @@ impl<'a> Copier<'a> {
         })
     }
 
+    /// A copier without a bmap that writes every byte of the image, as `bmaptool copy
+    /// --nobmap` does with a compressed image or a stream: what holes it had are written as
+    /// zeros, and nothing is verified but a compressed format's own checksums.
+    pub fn whole_image() -> Self {
+        let mut bmap = Bmap::new(0, 4096);
+        bmap.checksum_type = None;
+        Copier {
+            info: bmap.info(),
+            ranges: RangeSource::Whole,
+            bmap_path: PathBuf::from("-"),
+            verify: false,
+            sync: true,
+            interrupt: None,
+            progress: None,
+            checksum_retry: None,
+        }
+    }
+
     /// The bmap file's path, to name it in errors.
     pub fn bmap_path(mut self, path: impl Into<PathBuf>) -> Self {
         self.bmap_path = path.into();
@@ -305,64 +329,80 @@ impl<'a> Copier<'a> {
             .is_some_and(|f| f.load(Ordering::Relaxed))
     }
 
-    /// Copies the image at `image` (compressed as its name says) to `dest`.
+    /// Copies the image at `image` to `dest`: `-` is standard input; compression and archives
+    /// are recognised by the image's first bytes ([`Input::open`]).
     pub fn copy(self, image: impl AsRef<Path>, dest: impl AsRef<Path>) -> Result<CopyReport> {
-        let (image, dest) = (image.as_ref(), dest.as_ref());
+        self.copy_input(Input::open(image)?, dest)
+    }
+
+    /// Copies an image opened as an [`Input`] (a file, standard input, any reader) to `dest`.
+    pub fn copy_input(self, input: Input, dest: impl AsRef<Path>) -> Result<CopyReport> {
+        let image = input.path().to_owned();
+        let (image, dest) = (image.as_path(), dest.as_ref());
         let _span =
             tracing::debug_span!("bmap::copy", image = %image.display(), dest = %dest.display())
                 .entered();
         let started = Instant::now();
         let info = &self.info;
-        let compression = Compression::of(image)?;
-        let file = File::open(image).map_err(|e| Error::io("open the image", image, e))?;
-        let meta = file
-            .metadata()
-            .map_err(|e| Error::io("stat the image", image, e))?;
-        let kind = meta.file_type();
-        if kind.is_dir() {
-            return Err(Error::io(
-                "read the image",
-                image,
-                io::Error::from(io::ErrorKind::IsADirectory),
-            ));
+        let compression = input.compression();
+        // Whether the image can be read again (for --checksum-retry's rewrites).
+        let seekable = input.is_seekable();
+        if matches!(self.ranges, RangeSource::Whole) {
+            if self.checksum_retry.is_some() {
+                // Nothing to compare with: no bmap, no checksums.
+                return Err(Error::ReadBackUnavailable {
+                    path: image.to_owned(),
+                    reason: "--checksum-retry needs a bmap with checksums; the whole image \
+                             is written without one"
+                        .to_owned(),
+                });
+            }
+            return self.copy_whole(input, dest, started);
         }
+        let opened = input.open_image()?;
         let size_mismatch = |actual| Error::ImageSize {
             path: image.to_owned(),
             bmap: self.bmap_path.clone(),
             expected: info.image_size,
             actual,
         };
-        // A plain file or device is read where the ranges are; anything else (a pipe, a
-        // character device) in order, as a compressed image is.
-        let seekable = kind.is_file() || kind.is_block_device();
-        if compression == Compression::None && kind.is_file() && meta.len() != info.image_size {
-            return Err(size_mismatch(meta.len()));
-        }
-        if compression == Compression::None && kind.is_block_device() {
-            let size = (&file)
-                .seek(SeekFrom::End(0))
-                .map_err(|e| Error::io("find the size of the image", image, e))?;
-            if size < info.image_size {
-                return Err(size_mismatch(size));
+        let mut source = match opened {
+            // A plain file or device is read where the ranges are.
+            Opened::Plain(file) => {
+                let meta = file
+                    .metadata()
+                    .map_err(|e| Error::io("stat the image", image, e))?;
+                let kind = meta.file_type();
+                if kind.is_file() && meta.len() != info.image_size {
+                    return Err(size_mismatch(meta.len()));
+                }
+                if kind.is_block_device() {
+                    let size = (&file)
+                        .seek(SeekFrom::End(0))
+                        .map_err(|e| Error::io("find the size of the image", image, e))?;
+                    if size < info.image_size {
+                        return Err(size_mismatch(size));
+                    }
+                }
+                // It reads: the first byte, before anything is written.
+                if info.image_size > 0 {
+                    read_full_at(&file, 0, &mut [0u8; 1])
+                        .map_err(|e| Error::io("read the image", image, e))?;
+                }
+                Source::File(file)
             }
-        }
-        let mut source = if compression == Compression::None && seekable {
-            // It reads: the first byte, before anything is written.
-            if info.image_size > 0 {
-                read_full_at(&file, 0, &mut [0u8; 1])
-                    .map_err(|e| Error::io("read the image", image, e))?;
+            // Anything else (a pipe, a compressed image, an archive) in order.
+            Opened::Stream(reader) => {
+                let mut stream = Source::stream(reader, compression);
+                // Its first bytes arrive and decompress, before anything is written.
+                let first = stream
+                    .peek()
+                    .map_err(|e| stream_error(e, image, compression, 0))?;
+                if first == 0 && info.mapped_bytes > 0 {
+                    return Err(size_mismatch(0));
+                }
+                stream
             }
-            Source::File(file)
-        } else {
-            let mut stream = Source::new(file, image, compression)?;
-            // Its first bytes arrive and decompress, before anything is written.
-            let first = stream
-                .peek()
-                .map_err(|e| stream_error(e, image, compression, 0))?;
-            if first == 0 && info.mapped_bytes > 0 {
-                return Err(size_mismatch(0));
-            }
-            stream
         };
 
         if self.interrupted() {
@@ -845,6 +885,9 @@ fn interrupted(dest: &Path) -> Error {
 /// A read error of a stream: a decoder's complaint is the image being corrupt; the kernel's
 /// (an errno) is an I/O error.
 fn stream_error(e: io::Error, image: &Path, compression: Compression, at: u64) -> Error {
+    if let Some(e) = crate::archive::into_error(&e, image, at) {
+        return e;
+    }
     if e.raw_os_error().is_some() || compression == Compression::None {
         return Error::io(format!("read the image at byte {at}"), image, e);
     }

@@ -134,7 +134,7 @@ pub enum Error {
         tried: Vec<PathBuf>,
     },
     /// The image's name says a compression this crate does not read.
-    #[error("{}: {kind} images are not supported (gz, xz, zst, bz2, lz4 and uncompressed are)", path.display())]
+    #[error("{}: {kind} images are not supported (uncompressed, gz, xz, zst, bz2, lz4, tar and zip are): decompress it and give the stream as IMAGE -", path.display())]
     UnsupportedCompression {
         /// The image.
         path: PathBuf,
@@ -210,6 +210,14 @@ pub enum Error {
     /// Opening or checking the destination failed.
     #[error(transparent)]
     Dest(#[from] sparsecopy::Error),
+    /// An archive (tar, zip) that holds no image, or whose reading failed.
+    #[error("{}: {reason}", path.display())]
+    Archive {
+        /// The archive.
+        path: PathBuf,
+        /// What is wrong, naming the archive's kind (and the byte of the image reached).
+        reason: String,
+    },
 }
 
 /// `Result` with this crate's [`Error`].

@@ -20,6 +20,11 @@
 //!   plain ones that cannot seek, such as pipes) are streamed through their decompressors and
 //!   read to their end, where the format's own checksums are checked ([`find_bmap`] finds the
 //!   bmap beside an image as bmaptool does). An interrupt flag stops it between two chunks.
+//! - [`Input`]: what an image is, by its first bytes whatever its name: a plain file or
+//!   device, or a stream (`-` for standard input, a pipe, any reader through
+//!   [`Input::from_reader`]) compressed or not, or a tar (also compressed) or zip archive
+//!   whose first regular member is the image ([`Container`]); [`Copier::copy_input`] copies
+//!   it, and [`Copier::whole_image`] writes every byte of it without a bmap.
 //! - [`read_signed`]: reads a bmap file verifying its GPG signature (detached or clearsigned)
 //!   with GnuPG, as bmaptool does.
 //!
@@ -50,12 +55,14 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod archive;
 mod checksum;
 mod copy;
 mod create;
 mod error;
 mod file;
 mod format;
+mod input;
 mod parse;
 mod psplash;
 mod readback;
@@ -69,6 +76,7 @@ pub use create::{CreateOptions, create, create_to};
 pub use error::{Error, Result};
 pub use file::{BmapFile, BmapInfo, Ranges};
 pub use format::{BlockRange, Bmap, Version, human_size};
+pub use input::{Container, Input};
 pub use psplash::Psplash;
 pub use readback::{BadRange, ReadBackReport};
 pub use removable::check_removable;

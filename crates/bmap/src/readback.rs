@@ -24,6 +24,7 @@ use crate::checksum::ChecksumType;
 use crate::error::{Error, Result};
 use crate::file::BmapInfo;
 use crate::format::BlockRange;
+use crate::input::{Input, Opened};
 use crate::source::{Compression, Source, read_full_at};
 
 /// Bytes read back at a time.
@@ -382,11 +383,11 @@ fn rewrite(
             file.try_clone()
                 .map_err(|e| Error::io("reopen the image", image, e))?,
         ),
-        Reread::Decode(compression) => {
-            let file =
-                File::open(image).map_err(|e| Error::io("open the image again", image, e))?;
-            Source::new(file, image, *compression)?
-        }
+        // Opened again as the first time: by its first bytes, decompressed, out of its archive.
+        Reread::Decode(compression) => match Input::open(image)?.open_image()? {
+            Opened::Plain(file) => Source::File(file),
+            Opened::Stream(reader) => Source::stream(reader, *compression),
+        },
         Reread::Never => {
             return Err(Error::ReadBackUnavailable {
                 path: image.to_owned(),

@@ -27,35 +27,32 @@ pub enum Compression {
 }
 
 impl Compression {
-    /// The compression of the image at `path`, by name; an error for the kinds bmaptool knows
-    /// and this crate does not read (tar archives, `.lzo`, `.zip`).
+    /// The compression of the image at `path` by its name's suffix, as bmaptool tells it (an
+    /// archive's outer compression: `.tar.gz` and `.tgz` are gzip, `.tar` and `.zip` none); an
+    /// error for lzop (`.lzo`, `.tzo`), which bmaptool reads with `lzop` and this crate does
+    /// not. [`Copier::copy`](crate::Copier::copy) goes by the content's first bytes instead
+    /// (see [`Input`](crate::Input)).
     pub fn of(path: &Path) -> Result<Compression> {
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy())
             .unwrap_or_default();
-        let unsupported = [
-            "tar.gz", "tgz", "tar.bz2", "tbz2", "tbz", "tb2", "tar.xz", "txz", "tar.lzo", "tzo",
-            "tar.lz4", "tlz4", "tar.zst", "tzst", "lzo", "zip",
-        ];
-        if let Some(kind) = unsupported
-            .iter()
-            .find(|s| name.ends_with(&format!(".{s}")))
-        {
+        let has = |suffixes: &[&str]| suffixes.iter().any(|s| name.ends_with(&format!(".{s}")));
+        if let Some(kind) = ["lzo", "tzo"].iter().find(|s| has(&[s])) {
             return Err(Error::UnsupportedCompression {
                 path: path.to_owned(),
                 kind: (*kind).to_owned(),
             });
         }
-        Ok(if name.ends_with(".gz") || name.ends_with(".gzip") {
+        Ok(if has(&["gz", "gzip", "tgz"]) {
             Compression::Gzip
-        } else if name.ends_with(".xz") {
+        } else if has(&["xz", "txz"]) {
             Compression::Xz
-        } else if name.ends_with(".zst") {
+        } else if has(&["zst", "tzst"]) {
             Compression::Zstd
-        } else if name.ends_with(".bz2") {
+        } else if has(&["bz2", "tbz2", "tbz", "tb2"]) {
             Compression::Bzip2
-        } else if name.ends_with(".lz4") {
+        } else if has(&["lz4", "tlz4"]) {
             Compression::Lz4
         } else {
             Compression::None
@@ -135,30 +132,37 @@ impl std::fmt::Debug for Source {
 
 const COMPRESSED_BUFFER: usize = 256 << 10;
 
+/// `raw` decompressed as `compression` says (`raw` itself when not compressed); `path` names
+/// the image in errors.
+pub(crate) fn decoder(
+    raw: Box<dyn Read + Send>,
+    path: &Path,
+    compression: Compression,
+) -> Result<Box<dyn Read + Send>> {
+    let buffered = |raw| BufReader::with_capacity(COMPRESSED_BUFFER, raw);
+    Ok(match compression {
+        Compression::None => raw,
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered(raw))),
+        Compression::Xz => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(buffered(
+            raw,
+        ))),
+        Compression::Zstd => Box::new(
+            zstd::stream::read::Decoder::with_buffer(buffered(raw))
+                .map_err(|e| Error::io("start the zstd decoder", path, e))?,
+        ),
+        Compression::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(buffered(raw))),
+        Compression::Lz4 => Box::new(Lz4Frames(lz4_flex::frame::FrameDecoder::new(buffered(raw)))),
+    })
+}
+
 impl Source {
-    /// `file` (at `path`) read in order, decompressed as `compression` says.
-    pub(crate) fn new(file: File, path: &Path, compression: Compression) -> Result<Source> {
-        let buffered = |file| BufReader::with_capacity(COMPRESSED_BUFFER, file);
-        let reader: Box<dyn Read + Send> = match compression {
-            Compression::None => Box::new(file),
-            Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered(file))),
-            Compression::Xz => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(buffered(
-                file,
-            ))),
-            Compression::Zstd => Box::new(
-                zstd::stream::read::Decoder::with_buffer(buffered(file))
-                    .map_err(|e| Error::io("start the zstd decoder", path, e))?,
-            ),
-            Compression::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(buffered(file))),
-            Compression::Lz4 => Box::new(Lz4Frames(lz4_flex::frame::FrameDecoder::new(buffered(
-                file,
-            )))),
-        };
-        Ok(Source::Stream {
+    /// The image's bytes in order (already decompressed; `compression` is for reports).
+    pub(crate) fn stream(reader: Box<dyn Read + Send>, compression: Compression) -> Source {
+        Source::Stream {
             reader: BufReader::with_capacity(COMPRESSED_BUFFER, reader),
             pos: 0,
             compression,
-        })
+        }
     }
 
     /// How the image is compressed.
@@ -239,7 +243,7 @@ impl Source {
 /// LZ4 frames one after another, as `cat a.lz4 b.lz4` makes them: lz4_flex's decoder goes on
 /// with the next frame, but answers 0 (end of file) once at each frame's end; here 0 means
 /// the file has ended.
-struct Lz4Frames(lz4_flex::frame::FrameDecoder<BufReader<File>>);
+struct Lz4Frames(lz4_flex::frame::FrameDecoder<BufReader<Box<dyn Read + Send>>>);
 
 impl Read for Lz4Frames {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {

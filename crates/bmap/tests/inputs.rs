@@ -1,0 +1,156 @@
+//! [`bmap::Input`] and the copies made from it: any reader (the seam for downloads), formats
+//! told by their first bytes whatever the name, archives made by the real `tar`, `zip` and
+//! compressors, every byte written by [`bmap::Copier::whole_image`], and an archive without
+//! an image refused as [`bmap::Error::Archive`]. Every copy is compared with the image.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Runs a shell command line in `dir` (the real tools), which must succeed.
+fn sh(dir: &Path, line: &str) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(line)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{line}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `dir/src/disk.img` (9 MiB and a bit, data in three places) and its bmap.
+fn image(dir: &Path) -> (PathBuf, bmap::Bmap) {
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    let path = dir.join("src/disk.img");
+    let f = File::create(&path).unwrap();
+    let noise: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    f.write_all_at(&noise, 4096).unwrap();
+    f.write_all_at(&[0x5a; 100_000], 5 << 20).unwrap();
+    f.write_all_at(b"last", (9 << 20) + 100).unwrap();
+    drop(f);
+    let bmap = bmap::create(&path, &bmap::CreateOptions::default()).unwrap();
+    (path, bmap)
+}
+
+#[test]
+fn any_reader_is_an_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let (img, map) = image(dir.path());
+    sh(
+        dir.path(),
+        "tar -cf - -C src disk.img | zstd -q -T2 -c > a.tar.zst \
+         && (cd src && zip -q ../a.zip disk.img) && xz -T2 -c src/disk.img > a.xz",
+    );
+    for (name, compression, container) in [
+        ("a.tar.zst", bmap::Compression::Zstd, bmap::Container::Tar),
+        ("a.zip", bmap::Compression::None, bmap::Container::Zip),
+        ("a.xz", bmap::Compression::Xz, bmap::Container::None),
+    ] {
+        let reader = File::open(dir.path().join(name)).unwrap();
+        // A reader, not a file: streamed, never seeked.
+        let input = bmap::Input::from_reader(std::io::BufReader::new(reader), name).unwrap();
+        assert_eq!(input.compression(), compression, "{name}");
+        assert_eq!(input.container(), container, "{name}");
+        assert!(!input.is_seekable());
+        let dest = dir.path().join("out.img");
+        let report = bmap::Copier::new(map.clone())
+            .sync(false)
+            .copy_input(input, &dest)
+            .unwrap();
+        assert_eq!(report.verified_ranges, map.ranges.len() as u64, "{name}");
+        assert!(
+            std::fs::read(&dest).unwrap() == std::fs::read(&img).unwrap(),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn the_first_bytes_decide_not_the_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (img, map) = image(dir.path());
+    sh(
+        dir.path(),
+        "bzip2 -c src/disk.img > x.gz && cp src/disk.img y.tar.xz \
+         && tar -cf - -C src disk.img | lz4 -q -c > z",
+    );
+    for (name, compression, container, plain) in [
+        (
+            "x.gz",
+            bmap::Compression::Bzip2,
+            bmap::Container::None,
+            false,
+        ),
+        (
+            "y.tar.xz",
+            bmap::Compression::None,
+            bmap::Container::None,
+            true,
+        ),
+        ("z", bmap::Compression::Lz4, bmap::Container::Tar, false),
+    ] {
+        let path = dir.path().join(name);
+        let input = bmap::Input::open(&path).unwrap();
+        assert_eq!(
+            (
+                input.compression(),
+                input.container(),
+                input.is_plain_file()
+            ),
+            (compression, container, plain),
+            "{name}"
+        );
+        let dest = dir.path().join("out.img");
+        bmap::Copier::new(map.clone())
+            .sync(false)
+            .copy(&path, &dest)
+            .unwrap();
+        assert!(
+            std::fs::read(&dest).unwrap() == std::fs::read(&img).unwrap(),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn whole_image_writes_every_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let (img, _) = image(dir.path());
+    sh(dir.path(), "gzip -c src/disk.img > d.gz");
+    let dest = dir.path().join("out.img");
+    let report = bmap::Copier::whole_image()
+        .sync(false)
+        .copy(dir.path().join("d.gz"), &dest)
+        .unwrap();
+    let want = std::fs::read(&img).unwrap();
+    assert_eq!(report.image_size, want.len() as u64);
+    assert_eq!(report.mapped_bytes, want.len() as u64);
+    assert_eq!(report.compression, bmap::Compression::Gzip);
+    assert!(std::fs::read(&dest).unwrap() == want);
+}
+
+#[test]
+fn an_archive_without_an_image_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, map) = image(dir.path());
+    sh(
+        dir.path(),
+        "mkdir -p e/boot && tar -cf - -C e boot | gzip -c > e.tgz",
+    );
+    let dest = dir.path().join("out.img");
+    let e = bmap::Copier::new(map)
+        .copy(dir.path().join("e.tgz"), &dest)
+        .unwrap_err();
+    assert!(
+        matches!(&e, bmap::Error::Archive { reason, .. } if reason.contains("no regular file")),
+        "{e}"
+    );
+    assert!(!dest.exists());
+}

@@ -117,6 +117,12 @@ fn copy(args: &BmapCopyArgs) -> Result<()> {
     // From here on SIGINT, SIGTERM and SIGHUP stop the copy between two chunks.
     let stop = crate::signals::install().context("cannot install the signal handlers")?;
     let (copier, source) = if args.nobmap {
+        if args.image.to_str().is_some_and(|s| s.contains("://")) {
+            bail!(
+                "{}: --nobmap needs a local image (its block map stands for the bmap)",
+                args.image.display()
+            );
+        }
         if bmap::Compression::of(&args.image)? != bmap::Compression::None {
             bail!(
                 "{}: --nobmap needs an uncompressed image (its block map stands for the bmap)",

@@ -70,7 +70,7 @@ pub(crate) struct BmapCreateArgs {
     blocks are left as they are."
 )]
 pub(crate) struct BmapCopyArgs {
-    /// The bmap file of the image.
+    /// The bmap file of the image (a path, or an http:// or https:// URL).
     #[arg(long, value_name = "FILE", conflicts_with = "nobmap")]
     pub bmap: Option<PathBuf>,
 
@@ -104,7 +104,8 @@ pub(crate) struct BmapCopyArgs {
     #[arg(long, overrides_with = "progress")]
     pub no_progress: bool,
 
-    /// The image (plain, .gz, .xz, .zst, .bz2 or .lz4).
+    /// The image (plain, .gz, .xz, .zst, .bz2 or .lz4): a path, or an http:// or https://
+    /// URL (an uncompressed one is fetched by Range requests for its mapped blocks only).
     pub image: PathBuf,
 
     /// The file or block device to write.

@@ -132,6 +132,8 @@ pub struct CopyReport {
     pub block_device: bool,
     /// Wall time of the copy.
     pub elapsed: Duration,
+    /// Bytes of response bodies that came over the network, for an image given as a URL.
+    pub network_bytes: Option<u64>,
 }
 
 impl fmt::Display for CopyReport {
@@ -151,6 +153,9 @@ impl fmt::Display for CopyReport {
                 write!(f, ", {} ranges verified ({kind})", self.verified_ranges)?
             }
             _ => write!(f, ", not verified")?,
+        }
+        if let Some(bytes) = self.network_bytes {
+            write!(f, ", {} over the network", sparsecopy::human_size(bytes))?;
         }
         write!(f, " in {:.2} s", self.elapsed.as_secs_f64())
     }
@@ -290,6 +295,9 @@ impl<'a> Copier<'a> {
         let _span =
             tracing::debug_span!("bmap::copy", image = %image.display(), dest = %dest.display())
                 .entered();
+        if let Some(url) = crate::remote::Url::of(image) {
+            return crate::remote::copy(self, &url, dest);
+        }
         let started = Instant::now();
         let info = &self.info;
         let compression = Compression::of(image)?;
@@ -325,7 +333,7 @@ impl<'a> Copier<'a> {
                 return Err(size_mismatch(size));
             }
         }
-        let mut source = if compression == Compression::None && seekable {
+        let source = if compression == Compression::None && seekable {
             // It reads: the first byte, before anything is written.
             if info.image_size > 0 {
                 read_full_at(&file, 0, &mut [0u8; 1])
@@ -343,7 +351,30 @@ impl<'a> Copier<'a> {
             }
             stream
         };
+        self.copy_source(source, image, dest, started)
+    }
 
+    /// The bmap's header, its file, and its ranges in bytes, in order (what a remote image
+    /// fetches).
+    pub(crate) fn plan(&self) -> (&BmapInfo, &Path, impl Iterator<Item = Result<Range<u64>>>) {
+        let (bs, size) = (self.info.block_size, self.info.image_size);
+        let ranges = self
+            .ranges
+            .iter()
+            .map(move |r| r.map(|r| r.bytes(bs, size)));
+        (&self.info, &self.bmap_path, ranges)
+    }
+
+    /// Copies from `source`, the image's bytes (named `image` in errors), to `dest`: the
+    /// destination opened, checked, written and closed.
+    pub(crate) fn copy_source(
+        self,
+        mut source: Source,
+        image: &Path,
+        dest: &Path,
+        started: Instant,
+    ) -> Result<CopyReport> {
+        let compression = source.compression();
         if self.interrupted() {
             return Err(Error::Interrupted {
                 dest: dest.to_owned(),
@@ -613,6 +644,7 @@ impl<'a> Copier<'a> {
             compression: Compression::None,
             block_device: false,
             elapsed: Duration::ZERO,
+            network_bytes: None,
         })
     }
 
@@ -641,6 +673,7 @@ impl<'a> Copier<'a> {
             compression: Compression::None,
             block_device: false,
             elapsed: Duration::ZERO,
+            network_bytes: None,
         };
         let mut streamed_to = 0u64;
         let mut writeback = self.sync.then(|| Writeback::new(out, dest));
@@ -984,6 +1017,7 @@ mod tests {
             compression: Compression::None,
             block_device: false,
             elapsed: Duration::ZERO,
+            network_bytes: None,
         };
         let line = report.to_string();
         assert!(

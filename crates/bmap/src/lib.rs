@@ -57,6 +57,7 @@ mod error;
 mod file;
 mod format;
 mod parse;
+mod remote;
 mod signature;
 mod source;
 
@@ -66,5 +67,6 @@ pub use create::{CreateOptions, create, create_to};
 pub use error::{Error, Result};
 pub use file::{BmapFile, BmapInfo, Ranges};
 pub use format::{BlockRange, Bmap, Version, human_size};
+pub use remote::{COALESCE, redact};
 pub use signature::{SignatureCheck, Signer, read_signed};
 pub use source::{Compression, find_bmap};

@@ -90,6 +90,9 @@ impl Compression {
 /// ```
 pub fn find_bmap(image: impl AsRef<Path>) -> Result<PathBuf> {
     let image = image.as_ref();
+    if let Some(url) = crate::remote::Url::of(image) {
+        return crate::remote::find_bmap(&url);
+    }
     let mut tried = Vec::new();
     let mut stem = image.to_owned();
     loop {

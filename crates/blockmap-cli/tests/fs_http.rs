@@ -629,3 +629,134 @@ fn failures_are_one_line_naming_the_url() {
     cases += 1;
     http.report(test, cases);
 }
+
+/// A throw-away GnuPG home with one signing key (its agent stopped when dropped).
+struct Keyring {
+    home: tempfile::TempDir,
+    fingerprint: String,
+}
+
+impl Keyring {
+    fn new() -> Keyring {
+        let mut ring = Keyring {
+            home: tempfile::tempdir().unwrap(),
+            fingerprint: String::new(),
+        };
+        ring.gpg(&[
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            "Test Signer <signer@example.com>",
+            "ed25519",
+            "sign",
+            "never",
+        ]);
+        let listing = ring.gpg(&["--with-colons", "--list-keys"]);
+        ring.fingerprint = listing
+            .lines()
+            .find_map(|l| l.strip_prefix("fpr:"))
+            .and_then(|l| l.split(':').nth(8))
+            .unwrap()
+            .to_owned();
+        ring
+    }
+
+    /// gpg with `args`, which must succeed: its stdout.
+    fn gpg(&self, args: &[&str]) -> String {
+        let out = Command::new("gpg")
+            .env("GNUPGHOME", self.home.path())
+            .args(["--batch", "--yes", "--no-tty"])
+            .args(args)
+            .output()
+            .expect("cannot run gpg: .ci/run installs gnupg");
+        assert!(out.status.success(), "gpg {args:?}: {}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Keyring {
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf")
+            .env("GNUPGHOME", self.home.path())
+            .args(["--kill", "all"])
+            .output();
+    }
+}
+
+/// A signature beside a URL bmap (`.asc`, `.sig`) is fetched and verified, as beside a file;
+/// a bad one stops the copy; a clearsigned bmap given as a URL is verified too.
+#[test]
+fn signatures_beside_a_url_bmap_are_verified() {
+    let test = "signatures_beside_a_url_bmap_are_verified";
+    let Some(http) = common::http(test) else {
+        return;
+    };
+    let ring = Keyring::new();
+    let home = ring.home.path().to_str().unwrap().to_owned();
+    let env = [("GNUPGHOME", home.as_str())];
+    let dir = dest_dir();
+    let mut cases = 0;
+    let signed_by = format!(
+        "signed by Test Signer <signer@example.com> ({})",
+        ring.fingerprint
+    );
+    for ext in ["asc", "sig"] {
+        let name = format!("signed-{ext}.img");
+        let image = make_image(&http, &name, 4 * MIB, &[MIB..2 * MIB]);
+        let bmap_file = http.root.join(format!("{name}.bmap"));
+        let sig = http.root.join(format!("{name}.bmap.{ext}"));
+        let mut args = vec!["--detach-sign", "-o", sig.to_str().unwrap()];
+        if ext == "asc" {
+            args.insert(0, "--armor");
+        }
+        args.push(bmap_file.to_str().unwrap());
+        ring.gpg(&args);
+        let url = format!("{}/{name}", http.url("plain"));
+        let summary = copy_ok(&url, &dir.path().join(format!("{ext}.img")), &image, &env);
+        assert!(summary.contains(&signed_by), "{summary}");
+        // The signature of another file: a bad signature, nothing written.
+        let other = dir.path().join("other");
+        fs::write(&other, b"not the bmap").unwrap();
+        let mut args = vec!["--detach-sign", "-o", sig.to_str().unwrap()];
+        if ext == "asc" {
+            args.insert(0, "--armor");
+        }
+        args.push(other.to_str().unwrap());
+        ring.gpg(&args);
+        copy_fails(
+            &[&url],
+            &dir.path().join(format!("bad-{ext}.img")),
+            &format!("{url}.bmap.{ext}"),
+            "bad signature",
+            &env,
+        );
+        cases += 2;
+    }
+    // A clearsigned bmap, given as a URL.
+    let name = "clearsigned.img";
+    let image = make_image(&http, name, 4 * MIB, &[0..MIB]);
+    let bmap_file = http.root.join(format!("{name}.bmap"));
+    let clear = http.root.join("clearsigned.bmap.txt");
+    ring.gpg(&[
+        "--clearsign",
+        "-o",
+        clear.to_str().unwrap(),
+        bmap_file.to_str().unwrap(),
+    ]);
+    let out = cli_env(
+        [
+            "bmap",
+            "copy",
+            "--bmap",
+            &format!("{}/clearsigned.bmap.txt", http.url("plain")),
+            &format!("{}/{name}", http.url("plain")),
+            dir.path().join("clear.img").to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&signed_by), "{}", stderr(&out));
+    assert!(fs::read(dir.path().join("clear.img")).unwrap() == image);
+    cases += 1;
+    http.report(test, cases);
+}

@@ -292,12 +292,12 @@ impl<'a> Copier<'a> {
     /// Copies the image at `image` (compressed as its name says) to `dest`.
     pub fn copy(self, image: impl AsRef<Path>, dest: impl AsRef<Path>) -> Result<CopyReport> {
         let (image, dest) = (image.as_ref(), dest.as_ref());
-        let _span =
-            tracing::debug_span!("bmap::copy", image = %image.display(), dest = %dest.display())
-                .entered();
         if let Some(url) = crate::remote::Url::of(image) {
             return crate::remote::copy(self, &url, dest);
         }
+        let _span =
+            tracing::debug_span!("bmap::copy", image = %image.display(), dest = %dest.display())
+                .entered();
         let started = Instant::now();
         let info = &self.info;
         let compression = Compression::of(image)?;

@@ -310,12 +310,24 @@ fn content_range(response: &Response<Body>) -> Option<(Range<u64>, Option<u64>)>
     Some((first..last.checked_add(1)?, total))
 }
 
-/// Whether a resource answers a HEAD with 2xx; `Ok(false)` for 404 and 410.
+/// Whether a resource answers a HEAD (a GET where HEAD is not allowed) with 2xx;
+/// `Ok(false)` for 404 and 410.
 fn exists(url: &Url) -> Result<bool> {
-    let response = agent(url)?
+    let agent = agent(url)?;
+    let mut response = agent
         .head(&url.raw)
         .call()
         .map_err(|e| request_error(url, e))?;
+    if matches!(
+        response.status(),
+        StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_IMPLEMENTED
+    ) {
+        // Its body is left unread: the connection is closed, not reused.
+        response = agent
+            .get(&url.raw)
+            .call()
+            .map_err(|e| request_error(url, e))?;
+    }
     let status = response.status();
     debug!(url = %url.shown, status = status.as_u16(), "HEAD");
     match status {
@@ -713,6 +725,8 @@ impl Read for Ranged {
 
 /// Copies the image at `image` by `copier`: see the module's documentation.
 pub(crate) fn copy(copier: Copier<'_>, image: &Url, dest: &Path) -> Result<CopyReport> {
+    let _span =
+        tracing::debug_span!("bmap::copy", image = %image.shown, dest = %dest.display()).entered();
     let started = Instant::now();
     let network = Arc::new(AtomicU64::new(0));
     let compression = Compression::of(Path::new(image.name())).map_err(|e| match e {

@@ -289,7 +289,10 @@ impl<'a> Copier<'a> {
             .is_some_and(|f| f.load(Ordering::Relaxed))
     }
 
-    /// Copies the image at `image` (compressed as its name says) to `dest`.
+    /// Copies the image at `image` (compressed as its name says) to `dest`. `image` may be an
+    /// `http://` or `https://` URL: an uncompressed image is then fetched by Range requests
+    /// for its mapped ranges only, a compressed one streamed from one GET, and
+    /// [`CopyReport::network_bytes`] says what came over the network.
     pub fn copy(self, image: impl AsRef<Path>, dest: impl AsRef<Path>) -> Result<CopyReport> {
         let (image, dest) = (image.as_ref(), dest.as_ref());
         if let Some(url) = crate::remote::Url::of(image) {

@@ -22,6 +22,9 @@
 //!   bmap beside an image as bmaptool does). An interrupt flag stops it between two chunks.
 //! - [`read_signed`]: reads a bmap file verifying its GPG signature (detached or clearsigned)
 //!   with GnuPG, as bmaptool does.
+//! - URLs: an `http://` or `https://` URL stands wherever a path does (the image, the bmap,
+//!   its signature); an uncompressed remote image is fetched by HTTP Range requests for its
+//!   mapped ranges only ([`COALESCE`]), and [`redact`] hides a URL's password in messages.
 //!
 //! # Example
 //! ```

@@ -77,7 +77,8 @@ impl Compression {
 
 /// The bmap file of `image` as bmaptool finds it: `IMAGE.bmap`, then, while the name has an
 /// extension, that extension dropped and `.bmap` added (`disk.img.xz` → `disk.img.xz.bmap`,
-/// `disk.img.bmap`, `disk.bmap`).
+/// `disk.img.bmap`, `disk.bmap`). Beside an `http(s)://` URL the same candidates are asked
+/// for (by HEAD), and the URL found is returned.
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {

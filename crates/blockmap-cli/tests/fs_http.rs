@@ -684,7 +684,8 @@ impl Drop for Keyring {
 }
 
 /// A signature beside a URL bmap (`.asc`, `.sig`) is fetched and verified, as beside a file;
-/// a bad one stops the copy; a clearsigned bmap given as a URL is verified too.
+/// a bad one stops the copy; `--bmap-sig URL` is fetched (a 404 is an error); a clearsigned
+/// bmap given as a URL is verified too.
 #[test]
 fn signatures_beside_a_url_bmap_are_verified() {
     let test = "signatures_beside_a_url_bmap_are_verified";
@@ -732,6 +733,44 @@ fn signatures_beside_a_url_bmap_are_verified() {
         );
         cases += 2;
     }
+    // --bmap-sig as a URL: the signature is fetched; one that is not there is an error.
+    let name = "given-sig.img";
+    let image = make_image(&http, name, 4 * MIB, &[MIB..2 * MIB]);
+    let bmap_file = http.root.join(format!("{name}.bmap"));
+    let sig = http.root.join("given.sig");
+    ring.gpg(&[
+        "--detach-sign",
+        "-o",
+        sig.to_str().unwrap(),
+        bmap_file.to_str().unwrap(),
+    ]);
+    let url = format!("{}/{name}", http.url("plain"));
+    let sig_url = format!("{}/given.sig", http.url("plain"));
+    let dest = dir.path().join("given.img");
+    let out = cli_env(
+        [
+            "bmap",
+            "copy",
+            "--bmap-sig",
+            &sig_url,
+            &url,
+            dest.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&signed_by), "{}", stderr(&out));
+    assert!(fs::read(&dest).unwrap() == image);
+    let missing_sig = format!("{}/no-such.sig", http.url("plain"));
+    copy_fails(
+        &["--bmap-sig", &missing_sig, &url],
+        &dir.path().join("missing-sig.img"),
+        &missing_sig,
+        "404",
+        &env,
+    );
+    cases += 2;
+
     // A clearsigned bmap, given as a URL.
     let name = "clearsigned.img";
     let image = make_image(&http, name, 4 * MIB, &[0..MIB]);

@@ -41,6 +41,8 @@ pub enum Undo {
     Unmount(PathBuf),
     /// Unmount the faultfs FUSE filesystem served by `child`, and reap the process.
     StopFaultfs { child: Child, mountpoint: PathBuf },
+    /// Stop a server (nginx, tinyproxy) that runs in the foreground: SIGTERM, then SIGKILL.
+    StopServer { name: &'static str, child: Child },
 }
 
 static STACK: Mutex<Vec<Undo>> = Mutex::new(Vec::new());
@@ -125,6 +127,7 @@ impl Undo {
                 mut child,
                 mountpoint,
             } => stop_faultfs(&mut child, &mountpoint),
+            Undo::StopServer { name, mut child } => stop_server(name, &mut child),
         }
     }
 }
@@ -200,6 +203,28 @@ fn stop_faultfs(child: &mut Child, mountpoint: &Path) -> Result<()> {
             signal.map_or(String::new(), |s| format!(" after {s:?}"))
         )),
     }
+}
+
+/// Stops a server we started: SIGTERM, on which nginx and tinyproxy exit at once; SIGKILL
+/// after a grace period.
+fn stop_server(name: &str, child: &mut Child) -> Result<()> {
+    let pid = Pid::from_child(child);
+    for (signal, grace) in [
+        (Signal::TERM, Duration::from_secs(5)),
+        (Signal::KILL, Duration::from_secs(5)),
+    ] {
+        if child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        let _ = kill_process(pid, signal);
+        if wait_with_timeout(child, grace)?.is_some() {
+            return Ok(());
+        }
+    }
+    Err(anyhow!(
+        "{name} (pid {}) did not exit, even on SIGKILL",
+        child.id()
+    ))
 }
 
 /// Waits up to `timeout` for `child`; its status if it exited.

@@ -24,6 +24,9 @@
 //! - `BLOCKMAP_FS_TEST_BLOCKDEV`: the spare loop device, e.g. `/dev/loop7`;
 //! - `BLOCKMAP_FS_TEST_FAULTFS`: faultfs's mount point; `BLOCKMAP_FS_TEST_FAULTFS_BACKING`:
 //!   its backing directory (the same files, without faults);
+//! - `BLOCKMAP_FS_TEST_HTTP`, `BLOCKMAP_FS_TEST_HTTP_ROOT`, `BLOCKMAP_FS_TEST_HTTP_LOG`,
+//!   `BLOCKMAP_FS_TEST_HTTP_PROXY_LOG`: the HTTP servers (nginx, tinyproxy) of
+//!   [`crate::http_servers`], whose tests report as `http`;
 //! - `BLOCKMAP_FS_TEST_REPORT`: a file to which the tests append `fs=<name> test=<test>
 //!   cases=<n>` lines (`fs=<a>-><b>` for a test on a pair; `tiny` and `blockdev` are names
 //!   too), see [`crate::report`].
@@ -89,6 +92,8 @@ const MOUNT_PACKAGE: &str = "mount";
 const TEST_TARGETS: &str = "fs_*";
 /// The report's name for the faultfs mount, and its directory under `mnt/`.
 const FAULTFS: &str = "faultfs";
+/// The report's name for the HTTP tests (`crate::http_servers`).
+const HTTP: &str = "http";
 /// `statfs` `f_type` of a FUSE filesystem.
 const FUSE_SUPER_MAGIC: u64 = 0x6573_5546;
 /// How long faultfs may take to mount.
@@ -411,6 +416,7 @@ fn set_up_and_test(
         .context("cannot set up the spare loop device")?;
     cleanup::check_interrupted()?;
     let (faultfs, faultfs_backing) = start_faultfs(&dir).context("cannot start faultfs")?;
+    let http = crate::http_servers::start(&dir).context("cannot start the HTTP servers")?;
     let report_path = dir.join("report.txt");
     File::create(&report_path)?;
     if mounted.is_empty() {
@@ -439,6 +445,9 @@ fn set_up_and_test(
         faultfs.display(),
         faultfs_backing.display()
     );
+    if let Some((_, servers)) = http.first() {
+        println!("fs-test:   {HTTP:<12} {}", ::bmap::redact(servers));
+    }
 
     let mut test = test_command(args);
     test.arg("--")
@@ -448,7 +457,8 @@ fn set_up_and_test(
         .env("BLOCKMAP_FS_TEST_BLOCKDEV", &blockdev)
         .env("BLOCKMAP_FS_TEST_FAULTFS", &faultfs)
         .env("BLOCKMAP_FS_TEST_FAULTFS_BACKING", &faultfs_backing)
-        .env("BLOCKMAP_FS_TEST_REPORT", &report_path);
+        .env("BLOCKMAP_FS_TEST_REPORT", &report_path)
+        .envs(http.iter().map(|(k, v)| (k, v)));
     println!("fs-test: running `{}`", cmd::describe(&test));
     let started = Instant::now();
     let status = cmd::run_inherited(&mut test)?;
@@ -464,7 +474,7 @@ fn set_up_and_test(
     let names: Vec<&str> = mounted
         .iter()
         .map(|(name, _)| *name)
-        .chain([FAULTFS])
+        .chain([FAULTFS, HTTP])
         .collect();
     // A test name filter may leave out every test of a filesystem (a filter for faultfs's
     // tests runs nothing on ext4): then that is only noted.

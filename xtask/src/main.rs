@@ -30,6 +30,7 @@ mod cmd;
 mod compare;
 mod demo;
 mod fs_test;
+mod http_servers;
 mod report;
 #[cfg(test)]
 mod tidy;

@@ -71,7 +71,7 @@ pub(crate) struct BmapCreateArgs {
     blocks are left as they are."
 )]
 pub(crate) struct BmapCopyArgs {
-    /// The bmap file of the image.
+    /// The bmap file of the image (a path, or an http:// or https:// URL).
     #[arg(long, value_name = "FILE", conflicts_with = "nobmap")]
     pub bmap: Option<PathBuf>,
 
@@ -105,9 +105,10 @@ pub(crate) struct BmapCopyArgs {
     #[arg(long, overrides_with = "progress")]
     pub no_progress: bool,
 
-    /// The image: a file, a block device, a pipe or - (standard input, which needs --bmap);
-    /// plain, gzip, xz, zstd, bzip2 or lz4, or inside a tar (also compressed) or zip archive,
-    /// recognised by its first bytes.
+    /// The image: a file, a block device, a pipe, - (standard input, which needs --bmap), or an
+    /// http:// or https:// URL (an uncompressed one is fetched by Range requests for its mapped
+    /// blocks only); plain, gzip, xz, zstd, bzip2 or lz4, or inside a tar (also compressed) or
+    /// zip archive, recognised by its first bytes.
     pub image: PathBuf,
 
     /// The file or block device to write.

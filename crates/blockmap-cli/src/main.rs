@@ -52,7 +52,8 @@ fn main() -> ExitCode {
 /// One line on stderr, `blockmap: ` first, in one write (stderr is unbuffered: a formatted
 /// line would otherwise be a write per piece, and could interleave with another process's).
 pub(crate) fn say(line: std::fmt::Arguments<'_>) {
-    let line = format!("blockmap: {line}\n");
+    // A URL's password is never shown (`https://user:***@host/…`).
+    let line = ::bmap::redact(&format!("blockmap: {line}\n")).into_owned();
     let _ = io::stderr().lock().write_all(line.as_bytes());
 }
 

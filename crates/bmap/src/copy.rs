@@ -142,6 +142,8 @@ pub struct CopyReport {
     pub elapsed: Duration,
     /// What the read-back verification did, if it was asked for.
     pub readback: Option<ReadBackReport>,
+    /// Bytes of response bodies that came over the network, for an image given as a URL.
+    pub network_bytes: Option<u64>,
 }
 
 impl fmt::Display for CopyReport {
@@ -164,6 +166,9 @@ impl fmt::Display for CopyReport {
         }
         if let Some(r) = &self.readback {
             write!(f, ", {r}")?;
+        }
+        if let Some(bytes) = self.network_bytes {
+            write!(f, ", {} over the network", sparsecopy::human_size(bytes))?;
         }
         write!(f, " in {:.2} s", self.elapsed.as_secs_f64())
     }
@@ -330,8 +335,17 @@ impl<'a> Copier<'a> {
     }
 
     /// Copies the image at `image` to `dest`: `-` is standard input; compression and archives
-    /// are recognised by the image's first bytes ([`Input::open`]).
+    /// are recognised by the image's first bytes ([`Input::open`]). `image` may be an
+    /// `http://` or `https://` URL: an uncompressed image is then fetched by Range requests
+    /// for its mapped ranges only, a compressed one streamed from one GET, and
+    /// [`CopyReport::network_bytes`] says what came over the network.
     pub fn copy(self, image: impl AsRef<Path>, dest: impl AsRef<Path>) -> Result<CopyReport> {
+        let image = image.as_ref();
+        if let Some(url) = crate::remote::Url::of(image)
+            && !matches!(self.ranges, RangeSource::Whole)
+        {
+            return crate::remote::copy(self, &url, dest.as_ref());
+        }
         self.copy_input(Input::open(image)?, dest)
     }
 
@@ -366,7 +380,7 @@ impl<'a> Copier<'a> {
             expected: info.image_size,
             actual,
         };
-        let mut source = match opened {
+        let source = match opened {
             // A plain file or device is read where the ranges are.
             Opened::Plain(file) => {
                 let meta = file
@@ -404,7 +418,32 @@ impl<'a> Copier<'a> {
                 stream
             }
         };
+        self.copy_source(source, seekable, image, dest, started)
+    }
 
+    /// The bmap's header, its file, and its ranges in bytes, in order (what a remote image
+    /// fetches).
+    pub(crate) fn plan(&self) -> (&BmapInfo, &Path, impl Iterator<Item = Result<Range<u64>>>) {
+        let (bs, size) = (self.info.block_size, self.info.image_size);
+        let ranges = self
+            .ranges
+            .iter()
+            .map(move |r| r.map(|r| r.bytes(bs, size)));
+        (&self.info, &self.bmap_path, ranges)
+    }
+
+    /// Copies from `source`, the image's bytes (named `image` in errors), to `dest`: the
+    /// destination opened, checked, written and closed. `rereadable`: the image can be opened
+    /// and read again by its path (for `--checksum-retry`'s rewrites).
+    pub(crate) fn copy_source(
+        self,
+        mut source: Source,
+        rereadable: bool,
+        image: &Path,
+        dest: &Path,
+        started: Instant,
+    ) -> Result<CopyReport> {
+        let compression = source.compression();
         if self.interrupted() {
             return Err(Error::Interrupted {
                 dest: dest.to_owned(),
@@ -418,12 +457,12 @@ impl<'a> Copier<'a> {
                 Some(first) => first?.checksum.is_some(),
                 None => true,
             };
-            let summed = summed && info.checksum_type.is_some();
-            readback::check_possible(summed, retries, seekable, image, &self.bmap_path)?;
+            let summed = summed && self.info.checksum_type.is_some();
+            readback::check_possible(summed, retries, rereadable, image, &self.bmap_path)?;
         }
         let out = Destination::open(dest)?;
         let written = Written::new();
-        let outcome = self.write(&mut source, &out, image, dest, &written, seekable);
+        let outcome = self.write(&mut source, &out, image, dest, &written, rereadable);
         match outcome {
             Ok(mut report) => {
                 out.close()?;
@@ -709,6 +748,7 @@ impl<'a> Copier<'a> {
             block_device: false,
             elapsed: Duration::ZERO,
             readback: None,
+            network_bytes: None,
         })
     }
 
@@ -738,6 +778,7 @@ impl<'a> Copier<'a> {
             block_device: false,
             elapsed: Duration::ZERO,
             readback: None,
+            network_bytes: None,
         };
         let mut streamed_to = 0u64;
         let mut writeback = self.sync.then(|| Writeback::new(out, dest));
@@ -1085,6 +1126,7 @@ mod tests {
             block_device: false,
             elapsed: Duration::ZERO,
             readback: None,
+            network_bytes: None,
         };
         let line = report.to_string();
         assert!(

@@ -218,6 +218,17 @@ pub enum Error {
         /// What is wrong, naming the archive's kind (and the byte of the image reached).
         reason: String,
     },
+    /// Fetching an image, a bmap or a signature over HTTP(S) failed: no connection, an
+    /// answer other than the one wanted (404…), a body cut short.
+    #[error("{url}: cannot {what}: {reason}")]
+    Http {
+        /// The URL, its password replaced by `***`.
+        url: String,
+        /// What was being done (`"fetch"`, `"download the bmap file"`).
+        what: String,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// `Result` with this crate's [`Error`].

@@ -266,6 +266,9 @@ pub(crate) const CLEARSIGN_MARKER: &[u8] = b"-----BEGIN PGP SIGNED MESSAGE-----"
 
 impl Input {
     pub(crate) fn open(path: &Path) -> Result<Input> {
+        if let Some(url) = crate::remote::Url::of(path) {
+            return Input::spooled(crate::remote::download(&url, "bmap file")?, &url.shown());
+        }
         let file = File::open(path).map_err(|e| Error::io("open the bmap file", path, e))?;
         let meta = file
             .metadata()
@@ -300,6 +303,19 @@ impl Input {
             spooled: true,
             clearsigned: head == CLEARSIGN_MARKER,
             pending: Some((head, file)),
+        })
+    }
+
+    /// A whole bmap file already spooled (downloaded), at its start.
+    fn spooled(file: File, path: &Path) -> Result<Input> {
+        let mut head = [0u8; CLEARSIGN_MARKER.len()];
+        let n = crate::source::read_full_at(&file, 0, &mut head)
+            .map_err(|e| Error::io("read the bmap file", path, e))?;
+        Ok(Input {
+            file,
+            spooled: true,
+            clearsigned: head[..n] == *CLEARSIGN_MARKER,
+            pending: None,
         })
     }
 

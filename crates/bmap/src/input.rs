@@ -166,8 +166,12 @@ impl Input {
     /// looked at with a positioned read (nothing consumed); a pipe, FIFO, socket or character
     /// device is read and its first bytes kept in front of the rest. A compressed stream's
     /// first bytes are decompressed here, so a corrupt start fails before anything is written.
+    /// An `http://` or `https://` URL is fetched in one GET and read as a stream.
     pub fn open(path: impl AsRef<Path>) -> Result<Input> {
         let path = path.as_ref();
+        if let Some(url) = crate::remote::Url::of(path) {
+            return crate::remote::input(&url);
+        }
         let file = if path == Path::new("-") {
             io::stdin()
                 .as_fd()

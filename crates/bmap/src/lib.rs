@@ -27,6 +27,9 @@
 //!   it, and [`Copier::whole_image`] writes every byte of it without a bmap.
 //! - [`read_signed`]: reads a bmap file verifying its GPG signature (detached or clearsigned)
 //!   with GnuPG, as bmaptool does.
+//! - URLs: an `http://` or `https://` URL stands wherever a path does (the image, the bmap,
+//!   its signature); an uncompressed remote image is fetched by HTTP Range requests for its
+//!   mapped ranges only ([`COALESCE`]), and [`redact`] hides a URL's password in messages.
 //!
 //! # Example
 //! ```
@@ -66,6 +69,7 @@ mod input;
 mod parse;
 mod psplash;
 mod readback;
+mod remote;
 mod removable;
 mod signature;
 mod source;
@@ -79,6 +83,7 @@ pub use format::{BlockRange, Bmap, Version, human_size};
 pub use input::{Container, Input};
 pub use psplash::Psplash;
 pub use readback::{BadRange, ReadBackReport};
+pub use remote::{COALESCE, redact};
 pub use removable::check_removable;
 pub use signature::{SignatureCheck, SignatureOptions, Signer, read_signed, read_signed_with};
 pub use source::{Compression, find_bmap};

@@ -184,8 +184,10 @@ fn read_signed_in(
     }
     let sig = match detached {
         Some(sig) => {
-            // Named on the command line: it must be there.
-            std::fs::metadata(sig).map_err(|e| Error::io("read the bmap signature", sig, e))?;
+            // Named on the command line: it must be there (a URL: fetched below).
+            if !crate::remote::is_url_path(sig) {
+                std::fs::metadata(sig).map_err(|e| Error::io("read the bmap signature", sig, e))?;
+            }
             sig.to_owned()
         }
         None => {
@@ -194,17 +196,30 @@ fn read_signed_in(
                 p.push(ext);
                 PathBuf::from(p)
             };
-            match [beside(".asc"), beside(".sig")]
-                .into_iter()
-                .find(|p| p.is_file())
-            {
+            let mut found = None;
+            for candidate in [beside(".asc"), beside(".sig")] {
+                if crate::remote::is_there(&candidate)? {
+                    found = Some(candidate);
+                    break;
+                }
+            }
+            match found {
                 Some(sig) => sig,
                 None => return Ok((bmap, None)),
             }
         }
     };
     debug!(signature = %sig.display(), "verifying the bmap's detached signature");
-    let (_, status) = gpg(&sig, &["--verify".as_ref()], &[&sig], bmap.data()?, keyring)?;
+    // A signature at a URL is downloaded for gpg; messages name the URL.
+    let downloaded = crate::remote::signature_file(&sig)?;
+    let local = downloaded.as_ref().map_or(sig.as_path(), |f| f.path());
+    let (_, status) = gpg(
+        &sig,
+        &["--verify".as_ref()],
+        &[local],
+        bmap.data()?,
+        keyring,
+    )?;
     Ok((bmap, Some(signer(&sig, &status)?)))
 }
 

@@ -74,7 +74,8 @@ impl Compression {
 
 /// The bmap file of `image` as bmaptool finds it: `IMAGE.bmap`, then, while the name has an
 /// extension, that extension dropped and `.bmap` added (`disk.img.xz` → `disk.img.xz.bmap`,
-/// `disk.img.bmap`, `disk.bmap`).
+/// `disk.img.bmap`, `disk.bmap`). Beside an `http(s)://` URL the same candidates are asked
+/// for (by HEAD), and the URL found is returned.
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -87,6 +88,9 @@ impl Compression {
 /// ```
 pub fn find_bmap(image: impl AsRef<Path>) -> Result<PathBuf> {
     let image = image.as_ref();
+    if let Some(url) = crate::remote::Url::of(image) {
+        return crate::remote::find_bmap(&url);
+    }
     let mut tried = Vec::new();
     let mut stem = image.to_owned();
     loop {

@@ -145,6 +145,7 @@ impl Copier<'_> {
             block_device: out.is_block_device(),
             elapsed: Duration::ZERO,
             readback: None,
+            network_bytes: None,
         })
     }
 }

@@ -799,3 +799,72 @@ fn signatures_beside_a_url_bmap_are_verified() {
     cases += 1;
     http.report(test, cases);
 }
+
+/// A URL's body is recognised by its first bytes as a local image is: a `.tar.gz` holding the
+/// image is copied by the bmap beside it, and `--nobmap` writes all of a plain or compressed
+/// URL (one GET; holes become zeros), as bmaptool does.
+#[test]
+fn archives_and_nobmap_over_http() {
+    let test = "archives_and_nobmap_over_http";
+    let Some(http) = common::http(test) else {
+        return;
+    };
+    let name = "whole.img";
+    let image = make_image(&http, name, 6 * MIB, &[0..MIB, 4 * MIB..5 * MIB - 512]);
+    let dir = dest_dir();
+    let mut cases = 0;
+
+    // An archive: the bmap found beside it by dropping its extensions (whole.img.bmap).
+    let status = Command::new("tar")
+        .current_dir(&http.root)
+        .args(["-czf", "whole.img.tar.gz", name])
+        .status()
+        .expect("cannot run tar");
+    assert!(status.success(), "tar");
+    let url = format!("{}/whole.img.tar.gz", http.url("plain"));
+    let out = cli([
+        "bmap",
+        "copy",
+        "--no-progress",
+        "--bmap",
+        http.root.join("whole.img.bmap").to_str().unwrap(),
+        &url,
+        dir.path().join("tar.img").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{url}: {}", stderr(&out));
+    assert!(
+        fs::read(dir.path().join("tar.img")).unwrap() == image,
+        "{url}"
+    );
+    cases += 1;
+
+    // --nobmap: every byte of the image, over an existing larger DEST (truncated first).
+    let gz = Command::new("gzip")
+        .args(["-1", "-k", "-f"])
+        .arg(http.root.join(name))
+        .status()
+        .expect("cannot run gzip");
+    assert!(gz.success(), "gzip");
+    for packed in [name.to_owned(), format!("{name}.gz")] {
+        let url = format!("{}/{packed}", http.url("plain"));
+        let dest = dir.path().join("nobmap.img");
+        fs::write(&dest, vec![0xa5u8; 8 << 20]).unwrap();
+        let out = cli([
+            "bmap",
+            "copy",
+            "--no-progress",
+            "--nobmap",
+            &url,
+            dest.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "--nobmap {url}: {}", stderr(&out));
+        assert!(fs::read(&dest).unwrap() == image, "--nobmap {url}");
+        let gets = logged(&http, http.port("plain"), &format!("/{packed}"));
+        assert!(
+            gets.iter().any(|l| l.method == "GET" && l.status == 200),
+            "{gets:#?}"
+        );
+        cases += 1;
+    }
+    http.report(test, cases);
+}

@@ -463,28 +463,10 @@ impl<'a> Copier<'a> {
         let out = Destination::open(dest)?;
         let written = Written::new();
         let outcome = self.write(&mut source, &out, image, dest, &written, rereadable);
-        match outcome {
-            Ok(mut report) => {
-                out.close()?;
-                report.compression = compression;
-                report.elapsed = started.elapsed();
-                Ok(report)
-            }
-            Err(mut e) => {
-                let removed = out.remove_if_created();
-                debug!(removed, "copy failed");
-                if let Error::Interrupted {
-                    removed: r,
-                    written: w,
-                    ..
-                } = &mut e
-                {
-                    *r = removed;
-                    *w = written.span();
-                }
-                Err(e)
-            }
-        }
+        finish(outcome, out, &written, started).map(|mut report| {
+            report.compression = compression;
+            report
+        })
     }
 
     /// Everything that writes: the destination checked, sized, filled and synced.
@@ -912,6 +894,37 @@ fn drain(
             return Ok(dropped);
         }
         dropped += n as u64;
+    }
+}
+
+/// A copy's end: DEST closed (its close checked) and the report timed; or on failure DEST
+/// removed if this run created it, and an interruption told what was removed or written.
+fn finish(
+    outcome: Result<CopyReport>,
+    out: Destination,
+    written: &Written,
+    started: Instant,
+) -> Result<CopyReport> {
+    match outcome {
+        Ok(mut report) => {
+            out.close()?;
+            report.elapsed = started.elapsed();
+            Ok(report)
+        }
+        Err(mut e) => {
+            let removed = out.remove_if_created();
+            debug!(removed, "copy failed");
+            if let Error::Interrupted {
+                removed: r,
+                written: w,
+                ..
+            } = &mut e
+            {
+                *r = removed;
+                *w = written.span();
+            }
+            Err(e)
+        }
     }
 }
 

@@ -50,27 +50,7 @@ impl Copier<'_> {
             }),
             _ => self.write_whole(&mut source, &out, &image, dest, &written),
         };
-        match outcome {
-            Ok(mut report) => {
-                out.close()?;
-                report.elapsed = started.elapsed();
-                Ok(report)
-            }
-            Err(mut e) => {
-                let removed = out.remove_if_created();
-                debug!(removed, "copy failed");
-                if let Error::Interrupted {
-                    removed: r,
-                    written: w,
-                    ..
-                } = &mut e
-                {
-                    *r = removed;
-                    *w = written.span();
-                }
-                Err(e)
-            }
-        }
+        super::finish(outcome, out, &written, started)
     }
 
     fn write_whole(

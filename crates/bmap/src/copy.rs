@@ -23,6 +23,8 @@ use crate::file::{BmapFile, BmapInfo};
 use crate::format::{BlockRange, Bmap};
 use crate::source::{Compression, Source, read_full_at};
 
+mod decode;
+
 /// Size of one chunk of data on its way from the image to the destination and the hasher:
 /// small enough to stay in a core's L2 cache (1 MiB here) between the `pread` that fills it
 /// and the `pwrite` that empties it, large enough that the syscalls cost nothing.
@@ -325,6 +327,16 @@ impl<'a> Copier<'a> {
                 return Err(size_mismatch(size));
             }
         }
+        // A local compressed file of independent blocks: decoded in parallel, where mapped.
+        let plan = match compression {
+            Compression::None => None,
+            _ => crate::parallel::plan(&file, image, compression)?,
+        };
+        if let Some(plan) = &plan
+            && plan.size() != info.image_size
+        {
+            return Err(size_mismatch(plan.size()));
+        }
         let mut source = if compression == Compression::None && seekable {
             // It reads: the first byte, before anything is written.
             if info.image_size > 0 {
@@ -353,7 +365,7 @@ impl<'a> Copier<'a> {
         }
         let out = Destination::open(dest)?;
         let written = Written::new();
-        let outcome = self.write(&mut source, &out, image, dest, &written);
+        let outcome = self.write(&mut source, &out, image, dest, &written, plan.as_ref());
         match outcome {
             Ok(mut report) => {
                 out.close()?;
@@ -386,6 +398,7 @@ impl<'a> Copier<'a> {
         image: &Path,
         dest: &Path,
         written: &Written,
+        plan: Option<&crate::parallel::Plan>,
     ) -> Result<CopyReport> {
         let info = self.info.clone();
         let bmap_path = self.bmap_path.clone();
@@ -432,6 +445,10 @@ impl<'a> Copier<'a> {
         };
         let mut report = match source {
             Source::File(file) => self.lanes(file, image, out.file(), dest, written)?,
+            _ if plan.is_some() => {
+                let plan = plan.expect("checked");
+                self.decode(plan, image, out.file(), dest, written)?
+            }
             stream => {
                 let mut report = self.pump(stream, image, out.file(), dest, written)?;
                 report.skipped_bytes += drain(stream, image, info.image_size, &stopped, dest)?;

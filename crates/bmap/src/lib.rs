@@ -56,6 +56,7 @@ mod create;
 mod error;
 mod file;
 mod format;
+mod parallel;
 mod parse;
 mod signature;
 mod source;

@@ -1,5 +1,5 @@
 //! Compressed images of independent blocks decoded in parallel (issue #11 item 6), made by the
-//! real `xz -T2`, under `$TMPDIR` (no root): the copy equals the image and what the streaming
+//! real `xz -T2` and `pbzip2`, under `$TMPDIR` (no root): the copy equals the image and what the streaming
 //! path (the same file through a FIFO) writes; a block wholly in an unmapped range is never
 //! decoded (a byte corrupted in it goes unnoticed, where the stream fails); a corrupt byte in
 //! a mapped block or in the index fails with one line; an image of one block still streams.
@@ -114,8 +114,8 @@ fn flip(path: &Path, at: u64) {
 }
 
 /// Copies `packed` through a FIFO of the same suffix: the streaming path.
-fn copy_streamed(dir: &Path, packed: &Path, bmap: &Path, dest: &Path) -> Output {
-    let fifo = dir.join("fifo.img.xz");
+fn copy_streamed(dir: &Path, packed: &Path, bmap: &Path, dest: &Path, ext: &str) -> Output {
+    let fifo = dir.join(format!("fifo.img.{ext}"));
     let _ = std::fs::remove_file(&fifo);
     assert!(
         Command::new("mkfifo")
@@ -168,7 +168,7 @@ fn xz_blocks_are_decoded_in_parallel_where_mapped() {
         "parallel copy differs"
     );
     std::fs::remove_file(&dest).unwrap();
-    assert_ok(&copy_streamed(dir.path(), &packed, &bmap, &dest));
+    assert_ok(&copy_streamed(dir.path(), &packed, &bmap, &dest, "xz"));
     assert!(
         std::fs::read(&dest).unwrap() == original,
         "streamed copy differs"
@@ -196,7 +196,7 @@ fn xz_blocks_are_decoded_in_parallel_where_mapped() {
     assert_ok(&out);
     assert!(std::fs::read(&dest).unwrap() == original, "copy differs");
     std::fs::remove_file(&dest).unwrap();
-    let out = copy_streamed(dir.path(), &corrupt_hole, &bmap, &dest);
+    let out = copy_streamed(dir.path(), &corrupt_hole, &bmap, &dest, "xz");
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -262,4 +262,94 @@ fn single_block_xz_streams() {
         stderr(&out)
     );
     assert!(std::fs::read(&dest).unwrap() == std::fs::read(&img).unwrap());
+}
+
+/// `TOOL ARGS` with the image on stdin, into `out`.
+fn pack(tool: &str, args: &[&str], image: &Path, out: &Path) {
+    let made = Command::new(tool)
+        .args(args)
+        .stdin(File::open(image).unwrap())
+        .stdout(File::create(out).unwrap())
+        .status()
+        .unwrap();
+    assert!(made.success(), "{tool} failed");
+}
+
+/// `pbzip2` writes one stream per 900 kB: all decoded (their sizes are known only then), in
+/// parallel, placed one after the other; the copy equals the image and the streaming path's
+/// copy. A corrupt byte anywhere in a stream fails, holes included. `bzip2` (one stream) streams.
+#[test]
+fn pbzip2_streams_are_decoded_in_parallel() {
+    let dir = tempfile::tempdir().unwrap();
+    let (img, bmap) = image(dir.path());
+    let original = std::fs::read(&img).unwrap();
+    let packed = dir.path().join("disk.img.bz2");
+    pack("pbzip2", &["-p2", "-c"], &img, &packed);
+    let dest = dir.path().join("copy.img");
+    let out = blockmap(&[
+        "-vv",
+        "bmap",
+        "copy",
+        "--bmap",
+        s(&bmap),
+        s(&packed),
+        s(&dest),
+    ]);
+    assert_ok(&out);
+    // 10 MiB in streams of 900 000 bytes: 12 streams, every one decoded.
+    assert!(
+        stderr(&out).contains("decoding in parallel units=12 decoded=12"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        std::fs::read(&dest).unwrap() == original,
+        "parallel copy differs"
+    );
+    std::fs::remove_file(&dest).unwrap();
+    assert_ok(&copy_streamed(dir.path(), &packed, &bmap, &dest, "bz2"));
+    assert!(
+        std::fs::read(&dest).unwrap() == original,
+        "streamed copy differs"
+    );
+    std::fs::remove_file(&dest).unwrap();
+
+    // A byte in the middle of the file: in a stream of the hole [1 MiB, 6 MiB).
+    let bad = dir.path().join("bad.img.bz2");
+    let mut bytes = std::fs::read(&packed).unwrap();
+    let stream_starts: Vec<usize> = bytes
+        .windows(10)
+        .enumerate()
+        .filter(|(_, w)| w.starts_with(b"BZh9") && w[4..] == [0x31, 0x41, 0x59, 0x26, 0x53, 0x59])
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(stream_starts.len(), 12);
+    // The fourth stream holds [2.7 MB, 3.6 MB) of the image: a hole.
+    let at = (stream_starts[3] + stream_starts[4]) / 2;
+    bytes[at] ^= 0x55;
+    std::fs::write(&bad, &bytes).unwrap();
+    assert_corrupt(
+        &blockmap(&["bmap", "copy", "--bmap", s(&bmap), s(&bad), s(&dest)]),
+        &bad,
+        &dest,
+    );
+
+    let single = dir.path().join("single.img.bz2");
+    pack("bzip2", &["-c"], &img, &single);
+    let out = blockmap(&[
+        "-vv",
+        "bmap",
+        "copy",
+        "--bmap",
+        s(&bmap),
+        s(&single),
+        s(&dest),
+    ]);
+    assert_ok(&out);
+    assert!(
+        !stderr(&out).contains("decoding in parallel"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(std::fs::read(&dest).unwrap() == original);
 }

@@ -332,10 +332,10 @@ impl<'a> Copier<'a> {
             Compression::None => None,
             _ => crate::parallel::plan(&file, image, compression)?,
         };
-        if let Some(plan) = &plan
-            && plan.size() != info.image_size
+        if let Some(size) = plan.as_ref().and_then(|p| p.size())
+            && size != info.image_size
         {
-            return Err(size_mismatch(plan.size()));
+            return Err(size_mismatch(size));
         }
         let mut source = if compression == Compression::None && seekable {
             // It reads: the first byte, before anything is written.
@@ -447,7 +447,17 @@ impl<'a> Copier<'a> {
             Source::File(file) => self.lanes(file, image, out.file(), dest, written)?,
             _ if plan.is_some() => {
                 let plan = plan.expect("checked");
-                self.decode(plan, image, out.file(), dest, written)?
+                let report = self.decode(plan, image, out.file(), dest, written)?;
+                // Units of unknown sizes (bz2): all decoded, they must add up to ImageSize.
+                if report.decoded_to != info.image_size && plan.size().is_none() {
+                    return Err(Error::ImageSize {
+                        path: image.to_owned(),
+                        bmap: bmap_path,
+                        expected: info.image_size,
+                        actual: report.decoded_to,
+                    });
+                }
+                report.report
             }
             stream => {
                 let mut report = self.pump(stream, image, out.file(), dest, written)?;

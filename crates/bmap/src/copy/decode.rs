@@ -72,6 +72,13 @@ struct Sink<'s, 'p> {
     report: CopyReport,
 }
 
+/// What [`Copier::decode`] did.
+pub(super) struct Decoded {
+    pub(super) report: CopyReport,
+    /// Where the decoded data ended (the image's size, if whole).
+    pub(super) decoded_to: u64,
+}
+
 impl Copier<'_> {
     /// Writes the mapped ranges of the image `plan` decodes (see the module).
     pub(super) fn decode(
@@ -81,9 +88,10 @@ impl Copier<'_> {
         out: &File,
         dest: &Path,
         written: &Written,
-    ) -> Result<CopyReport> {
+    ) -> Result<Decoded> {
         let Copier {
             info,
+            bmap_path,
             ranges: range_source,
             verify,
             sync,
@@ -97,15 +105,19 @@ impl Copier<'_> {
         let compression = plan.compression();
 
         // The units that hold a mapped byte (ranges in any order).
-        let mut needed = vec![false; plan.len()];
-        let ends: Vec<u64> = (0..plan.len()).map(|i| plan.out(i).end).collect();
-        for range in range_source.iter() {
+        // Units of unknown places (bz2) are all needed.
+        let known = (0..plan.len()).all(|i| plan.out(i).is_some());
+        let mut needed = vec![!known; plan.len()];
+        let ends: Vec<u64> = (0..plan.len())
+            .map(|i| plan.out(i).map_or(0, |o| o.end))
+            .collect();
+        for range in range_source.iter().filter(|_| known) {
             let bytes = range?.bytes(bs, size);
             if bytes.is_empty() {
                 continue;
             }
             let mut i = ends.partition_point(|&end| end <= bytes.start);
-            while i < plan.len() && plan.out(i).start < bytes.end {
+            while i < plan.len() && plan.out(i).is_some_and(|o| o.start < bytes.end) {
                 needed[i] = true;
                 i += 1;
             }
@@ -163,6 +175,7 @@ impl Copier<'_> {
         };
 
         let mut decoded = 0u64;
+        let mut next_at = 0u64;
         // Chunk buffers go back to the decoders once written: no page faults per chunk.
         let pool = Mutex::new(Vec::<Vec<u8>>::new());
         std::thread::scope(|s| {
@@ -193,12 +206,14 @@ impl Copier<'_> {
 
             let mut ranges = range_source.iter();
             let decoded = &mut decoded;
+            let next_at = &mut next_at;
             let mut current: Option<Current> = None;
             let mut run = || -> Result<()> {
                 for (j, &unit) in list.iter().enumerate() {
                     let rx = receivers[j].take().expect("each unit is written once");
                     let span = plan.out(unit);
-                    let mut at = span.start;
+                    let start = span.as_ref().map_or(*next_at, |s| s.start);
+                    let mut at = start;
                     loop {
                         if stopped() {
                             return Err(interrupted(dest));
@@ -213,13 +228,18 @@ impl Copier<'_> {
                         })?;
                         match msg {
                             Msg::Chunk(buf, n) => {
-                                if at + n as u64 > span.end {
-                                    return Err(unit_size(
-                                        image,
-                                        compression,
-                                        &span,
-                                        at + n as u64,
-                                    ));
+                                if let Some(span) = &span
+                                    && at + n as u64 > span.end
+                                {
+                                    return Err(unit_size(image, compression, span, at + n as u64));
+                                }
+                                if at + n as u64 > size {
+                                    return Err(Error::ImageSize {
+                                        path: image.to_owned(),
+                                        bmap: bmap_path.clone(),
+                                        expected: size,
+                                        actual: at + n as u64,
+                                    });
                                 }
                                 let chunk = at..at + n as u64;
                                 sink.put(&mut ranges, &mut current, chunk, &buf[..n])?;
@@ -228,14 +248,17 @@ impl Copier<'_> {
                             }
                             Msg::End => break,
                             Msg::Failed(e, done) => {
-                                return Err(stream_error(e, image, compression, span.start + done));
+                                return Err(stream_error(e, image, compression, start + done));
                             }
                         }
                     }
-                    if at != span.end {
-                        return Err(unit_size(image, compression, &span, at));
+                    if let Some(span) = &span
+                        && at != span.end
+                    {
+                        return Err(unit_size(image, compression, span, at));
                     }
-                    *decoded += span.end - span.start;
+                    *decoded += at - start;
+                    *next_at = at;
                     let mut c = claims.lock().unwrap_or_else(|p| p.into_inner());
                     c.done = j + 1;
                     turn.notify_all();
@@ -269,7 +292,10 @@ impl Copier<'_> {
         if let Some(p) = progress.as_mut() {
             p(report.mapped_bytes, info.mapped_bytes);
         }
-        Ok(report)
+        Ok(Decoded {
+            report,
+            decoded_to: next_at,
+        })
     }
 }
 

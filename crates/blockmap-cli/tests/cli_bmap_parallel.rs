@@ -353,3 +353,114 @@ fn pbzip2_streams_are_decoded_in_parallel() {
     );
     assert!(std::fs::read(&dest).unwrap() == original);
 }
+
+/// The image cut in 1 MiB pieces, each compressed by `zstd` (from a file: the frame tells its
+/// content size; from stdin: it does not), the frames concatenated as zstd's format allows.
+fn zstd_frames(img: &Path, dir: &Path, sizes: bool, out: &Path) {
+    let data = std::fs::read(img).unwrap();
+    let mut packed = Vec::new();
+    for (i, piece) in data.chunks(1 << 20).enumerate() {
+        let raw = dir.join(format!("piece{i}"));
+        std::fs::write(&raw, piece).unwrap();
+        let mut c = Command::new("zstd");
+        c.args(["-q", "-c"]);
+        if sizes {
+            c.arg(&raw);
+        } else {
+            c.stdin(File::open(&raw).unwrap());
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success());
+        packed.extend(o.stdout);
+        std::fs::remove_file(&raw).unwrap();
+    }
+    std::fs::write(out, packed).unwrap();
+}
+
+/// Frames that tell their content size: only those holding mapped bytes are decoded (a corrupt
+/// frame in a hole goes unnoticed, the stream fails on it); without sizes, all are decoded.
+/// Both copies equal the image and the streaming path's; a corrupt mapped frame fails; one
+/// frame (`zstd -T2`'s output here) streams.
+#[test]
+fn zstd_frames_are_decoded_in_parallel() {
+    let dir = tempfile::tempdir().unwrap();
+    let (img, bmap) = image(dir.path());
+    let original = std::fs::read(&img).unwrap();
+    let dest = dir.path().join("copy.img");
+    for (sizes, line) in [
+        (true, "decoding in parallel units=10 decoded=3"),
+        (false, "decoding in parallel units=10 decoded=10"),
+    ] {
+        let packed = dir.path().join("disk.img.zst");
+        zstd_frames(&img, dir.path(), sizes, &packed);
+        let out = blockmap(&[
+            "-vv",
+            "bmap",
+            "copy",
+            "--bmap",
+            s(&bmap),
+            s(&packed),
+            s(&dest),
+        ]);
+        assert_ok(&out);
+        assert!(stderr(&out).contains(line), "{}", stderr(&out));
+        assert!(
+            std::fs::read(&dest).unwrap() == original,
+            "parallel copy differs"
+        );
+        std::fs::remove_file(&dest).unwrap();
+        assert_ok(&copy_streamed(dir.path(), &packed, &bmap, &dest, "zst"));
+        assert!(
+            std::fs::read(&dest).unwrap() == original,
+            "streamed copy differs"
+        );
+        std::fs::remove_file(&dest).unwrap();
+
+        // Frame 3 ([3 MiB, 4 MiB), a hole) and frame 6 ([6 MiB, 7 MiB), noise) corrupted.
+        let bytes = std::fs::read(&packed).unwrap();
+        let starts: Vec<usize> = bytes
+            .windows(4)
+            .enumerate()
+            .filter(|(_, w)| *w == [0x28, 0xB5, 0x2F, 0xFD])
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(starts.len(), 10);
+        for frame in [3, 6] {
+            let mut bad = bytes.clone();
+            // The frame's content checksum, its last 4 bytes.
+            bad[starts[frame + 1] - 2] ^= 0x55;
+            let bad_path = dir.path().join("bad.img.zst");
+            std::fs::write(&bad_path, &bad).unwrap();
+            let out = blockmap(&["bmap", "copy", "--bmap", s(&bmap), s(&bad_path), s(&dest)]);
+            if frame == 3 && sizes {
+                assert_ok(&out);
+                assert!(std::fs::read(&dest).unwrap() == original);
+                std::fs::remove_file(&dest).unwrap();
+                let out = copy_streamed(dir.path(), &bad_path, &bmap, &dest, "zst");
+                assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+                let _ = std::fs::remove_file(&dest);
+            } else {
+                assert_corrupt(&out, &bad_path, &dest);
+            }
+        }
+    }
+
+    let single = dir.path().join("single.img.zst");
+    pack("zstd", &["-T2", "-q", "-c"], &img, &single);
+    let out = blockmap(&[
+        "-vv",
+        "bmap",
+        "copy",
+        "--bmap",
+        s(&bmap),
+        s(&single),
+        s(&dest),
+    ]);
+    assert_ok(&out);
+    assert!(
+        !stderr(&out).contains("decoding in parallel"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(std::fs::read(&dest).unwrap() == original);
+}

@@ -3,12 +3,13 @@
 //!
 //! [`plan`] is the one seam: given the opened image and its compression, it returns the
 //! pieces ("units": where each one's decoded bytes go, and how to decode it alone; `.bz2`
-//! streams of `pbzip2`, whose decoded sizes are known only once decoded), or `None`
+//! streams of `pbzip2`, whose decoded sizes are known only once decoded; `.zst` frames), or `None`
 //! for "stream it" (one piece, a container this does not split, a pipe). The copy
 //! (`copy/decode.rs`) decodes on every core only the units that overlap a mapped range.
 
 mod bz2;
 mod xz;
+mod zstd;
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -47,6 +48,8 @@ enum Units {
     Xz(Vec<Unit<xz::Block>>),
     /// Decoded sizes unknown until decoded: every unit is decoded, placed after the last.
     Bz2(Vec<Unit<bz2::Stream>>),
+    /// Places known when every frame tells its content size.
+    Zstd(Vec<Unit<zstd::Frame>>, bool),
 }
 
 /// The parallel plan of the image `file` (at `path`, compressed as `compression`), or `None`
@@ -79,11 +82,19 @@ pub(crate) fn plan(file: &File, path: &Path, compression: Compression) -> Result
             // bzip2 -9's decoder: about 3.7 MiB.
             (Units::Bz2(units), None, 4 << 20)
         }
+        Compression::Zstd => {
+            let Some((units, known, window)) = zstd::units(file, path)? else {
+                return Ok(None);
+            };
+            let size = known.then(|| units.last().map_or(0, |u| u.out.end));
+            (Units::Zstd(units, known), size, window + (1 << 20))
+        }
         _ => return Ok(None),
     };
     let count = match &units {
         Units::Xz(u) => u.len(),
         Units::Bz2(u) => u.len(),
+        Units::Zstd(u, _) => u.len(),
     };
     if count < 2 {
         return Ok(None);
@@ -118,6 +129,7 @@ impl Plan {
         match &self.units {
             Units::Xz(u) => u.len(),
             Units::Bz2(u) => u.len(),
+            Units::Zstd(u, _) => u.len(),
         }
     }
 
@@ -127,6 +139,7 @@ impl Plan {
         match &self.units {
             Units::Xz(u) => Some(u[i].out.clone()),
             Units::Bz2(_) => None,
+            Units::Zstd(u, known) => known.then(|| u[i].out.clone()),
         }
     }
 
@@ -145,6 +158,7 @@ impl Plan {
         match &self.units {
             Units::Xz(u) => xz::decoder(&self.file, &u[i].data),
             Units::Bz2(u) => bz2::decoder(&self.file, &u[i].data),
+            Units::Zstd(u, _) => zstd::decoder(&self.file, &u[i].data),
         }
     }
 }

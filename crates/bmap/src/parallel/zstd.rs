@@ -23,10 +23,13 @@ pub(crate) struct Frame {
     file: Range<u64>,
 }
 
+/// Frames in order, whether their places are known, the largest window.
+pub(crate) type Frames = (Vec<Unit<Frame>>, bool, u64);
+
 /// The frames of `file` in order, with their places in the image when every frame tells its
 /// content size (else `out` is empty everywhere and the `bool` false); the largest window a
 /// frame asks for. `None` when the file is not a sequence of frames.
-pub(crate) fn units(file: &File, path: &Path) -> Result<Option<(Vec<Unit<Frame>>, bool, u64)>> {
+pub(crate) fn units(file: &File, path: &Path) -> Result<Option<Frames>> {
     let len = file
         .metadata()
         .map_err(|e| Error::io("stat the image", path, e))?

@@ -19,7 +19,9 @@
 //!   range's checksum as the data passes; `.gz`, `.xz`, `.zst`, `.bz2` and `.lz4` images (and
 //!   plain ones that cannot seek, such as pipes) are streamed through their decompressors and
 //!   read to their end, where the format's own checksums are checked ([`find_bmap`] finds the
-//!   bmap beside an image as bmaptool does). An interrupt flag stops it between two chunks.
+//!   bmap beside an image as bmaptool does). A local `.xz` of several blocks, `.bz2` of several
+//!   streams or `.zst` of several frames is decoded on every core instead, xz blocks and sized
+//!   zstd frames only where a range is mapped. An interrupt flag stops it between two chunks.
 //! - [`read_signed`]: reads a bmap file verifying its GPG signature (detached or clearsigned)
 //!   with GnuPG, as bmaptool does.
 //!

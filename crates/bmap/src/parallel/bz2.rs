@@ -8,9 +8,10 @@
 //! parallel) and its bytes placed after the previous one's.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Cursor, Read};
 use std::ops::Range;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use memchr::memmem;
 
@@ -94,18 +95,44 @@ fn ends_stream(file: &File, at: u64) -> bool {
     })
 }
 
+/// Streams of at most this many bytes are remembered with what they decode to.
+const MEMO_KEY: u64 = 4 << 10;
+/// ... if that is at most this many bytes.
+const MEMO_VALUE: usize = 1 << 20;
+
+/// The last small stream decoded and its bytes: pbzip2 compresses every 900 kB of zeros (the
+/// bulk of a disk image's unmapped space) to the same few dozen bytes, and decoding is a pure
+/// function of them (their CRCs were checked when they were decoded).
+#[derive(Debug, Default)]
+pub(crate) struct Memo(Mutex<Option<(Vec<u8>, Arc<[u8]>)>>);
+
 /// The decoded bytes of `stream`: exactly one bzip2 stream that ends where the next begins.
 pub(crate) fn decoder<'f>(
     file: &'f File,
     stream: &Stream,
+    memo: &'f Memo,
 ) -> io::Result<Box<dyn Read + Send + 'f>> {
     let len = stream.file.end - stream.file.start;
+    let mut key = None;
+    if len <= MEMO_KEY {
+        let mut bytes = vec![0u8; len as usize];
+        if read_full_at(file, stream.file.start, &mut bytes)? == bytes.len() {
+            let known = memo.0.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((k, value)) = known.as_ref()
+                && *k == bytes
+            {
+                return Ok(Box::new(Cursor::new(Arc::clone(value))));
+            }
+            key = Some(bytes);
+        }
+    }
     Ok(Box::new(OneStream {
         inner: bzip2::bufread::BzDecoder::new(BufReader::with_capacity(
             64 << 10,
             At::new(file, stream.file.clone()),
         )),
         len,
+        memo: key.map(|k| (memo, k, Vec::new())),
     }))
 }
 
@@ -114,6 +141,8 @@ pub(crate) fn decoder<'f>(
 struct OneStream<'f> {
     inner: bzip2::bufread::BzDecoder<BufReader<At<'f>>>,
     len: u64,
+    /// A small stream: its bytes, and what it decodes to so far, for the memo.
+    memo: Option<(&'f Memo, Vec<u8>, Vec<u8>)>,
 }
 
 impl Read for OneStream<'_> {
@@ -124,6 +153,18 @@ impl Read for OneStream<'_> {
                 io::ErrorKind::InvalidData,
                 "bytes after the end of a bzip2 stream that are no stream",
             ));
+        }
+        if let Some((memo, key, value)) = &mut self.memo {
+            if value.len() + n > MEMO_VALUE {
+                self.memo = None;
+            } else if n > 0 {
+                value.extend_from_slice(&buf[..n]);
+            } else if !buf.is_empty() {
+                let value: Arc<[u8]> = std::mem::take(value).into();
+                *memo.0.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((std::mem::take(key), value));
+                self.memo = None;
+            }
         }
         Ok(n)
     }

@@ -47,7 +47,7 @@ pub(crate) struct Plan {
 enum Units {
     Xz(Vec<Unit<xz::Block>>),
     /// Decoded sizes unknown until decoded: every unit is decoded, placed after the last.
-    Bz2(Vec<Unit<bz2::Stream>>),
+    Bz2(Vec<Unit<bz2::Stream>>, bz2::Memo),
     /// Places known when every frame tells its content size.
     Zstd(Vec<Unit<zstd::Frame>>, bool),
 }
@@ -80,7 +80,7 @@ pub(crate) fn plan(file: &File, path: &Path, compression: Compression) -> Result
                 return Ok(None);
             };
             // bzip2 -9's decoder: about 3.7 MiB.
-            (Units::Bz2(units), None, 4 << 20)
+            (Units::Bz2(units, bz2::Memo::default()), None, 4 << 20)
         }
         Compression::Zstd => {
             let Some((units, known, window)) = zstd::units(file, path)? else {
@@ -93,7 +93,7 @@ pub(crate) fn plan(file: &File, path: &Path, compression: Compression) -> Result
     };
     let count = match &units {
         Units::Xz(u) => u.len(),
-        Units::Bz2(u) => u.len(),
+        Units::Bz2(u, _) => u.len(),
         Units::Zstd(u, _) => u.len(),
     };
     if count < 2 {
@@ -128,7 +128,7 @@ impl Plan {
     pub(crate) fn len(&self) -> usize {
         match &self.units {
             Units::Xz(u) => u.len(),
-            Units::Bz2(u) => u.len(),
+            Units::Bz2(u, _) => u.len(),
             Units::Zstd(u, _) => u.len(),
         }
     }
@@ -138,7 +138,7 @@ impl Plan {
     pub(crate) fn out(&self, i: usize) -> Option<Range<u64>> {
         match &self.units {
             Units::Xz(u) => Some(u[i].out.clone()),
-            Units::Bz2(_) => None,
+            Units::Bz2(..) => None,
             Units::Zstd(u, known) => known.then(|| u[i].out.clone()),
         }
     }
@@ -157,7 +157,7 @@ impl Plan {
     pub(crate) fn decoder(&self, i: usize) -> io::Result<Box<dyn Read + Send + '_>> {
         match &self.units {
             Units::Xz(u) => xz::decoder(&self.file, &u[i].data),
-            Units::Bz2(u) => bz2::decoder(&self.file, &u[i].data),
+            Units::Bz2(u, memo) => bz2::decoder(&self.file, &u[i].data, memo),
             Units::Zstd(u, _) => zstd::decoder(&self.file, &u[i].data),
         }
     }

@@ -104,7 +104,10 @@ const MEMO_VALUE: usize = 1 << 20;
 /// bulk of a disk image's unmapped space) to the same few dozen bytes, and decoding is a pure
 /// function of them (their CRCs were checked when they were decoded).
 #[derive(Debug, Default)]
-pub(crate) struct Memo(Mutex<Option<(Vec<u8>, Arc<[u8]>)>>);
+pub(crate) struct Memo(Mutex<Option<Remembered>>);
+
+/// A stream's bytes and what they decode to.
+type Remembered = (Vec<u8>, Arc<[u8]>);
 
 /// The decoded bytes of `stream`: exactly one bzip2 stream that ends where the next begins.
 pub(crate) fn decoder<'f>(

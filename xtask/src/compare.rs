@@ -126,6 +126,10 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("cmp", "diffutils"),
     ("cp", "coreutils"),
     ("dd", "coreutils"),
+    ("xz", "xz-utils"),
+    ("zstd", "zstd"),
+    ("gzip", "gzip"),
+    ("pbzip2", "pbzip2"),
 ];
 
 static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -430,12 +434,38 @@ fn compare_on(
             setup.fs,
             bmap_started.elapsed().as_secs_f64()
         );
+        if name == tools::BMAP_WORKLOAD {
+            for (ext, argv) in tools::COMPRESSORS {
+                let packed = setup.compressed(&src, ext);
+                let started = Instant::now();
+                // run_captured takes stdin and stdout: the shell redirects.
+                let mut c = Command::new(cmd::program("sh"));
+                c.arg("-c")
+                    .arg(format!("{} < \"$1\" > \"$2\"", argv.join(" ")))
+                    .arg("sh")
+                    .arg(&src.path)
+                    .arg(&packed);
+                cmd::run_captured(&mut c, Interruptible::Yes)
+                    .with_context(|| format!("cannot make {}", packed.display()))?;
+                println!(
+                    "compare: {} {}/{name}: {} made in {:.1} s ({} MiB, untimed)",
+                    at(),
+                    setup.fs,
+                    packed.display(),
+                    started.elapsed().as_secs_f64(),
+                    fs::metadata(&packed)?.len() >> 20
+                );
+            }
+        }
         src.refresh()?;
         result
             .rows
             .extend(measure_workload(args, setup, &mut src, &dst, mountpoint)?);
         // The source is done with: free its space for the next one.
         fs::remove_file(&src.path)?;
+        for (ext, _) in tools::COMPRESSORS {
+            let _ = fs::remove_file(setup.compressed(&src, ext));
+        }
         sync(setup, mountpoint)?;
     }
     Ok(result)
@@ -541,7 +571,7 @@ fn run_one(
         }
         let _ = fs::remove_file(&created);
     }
-    if matches!(row.tool.op, Op::Copy | Op::BmapCopy) {
+    if matches!(row.tool.op, Op::Copy | Op::BmapCopy | Op::BmapCopyOf(_)) {
         if failure.is_none() {
             // `cmp` of the whole files, an oracle independent of `check_copy`'s own
             // comparison, on blockmap's warm-up copy of files of at most 1 GiB (not the 4 GiB

@@ -25,6 +25,7 @@ use crate::input::{Input, Opened};
 use crate::readback::{self, ReadBackReport, Reread};
 use crate::source::{Compression, Source, read_full_at};
 
+mod decode;
 mod whole;
 
 /// Size of one chunk of data on its way from the image to the destination and the hasher:
@@ -373,13 +374,23 @@ impl<'a> Copier<'a> {
             }
             return self.copy_whole(input, dest, started);
         }
-        let opened = input.open_image()?;
         let size_mismatch = |actual| Error::ImageSize {
             path: image.to_owned(),
             bmap: self.bmap_path.clone(),
             expected: info.image_size,
             actual,
         };
+        // A local compressed file of independent blocks: decoded in parallel, where mapped.
+        let plan = match input.compressed_file() {
+            Some(file) => crate::parallel::plan(file, image, compression)?,
+            None => None,
+        };
+        if let Some(size) = plan.as_ref().and_then(|p| p.size())
+            && size != info.image_size
+        {
+            return Err(size_mismatch(size));
+        }
+        let opened = input.open_image()?;
         let source = match opened {
             // A plain file or device is read where the ranges are.
             Opened::Plain(file) => {
@@ -418,7 +429,11 @@ impl<'a> Copier<'a> {
                 stream
             }
         };
-        self.copy_source(source, seekable, image, dest, started)
+        let reading = Reading {
+            rereadable: seekable,
+            plan: plan.as_ref(),
+        };
+        self.copy_source(source, reading, image, dest, started)
     }
 
     /// The bmap's header, its file, and its ranges in bytes, in order (what a remote image
@@ -433,12 +448,12 @@ impl<'a> Copier<'a> {
     }
 
     /// Copies from `source`, the image's bytes (named `image` in errors), to `dest`: the
-    /// destination opened, checked, written and closed. `rereadable`: the image can be opened
-    /// and read again by its path (for `--checksum-retry`'s rewrites).
+    /// destination opened, checked, written and closed; `reading` says how else the image
+    /// can be read.
     pub(crate) fn copy_source(
         self,
         mut source: Source,
-        rereadable: bool,
+        reading: Reading<'_>,
         image: &Path,
         dest: &Path,
         started: Instant,
@@ -458,11 +473,11 @@ impl<'a> Copier<'a> {
                 None => true,
             };
             let summed = summed && self.info.checksum_type.is_some();
-            readback::check_possible(summed, retries, rereadable, image, &self.bmap_path)?;
+            readback::check_possible(summed, retries, reading.rereadable, image, &self.bmap_path)?;
         }
         let out = Destination::open(dest)?;
         let written = Written::new();
-        let outcome = self.write(&mut source, &out, image, dest, &written, rereadable);
+        let outcome = self.write(&mut source, &out, image, dest, &written, reading);
         finish(outcome, out, &written, started).map(|mut report| {
             report.compression = compression;
             report
@@ -477,8 +492,9 @@ impl<'a> Copier<'a> {
         image: &Path,
         dest: &Path,
         written: &Written,
-        rereadable: bool,
+        reading: Reading<'_>,
     ) -> Result<CopyReport> {
+        let Reading { rereadable, plan } = reading;
         let info = self.info.clone();
         let bmap_path = self.bmap_path.clone();
         if let Source::File(file) = &*source
@@ -524,6 +540,20 @@ impl<'a> Copier<'a> {
         };
         let mut report = match &mut *source {
             Source::File(file) => self.lanes(file, image, out.file(), dest, written)?,
+            _ if plan.is_some() => {
+                let plan = plan.expect("checked");
+                let report = self.decode(plan, image, out.file(), dest, written)?;
+                // Units of unknown sizes (bz2): all decoded, they must add up to ImageSize.
+                if report.decoded_to != info.image_size && plan.size().is_none() {
+                    return Err(Error::ImageSize {
+                        path: image.to_owned(),
+                        bmap: bmap_path,
+                        expected: info.image_size,
+                        actual: report.decoded_to,
+                    });
+                }
+                report.report
+            }
             stream => {
                 let mut report = self.pump(stream, image, out.file(), dest, written)?;
                 report.skipped_bytes += drain(stream, image, info.image_size, &stopped, dest)?;
@@ -895,6 +925,15 @@ fn drain(
         }
         dropped += n as u64;
     }
+}
+
+/// How an image can be read besides its `Source`.
+#[derive(Clone, Copy)]
+pub(crate) struct Reading<'p> {
+    /// It can be opened and read again by its path (for `--checksum-retry`'s rewrites).
+    pub(crate) rereadable: bool,
+    /// Its blocks are decoded in parallel instead of streamed from the `Source`.
+    pub(crate) plan: Option<&'p crate::parallel::Plan>,
 }
 
 /// A copy's end: DEST closed (its close checked) and the report timed; or on failure DEST

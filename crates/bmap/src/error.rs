@@ -160,6 +160,19 @@ pub enum Error {
         /// The decoder's complaint.
         source: io::Error,
     },
+    /// A compressed image's container is corrupt where it says how it is laid out (an xz
+    /// stream footer or index, whose CRC32 does not match or whose records do not add up).
+    #[error("{}: the {compression} image is corrupt (at byte {at} of the file): {reason}", path.display())]
+    CorruptIndex {
+        /// The image.
+        path: PathBuf,
+        /// The format's name (`"xz"`…).
+        compression: &'static str,
+        /// Where in the (compressed) file.
+        at: u64,
+        /// What is wrong there.
+        reason: String,
+    },
     /// The copy was stopped by [`Copier::interrupt`](crate::Copier::interrupt)'s flag.
     #[error("{}: interrupted: {}", dest.display(), interrupted_detail(*removed, written.as_ref()))]
     Interrupted {

@@ -274,6 +274,19 @@ impl Input {
         matches!(self.body, Body::File(_))
     }
 
+    /// The file of a compressed image that is not in an archive and can be read by
+    /// position (what a parallel decoder reads its index and blocks from).
+    pub(crate) fn compressed_file(&self) -> Option<&File> {
+        match &self.body {
+            Body::File(file)
+                if self.compression != Compression::None && self.container == Container::None =>
+            {
+                Some(file)
+            }
+            _ => None,
+        }
+    }
+
     /// A plain image read where the ranges are: a seekable file neither compressed nor in an
     /// archive.
     pub fn is_plain_file(&self) -> bool {

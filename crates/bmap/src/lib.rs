@@ -19,7 +19,10 @@
 //!   range's checksum as the data passes; `.gz`, `.xz`, `.zst`, `.bz2` and `.lz4` images (and
 //!   plain ones that cannot seek, such as pipes) are streamed through their decompressors and
 //!   read to their end, where the format's own checksums are checked ([`find_bmap`] finds the
-//!   bmap beside an image as bmaptool does). An interrupt flag stops it between two chunks.
+//!   bmap beside an image as bmaptool does). A local `.xz` of several blocks,
+//!   `.bz2` of several streams or `.zst` of several frames is decoded on every core instead,
+//!   xz blocks and sized zstd frames only where a range is mapped. An interrupt flag stops it
+//!   between two chunks.
 //! - [`Input`]: what an image is, by its first bytes whatever its name: a plain file or
 //!   device, or a stream (`-` for standard input, a pipe, any reader through
 //!   [`Input::from_reader`]) compressed or not, or a tar (also compressed) or zip archive
@@ -66,6 +69,7 @@ mod error;
 mod file;
 mod format;
 mod input;
+mod parallel;
 mod parse;
 mod psplash;
 mod readback;

@@ -850,7 +850,16 @@ pub(crate) fn copy(copier: Copier<'_>, image: &Url, dest: &Path) -> Result<CopyR
         }
         stream
     };
-    let result = copier.copy_source(source, false, &image.shown(), dest, started);
+    let result = copier.copy_source(
+        source,
+        crate::copy::Reading {
+            rereadable: false,
+            plan: None,
+        },
+        &image.shown(),
+        dest,
+        started,
+    );
     // The feeding thread has its answer once the pipe's reader is gone.
     if let Some(thread) = feed {
         let _ = thread.join();

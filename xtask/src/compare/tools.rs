@@ -31,7 +31,18 @@ pub enum Op {
     /// Copies SRC to a new DST by the bmap `bmaptool create` made, verifying the checksums,
     /// with the final fsync.
     BmapCopy,
+    /// As `BmapCopy`, of the image compressed (the suffix: `xz`, `zst`, `gz`, `bz2`; see
+    /// [`COMPRESSORS`]).
+    BmapCopyOf(&'static str),
 }
+
+/// The compressed images of the bmap rows: suffix, and the command that makes one from stdin.
+pub const COMPRESSORS: &[(&str, &[&str])] = &[
+    ("xz", &["xz", "-T2", "-1", "-c"]),
+    ("zst", &["zstd", "-T2", "-3", "-c", "-q"]),
+    ("gz", &["gzip", "-1", "-c"]),
+    ("bz2", &["pbzip2", "-p2", "-c"]),
+];
 
 impl Op {
     pub fn name(self) -> &'static str {
@@ -40,6 +51,11 @@ impl Op {
             Op::Map => "map",
             Op::BmapCreate => "bmap create",
             Op::BmapCopy => "bmap copy",
+            Op::BmapCopyOf("xz") => "bmap copy .xz",
+            Op::BmapCopyOf("zst") => "bmap copy .zst",
+            Op::BmapCopyOf("gz") => "bmap copy .gz",
+            Op::BmapCopyOf("bz2") => "bmap copy .bz2",
+            Op::BmapCopyOf(other) => unreachable!("no compressor {other}"),
         }
     }
 }
@@ -80,6 +96,38 @@ pub const TOOLS: &[Tool] = &[
         op: Op::BmapCopy,
         name: "bmaptool copy --bmap",
     },
+    Tool {
+        op: Op::BmapCopyOf("xz"),
+        name: "blockmap bmap copy .xz",
+    },
+    Tool {
+        op: Op::BmapCopyOf("xz"),
+        name: "bmaptool copy .xz",
+    },
+    Tool {
+        op: Op::BmapCopyOf("zst"),
+        name: "blockmap bmap copy .zst",
+    },
+    Tool {
+        op: Op::BmapCopyOf("zst"),
+        name: "bmaptool copy .zst",
+    },
+    Tool {
+        op: Op::BmapCopyOf("gz"),
+        name: "blockmap bmap copy .gz",
+    },
+    Tool {
+        op: Op::BmapCopyOf("gz"),
+        name: "bmaptool copy .gz",
+    },
+    Tool {
+        op: Op::BmapCopyOf("bz2"),
+        name: "blockmap bmap copy .bz2",
+    },
+    Tool {
+        op: Op::BmapCopyOf("bz2"),
+        name: "bmaptool copy .bz2",
+    },
 ];
 
 /// The workload of the bmap rows: the root-filesystem image, the image people flash.
@@ -98,7 +146,9 @@ impl Tool {
         if self.name.starts_with("reference") && ctx.reference.is_none() {
             return Some("skipped: the reference module was not found".into());
         }
-        if matches!(self.op, Op::BmapCreate | Op::BmapCopy) && workload != BMAP_WORKLOAD {
+        if matches!(self.op, Op::BmapCreate | Op::BmapCopy | Op::BmapCopyOf(_))
+            && workload != BMAP_WORKLOAD
+        {
             return Some(format!("skipped: bmap rows on `{BMAP_WORKLOAD}` only"));
         }
         if self.name == "dd conv=sparse" && workload == "tera" {
@@ -139,6 +189,21 @@ impl Tool {
                 c.args(["bmap", "copy", "--no-progress", "--bmap"])
                     .arg(ctx.bmap_of(src))
                     .arg(&src.path)
+                    .arg(dst);
+            }
+            _ if matches!(self.op, Op::BmapCopyOf(_)) => {
+                let Op::BmapCopyOf(ext) = self.op else {
+                    unreachable!()
+                };
+                if self.name.starts_with("bmaptool") {
+                    c = program("bmaptool");
+                    c.args(["--quiet", "copy", "--bmap"]);
+                } else {
+                    c = Command::new(&ctx.blockmap);
+                    c.args(["bmap", "copy", "--no-progress", "--bmap"]);
+                }
+                c.arg(ctx.bmap_of(src))
+                    .arg(ctx.compressed(src, ext))
                     .arg(dst);
             }
             "blockmap bmap create" => {
@@ -230,6 +295,12 @@ pub struct Setup {
 impl Setup {
     pub fn bmap_of(&self, src: &Source) -> PathBuf {
         self.scratch.join(format!("{}-{}.bmap", self.fs, src.name))
+    }
+
+    /// SRC compressed with the compressor of suffix `ext` (made by `compare` beforehand).
+    pub fn compressed(&self, src: &Source, ext: &str) -> PathBuf {
+        self.scratch
+            .join(format!("{}-{}.img.{ext}", self.fs, src.name))
     }
 
     /// Where the timed `bmap create` runs write (checked, then removed, after each run).

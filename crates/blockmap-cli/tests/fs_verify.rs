@@ -529,7 +529,9 @@ fn bmap_removable_device_refuses_loop_devices() {
         );
         let dev = Loop(PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()));
         // partx reads the table itself and adds the partition with BLKPG (this kernel reads
-        // no partition table on its own).
+        // no partition table on its own). A partition some earlier user of this loop device
+        // left behind (it outlives the detach) is deleted first, or the add fails with EBUSY.
+        let _ = Command::new("partx").arg("--delete").arg(&dev.0).output();
         let out = Command::new("partx")
             .arg("--add")
             .arg(&dev.0)

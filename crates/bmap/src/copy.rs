@@ -147,6 +147,25 @@ pub struct CopyReport {
     pub network_bytes: Option<u64>,
 }
 
+impl CopyReport {
+    /// A report of nothing done yet, for an image of `image_size` bytes verified by `kind`.
+    fn new(image_size: u64, kind: Option<ChecksumType>) -> Self {
+        CopyReport {
+            image_size,
+            mapped_bytes: 0,
+            skipped_bytes: 0,
+            ranges: 0,
+            verified_ranges: 0,
+            checksum_type: kind,
+            compression: Compression::None,
+            block_device: false,
+            elapsed: Duration::ZERO,
+            readback: None,
+            network_bytes: None,
+        }
+    }
+}
+
 impl fmt::Display for CopyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -750,17 +769,10 @@ impl<'a> Copier<'a> {
             p(mapped_bytes, total);
         }
         Ok(CopyReport {
-            image_size: info.image_size,
             mapped_bytes,
-            skipped_bytes: 0,
             ranges: ranges.into_inner(),
             verified_ranges: verified.into_inner(),
-            checksum_type: kind,
-            compression: Compression::None,
-            block_device: false,
-            elapsed: Duration::ZERO,
-            readback: None,
-            network_bytes: None,
+            ..CopyReport::new(info.image_size, kind)
         })
     }
 
@@ -779,19 +791,7 @@ impl<'a> Copier<'a> {
         let kind = info.checksum_type.filter(|_| self.verify);
         let total = info.mapped_bytes;
         let compression = source.compression();
-        let mut report = CopyReport {
-            image_size: size,
-            mapped_bytes: 0,
-            skipped_bytes: 0,
-            ranges: 0,
-            verified_ranges: 0,
-            checksum_type: kind,
-            compression: Compression::None,
-            block_device: false,
-            elapsed: Duration::ZERO,
-            readback: None,
-            network_bytes: None,
-        };
+        let mut report = CopyReport::new(size, kind);
         let mut streamed_to = 0u64;
         let mut writeback = self.sync.then(|| Writeback::new(out, dest));
         let interrupt = self.interrupt.clone();
@@ -1168,17 +1168,9 @@ mod tests {
     #[test]
     fn summary_sizes_are_right_at_every_unit() {
         let report = CopyReport {
-            image_size: 2 << 50,
             mapped_bytes: 3 << 40,
-            skipped_bytes: 0,
             ranges: 2,
-            verified_ranges: 0,
-            checksum_type: None,
-            compression: Compression::None,
-            block_device: false,
-            elapsed: Duration::ZERO,
-            readback: None,
-            network_bytes: None,
+            ..CopyReport::new(2 << 50, None)
         };
         let line = report.to_string();
         assert!(

@@ -14,7 +14,6 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Condvar, Mutex};
-use std::time::Duration;
 
 use tracing::debug;
 
@@ -146,19 +145,7 @@ impl Copier<'_> {
             .unzip();
         let mut receivers: Vec<Option<Receiver<Msg>>> = receivers.into_iter().map(Some).collect();
 
-        let report = CopyReport {
-            image_size: size,
-            mapped_bytes: 0,
-            skipped_bytes: 0,
-            ranges: 0,
-            verified_ranges: 0,
-            checksum_type: kind,
-            compression: Compression::None,
-            block_device: false,
-            elapsed: Duration::ZERO,
-            readback: None,
-            network_bytes: None,
-        };
+        let report = CopyReport::new(size, kind);
         let mut sink = Sink {
             info,
             kind,

@@ -4,7 +4,7 @@
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use sparsecopy::Destination;
 use tracing::debug;
@@ -115,17 +115,11 @@ impl Copier<'_> {
                 .map_err(|e| Error::io("fsync", dest, e))?;
         }
         Ok(CopyReport {
-            image_size: pos,
             mapped_bytes: pos,
-            skipped_bytes: 0,
             ranges: u64::from(pos > 0),
-            verified_ranges: 0,
-            checksum_type: None,
             compression,
             block_device: out.is_block_device(),
-            elapsed: Duration::ZERO,
-            readback: None,
-            network_bytes: None,
+            ..CopyReport::new(pos, None)
         })
     }
 }

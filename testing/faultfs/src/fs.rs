@@ -257,6 +257,33 @@ impl FaultFs {
         Ok(self.attr(ino, rel, &md))
     }
 
+    /// Makes the node `name` in `parent` by `make` (given its backing path), gives it to the
+    /// caller and answers with its entry; the control file's name is taken (EEXIST).
+    fn make_entry(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        reply: ReplyEntry,
+        make: impl FnOnce(&Path) -> Result<(), Errno>,
+    ) {
+        if Self::is_control(parent, name) {
+            reply.error(Errno::EEXIST);
+            return;
+        }
+        let result = (|| {
+            let rel = self.child(parent, name)?;
+            let abs = self.abs(&rel);
+            make(&abs)?;
+            self.chown_to_caller(&abs, req)?;
+            self.entry(&rel)
+        })();
+        match result {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
     /// Gives a newly made node to the user that made it (faultfs runs as root).
     fn chown_to_caller(&self, abs: &Path, req: &Request) -> Result<(), Errno> {
         if (req.uid(), req.gid()) == self.own_ids {
@@ -533,28 +560,16 @@ impl Filesystem for FaultFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        if Self::is_control(parent, name) {
-            reply.error(Errno::EEXIST);
-            return;
-        }
-        let result = (|| {
-            let rel = self.child(parent, name)?;
-            let abs = self.abs(&rel);
+        self.make_entry(req, parent, name, reply, |abs| {
             rustix::fs::mknodat(
                 CWD,
-                &abs,
+                abs,
                 rustix::fs::FileType::from_raw_mode(mode),
                 Mode::from_raw_mode(mode & !umask & 0o7777),
                 u64::from(rdev),
             )
-            .map_err(rustix_errno)?;
-            self.chown_to_caller(&abs, req)?;
-            self.entry(&rel)
-        })();
-        match result {
-            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+            .map_err(rustix_errno)
+        });
     }
 
     fn mkdir(
@@ -566,24 +581,12 @@ impl Filesystem for FaultFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        if Self::is_control(parent, name) {
-            reply.error(Errno::EEXIST);
-            return;
-        }
-        let result = (|| {
-            let rel = self.child(parent, name)?;
-            let abs = self.abs(&rel);
+        self.make_entry(req, parent, name, reply, |abs| {
             fs::DirBuilder::new()
                 .mode(mode & !umask & 0o7777)
-                .create(&abs)
-                .map_err(|e| errno(&e))?;
-            self.chown_to_caller(&abs, req)?;
-            self.entry(&rel)
-        })();
-        match result {
-            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+                .create(abs)
+                .map_err(|e| errno(&e))
+        });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -626,21 +629,9 @@ impl Filesystem for FaultFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        if Self::is_control(parent, link_name) {
-            reply.error(Errno::EEXIST);
-            return;
-        }
-        let result = (|| {
-            let rel = self.child(parent, link_name)?;
-            let abs = self.abs(&rel);
-            std::os::unix::fs::symlink(target, &abs).map_err(|e| errno(&e))?;
-            self.chown_to_caller(&abs, req)?;
-            self.entry(&rel)
-        })();
-        match result {
-            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        self.make_entry(req, parent, link_name, reply, |abs| {
+            std::os::unix::fs::symlink(target, abs).map_err(|e| errno(&e))
+        });
     }
 
     fn rename(

@@ -21,15 +21,8 @@
 //! for a 5-byte file): everything is clipped to the window, which the caller clipped to the
 //! file's size. Nothing assumes block alignment.
 //!
-//! ## The one rule
-//! A range reported as a hole must read back as zeros *now*. FIEMAP without
-//! `FIEMAP_FLAG_SYNC` describes the on-disk state plus delayed allocations, so an extent marked
-//! `UNWRITTEN` may hold data written since the preallocation that is still in the page cache
-//! (ext4 and xfs report the whole preallocated extent as unwritten until write-back converts
-//! it). Those extents, and only those, are doubtful: each is walked with SEEK_DATA/SEEK_HOLE,
-//! which consults the page cache. `DELALLOC`, `UNKNOWN`, `ENCODED`, inline and ordinary
-//! extents are data as they stand. No sync, no write-back: a preallocated file that was
-//! never written costs one extra `lseek` per unwritten extent.
+//! It keeps [the one rule](crate#the-one-rule): only `UNWRITTEN` extents are doubtful;
+//! `DELALLOC`, `UNKNOWN`, `ENCODED`, inline and ordinary extents are data as they stand.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -244,8 +237,8 @@ fn trim_start(e: &mut Extent, start: u64) {
 
 /// Whether to ask the page cache before settling doubtful spans on the filesystem of `fd`:
 /// not on btrfs, whose SEEK_DATA answers from its own records of dirty ranges, cheaply and
-/// exactly, where cachestat would count every cached page of the span (13 ms for a 1 GiB
-/// preallocated file read into the cache, against 1 ms for the SEEK walk). On ext4 and xfs,
+/// exactly, where cachestat would count every cached page of the span (figures in
+/// `benches/RESULTS.md`). On ext4 and xfs,
 /// SEEK_DATA over unwritten extents looks at the cached pages one by one as well, and a walk
 /// costs two calls per data segment besides.
 pub(crate) fn trust_clean_unwritten(fd: BorrowedFd<'_>) -> bool {
@@ -280,7 +273,7 @@ const MAX_INSIDE: usize = 1 << 16;
 /// from the first to the last, written extents between them included (SEEK calls those data
 /// too). Settling each alone costs the kernel a walk from it to the next hole, which on a
 /// file whose unwritten extents are all in the page cache is the rest of the file: quadratic
-/// in the number of extents, minutes for a file of 131072 small ones.
+/// in the number of extents (figures in `benches/RESULTS.md`).
 #[derive(Debug)]
 pub(crate) struct FiemapData<'a> {
     walk: ExtentWalk<'a>,

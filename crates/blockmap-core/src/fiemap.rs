@@ -41,6 +41,8 @@ use crate::error::{Error, Result};
 use crate::ranges::clip;
 
 mod kernel;
+#[cfg(test)]
+mod tests;
 
 use kernel::{FileKernel, Kernel};
 

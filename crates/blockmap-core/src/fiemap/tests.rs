@@ -1,5 +1,6 @@
 //! The FIEMAP walk against scripted kernels: planned answers for each odd case that a real
-//! filesystem gives only sometimes.
+//! filesystem gives only sometimes, and a model filesystem for a property test
+//! (`tests/model.rs`).
 
 use std::collections::VecDeque;
 use std::io;
@@ -16,6 +17,8 @@ use super::{ExtentWalk, FiemapData, Kernel, MAX_HELD, MAX_INSIDE, Piece};
 use crate::Extent;
 use crate::error::Error;
 use crate::ranges::clip;
+
+mod model;
 
 const K4: u64 = 4096;
 /// Extent flags: written (none), unwritten, last.
@@ -63,6 +66,8 @@ fn fiemap(start: u64, end: u64) -> Call {
 enum Answers {
     /// These answers in order, then empty ones.
     Planned(VecDeque<Result<Vec<fiemap_extent>, Errno>>),
+    /// A filesystem's answers for a file: see [`model::ModelFs`].
+    Model(model::ModelFs),
 }
 
 /// A kernel whose answers a test plans; it records every call the walk makes.
@@ -140,6 +145,7 @@ impl Kernel for Script {
         self.batch.clear();
         self.batch = match &mut self.answers {
             Answers::Planned(answers) => answers.pop_front().unwrap_or(Ok(Vec::new()))?,
+            Answers::Model(fs) => fs.answer(start, length, flags),
         };
         Ok(())
     }

@@ -21,15 +21,8 @@
 //! for a 5-byte file): everything is clipped to the window, which the caller clipped to the
 //! file's size. Nothing assumes block alignment.
 //!
-//! ## The one rule
-//! A range reported as a hole must read back as zeros *now*. FIEMAP without
-//! `FIEMAP_FLAG_SYNC` describes the on-disk state plus delayed allocations, so an extent marked
-//! `UNWRITTEN` may hold data written since the preallocation that is still in the page cache
-//! (ext4 and xfs report the whole preallocated extent as unwritten until write-back converts
-//! it). Those extents, and only those, are doubtful: each is walked with SEEK_DATA/SEEK_HOLE,
-//! which consults the page cache. `DELALLOC`, `UNKNOWN`, `ENCODED`, inline and ordinary
-//! extents are data as they stand. No sync, no write-back: a preallocated file that was
-//! never written costs one extra `lseek` per unwritten extent.
+//! It keeps [the one rule](crate#the-one-rule): only `UNWRITTEN` extents are doubtful;
+//! `DELALLOC`, `UNKNOWN`, `ENCODED`, inline and ordinary extents are data as they stand.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -41,12 +34,17 @@ use fiemap_sys::{
     FIEMAP_EXTENT_UNWRITTEN, FIEMAP_FLAG_SYNC, FIEMAP_MAX_OFFSET, FiemapBuffer, fiemap_ioctl,
 };
 use rustix::io::Errno;
-use seekmap::DataSegments;
 use tracing::{debug, trace};
 
 use crate::Extent;
 use crate::error::{Error, Result};
 use crate::ranges::clip;
+
+mod kernel;
+#[cfg(test)]
+mod tests;
+
+use kernel::{FileKernel, Kernel};
 
 /// Checks that FIEMAP works on `fd` with the cheapest request there is: count the extents of
 /// the first byte.
@@ -66,10 +64,9 @@ pub(crate) enum Piece {
 
 /// The raw extents overlapping `[next, end)`, in the kernel's order, batch by batch.
 #[derive(Debug)]
-pub(crate) struct ExtentWalk<'a> {
-    fd: BorrowedFd<'a>,
+pub(crate) struct ExtentWalk<'a, K = FileKernel<'a>> {
+    kernel: K,
     path: &'a Path,
-    buf: FiemapBuffer,
     /// Where the next call starts.
     next: u64,
     end: u64,
@@ -89,10 +86,16 @@ pub(crate) struct ExtentWalk<'a> {
 
 impl<'a> ExtentWalk<'a> {
     pub(crate) fn new(fd: BorrowedFd<'a>, path: &'a Path, window: Range<u64>, batch: u32) -> Self {
+        ExtentWalk::with_kernel(FileKernel::new(fd, batch), path, window)
+    }
+}
+
+impl<'a, K: Kernel> ExtentWalk<'a, K> {
+    /// The walk of `window` asking `kernel`; `path` names the file in errors.
+    pub(crate) fn with_kernel(kernel: K, path: &'a Path, window: Range<u64>) -> Self {
         ExtentWalk {
-            fd,
+            kernel,
             path,
-            buf: FiemapBuffer::new(batch.max(1)),
             next: window.start,
             end: window.end,
             idx: 0,
@@ -133,14 +136,15 @@ impl<'a> ExtentWalk<'a> {
         } else {
             self.end - self.next
         };
-        self.buf.set_request(self.next, length, self.flags);
-        fiemap_ioctl(self.fd, &mut self.buf).map_err(|e| Error::Fiemap {
-            path: self.path.to_owned(),
-            offset: self.next,
-            source: e.into(),
-        })?;
+        self.kernel
+            .fiemap(self.next, length, self.flags)
+            .map_err(|e| Error::Fiemap {
+                path: self.path.to_owned(),
+                offset: self.next,
+                source: e.into(),
+            })?;
         self.idx = 0;
-        let extents = self.buf.extents();
+        let extents = self.kernel.extents();
         trace!(
             start = self.next,
             length,
@@ -178,7 +182,7 @@ impl<'a> ExtentWalk<'a> {
 
     pub(crate) fn next_piece(&mut self) -> Option<Result<Piece>> {
         loop {
-            if let Some(e) = self.buf.extents().get(self.idx) {
+            if let Some(e) = self.kernel.extents().get(self.idx) {
                 self.idx += 1;
                 let mut e = Extent::from_raw(e);
                 if let Some(furthest) = self.furthest {
@@ -218,11 +222,11 @@ impl<'a> ExtentWalk<'a> {
     /// lack of progress rather than by LAST, an empty answer or reaching the end.
     fn stopped_short(&self, rest: Range<u64>) -> Option<Range<u64>> {
         let last_end = self
-            .buf
+            .kernel
             .extents()
             .last()
             .map(|e| e.fe_logical.saturating_add(e.fe_length));
-        let ended_cleanly = match (self.buf.extents().last(), last_end) {
+        let ended_cleanly = match (self.kernel.extents().last(), last_end) {
             (None, _) => true,
             (Some(e), Some(end)) => e.fe_flags & FIEMAP_EXTENT_LAST != 0 || end >= self.end,
             _ => true,
@@ -244,8 +248,8 @@ fn trim_start(e: &mut Extent, start: u64) {
 
 /// Whether to ask the page cache before settling doubtful spans on the filesystem of `fd`:
 /// not on btrfs, whose SEEK_DATA answers from its own records of dirty ranges, cheaply and
-/// exactly, where cachestat would count every cached page of the span (13 ms for a 1 GiB
-/// preallocated file read into the cache, against 1 ms for the SEEK walk). On ext4 and xfs,
+/// exactly, where cachestat would count every cached page of the span (figures in
+/// `benches/RESULTS.md`). On ext4 and xfs,
 /// SEEK_DATA over unwritten extents looks at the cached pages one by one as well, and a walk
 /// costs two calls per data segment besides.
 pub(crate) fn trust_clean_unwritten(fd: BorrowedFd<'_>) -> bool {
@@ -256,8 +260,8 @@ pub(crate) fn trust_clean_unwritten(fd: BorrowedFd<'_>) -> bool {
 /// unwritten extents there read as zeros, data written into an unwritten extent staying in
 /// such pages until writeback has converted the extent. Without cachestat (kernels before
 /// 6.5), false: SEEK_DATA settles the span.
-fn page_cache_clean(fd: BorrowedFd<'_>, range: &Range<u64>) -> bool {
-    match fiemap_sys::cachestat_range(fd, range.start, range.end - range.start) {
+fn page_cache_clean(kernel: &mut impl Kernel, range: &Range<u64>) -> bool {
+    match kernel.cachestat(range) {
         Ok(stat) => stat.dirty == 0 && stat.writeback == 0,
         Err(e) => {
             trace!(error = %e, "no cachestat");
@@ -280,16 +284,16 @@ const MAX_INSIDE: usize = 1 << 16;
 /// from the first to the last, written extents between them included (SEEK calls those data
 /// too). Settling each alone costs the kernel a walk from it to the next hole, which on a
 /// file whose unwritten extents are all in the page cache is the rest of the file: quadratic
-/// in the number of extents, minutes for a file of 131072 small ones.
+/// in the number of extents (figures in `benches/RESULTS.md`).
 #[derive(Debug)]
-pub(crate) struct FiemapData<'a> {
-    walk: ExtentWalk<'a>,
+pub(crate) struct FiemapData<'a, K: Kernel = FileKernel<'a>> {
+    walk: ExtentWalk<'a, K>,
     window: Range<u64>,
     granule: u64,
     /// Ask the page cache before settling a span (see [`page_cache_clean`]).
     trust_clean_unwritten: bool,
     /// The SEEK walk over a doubtful span, when one is under way.
-    settling: Option<DataSegments<BorrowedFd<'a>>>,
+    settling: Option<K::Segments>,
     settling_end: u64,
     /// The doubtful span being gathered.
     doubt: Option<Range<u64>>,
@@ -307,9 +311,9 @@ pub(crate) struct FiemapData<'a> {
     ready: VecDeque<Range<u64>>,
 }
 
-impl<'a> FiemapData<'a> {
+impl<'a, K: Kernel> FiemapData<'a, K> {
     pub(crate) fn new(
-        walk: ExtentWalk<'a>,
+        walk: ExtentWalk<'a, K>,
         window: Range<u64>,
         granule: u64,
         trust_clean_unwritten: bool,
@@ -349,7 +353,10 @@ impl<'a> FiemapData<'a> {
             return;
         };
         let undescribed = std::mem::take(&mut self.doubt_undescribed);
-        if self.trust_clean_unwritten && !undescribed && page_cache_clean(self.walk.fd, &range) {
+        if self.trust_clean_unwritten
+            && !undescribed
+            && page_cache_clean(&mut self.walk.kernel, &range)
+        {
             // No page there is dirty or being written back: the unwritten extents hold no
             // data, and the written ones inside are all the data of the span.
             trace!(?range, "doubtful extents without dirty pages: holes");
@@ -359,11 +366,7 @@ impl<'a> FiemapData<'a> {
         }
         trace!(?range, "settling doubtful extents with SEEK_DATA");
         self.settling_end = range.end;
-        self.settling = Some(DataSegments::with_granule(
-            self.walk.fd,
-            range,
-            self.granule,
-        ));
+        self.settling = Some(self.walk.kernel.data_segments(range, self.granule));
         self.ready = std::mem::take(&mut self.held);
         self.settling_inside = std::mem::take(&mut self.inside).into();
     }
@@ -396,14 +399,14 @@ impl<'a> FiemapData<'a> {
     }
 }
 
-impl FiemapData<'_> {
+impl<K: Kernel> FiemapData<'_, K> {
     /// The extents its walk kept (see [`ExtentWalk::keeping_extents`]).
     pub(crate) fn take_kept(&mut self) -> Vec<Extent> {
         self.walk.take_kept()
     }
 }
 
-impl Iterator for FiemapData<'_> {
+impl<K: Kernel> Iterator for FiemapData<'_, K> {
     type Item = Result<Range<u64>>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -411,7 +414,7 @@ impl Iterator for FiemapData<'_> {
     }
 }
 
-impl FiemapData<'_> {
+impl<K: Kernel> FiemapData<'_, K> {
     /// The next data range, and whether SEEK_DATA found it while settling (it may be pages of
     /// zeros in the page cache over a preallocated extent).
     pub(crate) fn next_marked(&mut self) -> Option<Result<(Range<u64>, bool)>> {

@@ -1,7 +1,7 @@
-//! The request buffer and the two safe ioctl calls.
+//! The FIEMAP request buffer and the FIEMAP and FIGETBSZ calls.
 #![allow(
     unsafe_code,
-    reason = "this module is the workspace's one wrapper around raw ioctls"
+    reason = "this module wraps the FIEMAP and FIGETBSZ ioctls"
 )]
 
 use std::ffi::{c_int, c_void};

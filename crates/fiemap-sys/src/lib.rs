@@ -1,4 +1,5 @@
-//! The Linux `FIEMAP` and `FIGETBSZ` ioctl ABI, and the one safe call that runs them.
+//! The Linux `FIEMAP` and `FIGETBSZ` ioctl ABI, and four safe calls: [`fiemap_ioctl`],
+//! [`figetbsz`], [`cachestat_range`] and [`btrfs_file_extents`].
 //!
 //! `FS_IOC_FIEMAP` asks a filesystem for the extent map of a file: which logical byte ranges
 //! are backed by storage, where, and with which properties (unwritten, delayed allocation,
@@ -14,7 +15,7 @@
 //! - [`cachestat_range`], the page-cache state of a byte range (`cachestat(2)`): with no
 //!   dirty or under-writeback pages there, the `UNWRITTEN` flags FIEMAP gives in it are exact;
 //! - [`btrfs_file_extents`], a btrfs file's extent items by kind (root only), which answer
-//!   "is any of it preallocated?" at a tenth of FIEMAP's cost there.
+//!   "is any of it preallocated?" for less than FIEMAP costs there (`benches/RESULTS.md`).
 //!
 //! It does no iteration and no interpretation: walking a whole file, clipping extents to a
 //! window and deciding what counts as data belongs to `blockmap-core`.

@@ -6,7 +6,7 @@ use std::os::fd::BorrowedFd;
 use fiemap_sys::{BtrfsExtentKind, btrfs_file_extents};
 use tracing::debug;
 
-/// `statfs(2)`'s `f_type` of btrfs, as [`crate::filesystem_magic`] gives it.
+/// `statfs(2)`'s `f_type` of btrfs, as [`crate::fs::filesystem_magic`] gives it.
 pub const BTRFS_SUPER_MAGIC: u32 = 0x9123_683e;
 
 /// What btrfs's extent items say of a span of a file: its written and its preallocated
@@ -36,7 +36,7 @@ pub struct ExtentItems {
 ///
 /// ```no_run
 /// use std::os::fd::AsFd;
-/// use blockmap_core::{ExtentItems, btrfs_extent_items};
+/// use blockmap_core::fs::{ExtentItems, btrfs_extent_items};
 ///
 /// let file = std::fs::File::open("disk.img")?;
 /// match btrfs_extent_items(file.as_fd(), 0..1 << 30) {

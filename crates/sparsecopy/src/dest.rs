@@ -229,10 +229,10 @@ pub(crate) fn copy_may_share(fd: BorrowedFd<'_>) -> bool {
     const NFS: u32 = 0x6969;
     const SMB2: u32 = 0xfe53_4d42;
     const CIFS: u32 = 0xff53_4d42;
-    blockmap_core::filesystem_magic(fd).is_some_and(|m| {
+    blockmap_core::fs::filesystem_magic(fd).is_some_and(|m| {
         [
             XFS_MAGIC,
-            blockmap_core::BTRFS_SUPER_MAGIC,
+            blockmap_core::fs::BTRFS_SUPER_MAGIC,
             BCACHEFS,
             OCFS2,
             NFS,

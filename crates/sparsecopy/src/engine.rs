@@ -19,8 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
+use blockmap_core::fs::{btrfs_extent_items, is_unsupported_errno};
 use blockmap_core::ranges::round_in;
-use blockmap_core::{BlockMap, DataRanges, btrfs_extent_items, is_unsupported_errno};
+use blockmap_core::{BlockMap, DataRanges};
 use rustix::fs::{FallocateFlags, Stat};
 use rustix::io::Errno;
 use tracing::{debug, trace};
@@ -115,7 +116,7 @@ pub(crate) fn run(job: Job<'_, '_>) -> Result<Report> {
             size: dest.size,
         });
     }
-    let bs = u64::from(blockmap_core::block_size_of(dst));
+    let bs = u64::from(blockmap_core::fs::block_size_of(dst));
     let lines_up = blocks_line_up(window.skip, window.seek, bs);
     if options.reflink == Reflink::Always && window.length > 0 {
         if block_device {
@@ -557,7 +558,7 @@ fn unsupported_between(e: Errno) -> bool {
 /// filesystems, the extents are looked at first: a clone that cannot share must not be
 /// tried when nothing whole is there to share.
 fn same_btrfs_subvolume(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> bool {
-    blockmap_core::filesystem_magic(src) == Some(blockmap_core::BTRFS_SUPER_MAGIC)
+    blockmap_core::fs::filesystem_magic(src) == Some(blockmap_core::fs::BTRFS_SUPER_MAGIC)
         && matches!(
             (rustix::fs::fstat(src), rustix::fs::fstat(dst)),
             (Ok(a), Ok(b)) if a.st_dev == b.st_dev
@@ -568,7 +569,7 @@ fn same_btrfs_subvolume(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> bool {
 /// (131072 extents of 4 KiB: about twice the kernel time of writing them, four times the wall
 /// time, SPEC section 7; btrfs is the other way round), and it shares only written blocks.
 fn is_xfs(dst: BorrowedFd<'_>) -> bool {
-    blockmap_core::filesystem_magic(dst) == Some(dest::XFS_MAGIC)
+    blockmap_core::fs::filesystem_magic(dst) == Some(dest::XFS_MAGIC)
 }
 
 struct Engine<'a, 'p> {

@@ -196,7 +196,7 @@ impl<'p> Copier<'p> {
         let _span = debug_span!("copy", src = %src.display(), dst = %dst.display()).entered();
         let started = Instant::now();
         self.options.check()?;
-        let src_file = blockmap_core::open_readable(src)?;
+        let src_file = blockmap_core::fs::open_readable(src)?;
         let src_stat = source::stat(src_file.as_fd(), src)?;
         let src_map = BlockMap::with_path(src_file.as_fd(), src, self.map_options())?;
         let (window, stream) = self.resolve(&src_map, &src_stat)?;

@@ -49,7 +49,7 @@ pub(crate) fn size_lies(fd: BorrowedFd<'_>, stat: &Stat) -> bool {
         return false;
     }
     let size = stat.st_size as u64;
-    let magic = blockmap_core::filesystem_magic(fd).unwrap_or(0);
+    let magic = blockmap_core::fs::filesystem_magic(fd).unwrap_or(0);
     // A size of 0 is asked like any other: the read at offset 0 gives bytes where it lies.
     let lies = GENERATED.contains(&magic)
         || reads_at(fd, size) == Some(true)

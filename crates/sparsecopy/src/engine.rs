@@ -30,6 +30,8 @@ use crate::clone::ficlonerange;
 use crate::dest::{self, Kind};
 use crate::error::{DstState, Error, Result};
 use crate::feed::{self, Batch, Feed, Item, Policy};
+use crate::filesystem;
+use crate::filesystem::{is_xfs, same_btrfs_subvolume};
 use crate::options::{Method, Options, Progress, Reflink, Resolved};
 use crate::plan::{Step, Steps, ZeroRuns, blocks_line_up, cut};
 use crate::report::{Report, Transfer};
@@ -172,7 +174,7 @@ pub(crate) fn run(job: Job<'_, '_>) -> Result<Report> {
     // Where copy_file_range can neither share nor offload (ext4, tmpfs…), it is a splice
     // through a pipe in the kernel: 13 % slower than read/write through a 1 MiB buffer for
     // a 1 GiB file on ext4 (medians of 7, interleaved). Auto keeps it where it does more.
-    let may_share = both_regular && dest::copy_may_share(dst);
+    let may_share = both_regular && filesystem::copy_may_share(dst);
     let cfr = match options.method {
         _ if stream => false,
         Method::ReadWrite => false,
@@ -551,25 +553,6 @@ impl<'m> DstCursor<'m> {
 /// kernel will not copy with, e.g. O_APPEND), ETXTBSY (a swap file).
 fn unsupported_between(e: Errno) -> bool {
     is_unsupported_errno(e) || matches!(e, Errno::XDEV | Errno::BADF | Errno::TXTBSY)
-}
-
-/// SRC and DST in one btrfs subvolume (one `st_dev`): where the whole-window clone is made
-/// first and settled after ([`Engine::clone_then_settle`]). Elsewhere, as across two btrfs
-/// filesystems, the extents are looked at first: a clone that cannot share must not be
-/// tried when nothing whole is there to share.
-fn same_btrfs_subvolume(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> bool {
-    blockmap_core::fs::filesystem_magic(src) == Some(blockmap_core::fs::BTRFS_SUPER_MAGIC)
-        && matches!(
-            (rustix::fs::fstat(src), rustix::fs::fstat(dst)),
-            (Ok(a), Ok(b)) if a.st_dev == b.st_dev
-        )
-}
-
-/// Whether DST is on xfs. xfs reflinks small extents more slowly than it copies them
-/// (131072 extents of 4 KiB: about twice the kernel time of writing them, four times the wall
-/// time, SPEC section 7; btrfs is the other way round), and it shares only written blocks.
-fn is_xfs(dst: BorrowedFd<'_>) -> bool {
-    blockmap_core::fs::filesystem_magic(dst) == Some(dest::XFS_MAGIC)
 }
 
 struct Engine<'a, 'p> {

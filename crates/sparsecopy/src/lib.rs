@@ -106,6 +106,7 @@ mod destination;
 mod engine;
 mod error;
 mod feed;
+mod filesystem;
 mod human;
 mod options;
 mod plan;

@@ -6,8 +6,10 @@ use std::os::fd::BorrowedFd;
 use fiemap_sys::{BtrfsExtentKind, btrfs_file_extents};
 use tracing::debug;
 
-/// `statfs(2)`'s `f_type` of btrfs, as [`crate::fs::filesystem_magic`] gives it.
-pub const BTRFS_SUPER_MAGIC: u32 = 0x9123_683e;
+use crate::fs::FsKind;
+
+/// `statfs(2)`'s `f_type` of btrfs.
+pub(crate) const BTRFS_SUPER_MAGIC: u32 = linux_raw_sys::general::BTRFS_SUPER_MAGIC;
 
 /// What btrfs's extent items say of a span of a file: its written and its preallocated
 /// extents, each merged where they touch, in order, clipped to the span; everything else is
@@ -48,7 +50,7 @@ pub struct ExtentItems {
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub fn btrfs_extent_items(fd: BorrowedFd<'_>, span: Range<u64>) -> Option<ExtentItems> {
-    if span.is_empty() || crate::filesystem_magic(fd) != Some(BTRFS_SUPER_MAGIC) {
+    if span.is_empty() || FsKind::of(fd) != Some(FsKind::Btrfs) {
         return None;
     }
     let mut items = ExtentItems::default();

@@ -64,7 +64,7 @@ pub use backend::{
     Backend, BackendChoice, DataRange, DataRanges, MarkedDataRanges, UnknownBackend,
 };
 pub use error::{Error, Result};
-// `crate::filesystem_magic` for the modules that ask it.
+// `crate::filesystem_magic` for fiemap.rs.
 use fs::{block_size_of, filesystem_magic, open_readable};
 use ranges::{Invert, Merge, RangeIterExt, from_blocks, to_blocks};
 

@@ -15,7 +15,7 @@ use rustix::fs::{FileType, Stat};
 use rustix::io::Errno;
 
 use crate::error::{Error, Result};
-use crate::filesystem::{GENERATED, REMOTE};
+use crate::filesystem::{SizeTrust, size_trust};
 
 /// Whether SRC's stated size cannot be trusted, so it must be read to its end: see the
 /// module documentation. Only regular files are asked; each question is at most two
@@ -25,13 +25,17 @@ pub(crate) fn size_lies(fd: BorrowedFd<'_>, stat: &Stat) -> bool {
         return false;
     }
     let size = stat.st_size as u64;
-    let magic = blockmap_core::fs::filesystem_magic(fd).unwrap_or(0);
+    let trust = size_trust(fd);
     // A size of 0 is asked like any other: the read at offset 0 gives bytes where it lies.
-    let lies = GENERATED.contains(&magic)
+    let lies = trust == SizeTrust::Generated
         || reads_at(fd, size) == Some(true)
-        || (REMOTE.contains(&magic) && size > 0 && reads_at(fd, size - 1) == Some(false));
+        || (trust == SizeTrust::Remote && size > 0 && reads_at(fd, size - 1) == Some(false));
     if lies {
-        tracing::debug!(size, magic, "SRC's size is not what it reads: streaming it");
+        tracing::debug!(
+            size,
+            ?trust,
+            "SRC's size is not what it reads: streaming it"
+        );
     }
     lies
 }

@@ -33,7 +33,7 @@ fn shares_in_copy(kind: FsKind) -> bool {
 }
 
 /// SRC and DST in one btrfs subvolume (one `st_dev`): where the whole-window clone is made
-/// first and settled after (`engine::clone`). Elsewhere, as across two btrfs filesystems,
+/// first and settled after (`engine::reflink`). Elsewhere, as across two btrfs filesystems,
 /// the extents are looked at first: a clone that cannot share must not be tried when nothing
 /// whole is there to share.
 pub(crate) fn same_btrfs_subvolume(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> bool {

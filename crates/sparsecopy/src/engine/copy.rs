@@ -10,10 +10,11 @@ use tracing::debug;
 
 use crate::error::{Error, Result};
 use crate::feed;
-use crate::options::{Method, Reflink};
+use crate::options::Method;
 use crate::plan::ZeroRuns;
 use crate::report::Transfer;
 
+use super::decide::wants_copy_file_range;
 use super::{Engine, unsupported_between};
 
 /// `copy_file_range` calls are cut to this size: a copy stops within one of them when
@@ -125,7 +126,9 @@ impl Engine<'_, '_> {
         if src.is_empty() {
             return Ok(());
         }
-        let src = if self.cfr && self.wants_copy_file_range(src.end - src.start) {
+        let src = if self.cfr
+            && wants_copy_file_range(self.options, self.copy_shares, src.end - src.start)
+        {
             match self.copy_file_range(src)? {
                 None => return Ok(()),
                 Some(rest) => rest,
@@ -134,22 +137,6 @@ impl Engine<'_, '_> {
             src
         };
         self.stream(src, false)
-    }
-
-    /// The choice between the kernel's copy and user space, for a range of `len` bytes.
-    pub(super) fn wants_copy_file_range(&self, len: u64) -> bool {
-        match self.options.method {
-            Method::CopyFileRange => true,
-            Method::ReadWrite => false,
-            // Zero detection needs the bytes. Where copy_file_range shares extents, it is a
-            // reflink: refused with Reflink::Never, and not worth it for small ranges.
-            Method::Auto => {
-                !self.options.detect_zeros
-                    && !(self.copy_shares
-                        && (self.options.reflink == Reflink::Never
-                            || len < self.options.reflink_min))
-            }
-        }
     }
 
     /// `copy_file_range` over a whole range, looping on short copies. Returns the part left

@@ -13,7 +13,10 @@
 
 mod clear;
 mod copy;
+mod decide;
 mod reflink;
+#[cfg(test)]
+mod tests;
 
 use std::io;
 use std::ops::Range;
@@ -29,19 +32,16 @@ use rustix::fs::Stat;
 use rustix::io::Errno;
 use tracing::{debug, trace};
 
-use crate::dest::{self, Kind};
+use crate::dest::{self, Dest, Kind};
 use crate::error::{DstState, Error, Result};
 use crate::feed::{self, Batch, Feed, Item, Policy};
 use crate::filesystem;
-use crate::options::{Method, Options, Progress, Reflink, Resolved};
-use crate::plan::{Step, Steps, blocks_line_up, cut};
+use crate::options::{Options, Progress, Reflink, Resolved};
+use crate::plan::{Step, Steps, cut};
 use crate::report::{Report, Transfer};
 use clear::DstCursor;
+use decide::{Facts, Plan, Refusal, WholeClone, decide, feed_plan};
 
-/// Data ranges up to this length are read ahead and written from user space even where
-/// the kernel could copy them: one `pwrite` each from a shared read beats a
-/// `copy_file_range` each.
-const READ_AHEAD_MAX: u64 = 64 << 10;
 /// The progress callback is called at most once per this many bytes (and at the end).
 const PROGRESS_EVERY: u64 = 1 << 20;
 
@@ -64,138 +64,59 @@ pub(crate) struct Job<'a, 'p> {
     pub started: Instant,
 }
 
-/// Runs a copy. Nothing is written to DST before every check has passed: same file, device
-/// size, reflink feasibility (with [`Reflink::Always`], the first reflink is made before
-/// anything else, so a filesystem that cannot share fails the copy untouched).
+/// Runs a copy: the facts gathered, the plan decided ([`decide`]), then carried out. Nothing
+/// is written to DST before every check has passed: same file, device size, reflink
+/// feasibility (with [`Reflink::Always`], the first reflink is made before anything else, so
+/// a filesystem that cannot share fails the copy untouched).
 ///
 /// An interrupted copy, or one whose SRC changed, fails saying which DST bytes may be
 /// partly written ([`DstState`]; the caller removes a DST it created).
 pub(crate) fn run(job: Job<'_, '_>) -> Result<Report> {
+    let dest = dest::inspect(job.dst, job.dst_path)?;
+    let facts = gather(&job, &dest);
+    let plan = decide(&facts).map_err(|r| refused(r, &job, &facts))?;
+    debug!(?plan, "copy planned");
     let Job {
         src_map,
         src_stat,
         dst,
         dst_path,
-        created,
         window,
-        stream,
         options,
         progress,
         stop,
         started,
+        ..
     } = job;
-    let src = *src_map.file();
-    let src_path = src_map.path();
-
-    let dest = dest::inspect(dst, dst_path)?;
-    if dest::same_file(src_stat, &dest.stat) {
-        return Err(Error::SameFile {
-            src: src_path.to_owned(),
-            dst: dst_path.to_owned(),
-        });
+    if options.reflink == Reflink::Auto && !plan.reflink {
+        debug!("no reflink: needs two regular files whose blocks line up");
     }
-    let block_device = dest.kind == Kind::BlockDevice;
-    let end = window.seek + window.length;
-    // A streamed SRC's length is known once read: the device must hold its start at least.
-    let must_fit = if stream { window.seek } else { end };
-    if block_device && must_fit > dest.size {
-        return Err(Error::DeviceTooSmall {
-            path: dst_path.to_owned(),
-            end: must_fit,
-            size: dest.size,
-        });
-    }
-    let bs = u64::from(blockmap_core::fs::block_size_of(dst));
-    let lines_up = blocks_line_up(window.skip, window.seek, bs);
-    if options.reflink == Reflink::Always && window.length > 0 {
-        if block_device {
-            return Err(Error::ReflinkToDevice {
-                path: dst_path.to_owned(),
-            });
-        }
-        if !lines_up {
-            return Err(Error::ReflinkMisaligned {
-                path: dst_path.to_owned(),
-                skip: window.skip,
-                seek: window.seek,
-                block_size: bs,
-            });
-        }
-        if stream {
-            return Err(Error::ReflinkUnsupported {
-                src: src_path.to_owned(),
-                dst: dst_path.to_owned(),
-                source: io::Error::other(
-                    "SRC's size is not what reading it gives (procfs, sysfs, FUSE…): it is read, not shared",
-                ),
-            });
-        }
-    }
-    // SRC mapped at another size than it was stat-ed: it is being written.
-    if !stream && src_map.is_regular() && src_map.size() != src_stat.st_size as u64 {
-        return Err(Error::SourceChanged {
-            path: src_path.to_owned(),
-            what: "size".to_owned(),
-            dst: DstState::Untouched {
-                path: dst_path.to_owned(),
-            },
-        });
-    }
-
-    let mut report = Report::new(src_map.backend());
-    report.skip = window.skip;
-    report.seek = window.seek;
-    report.length = window.length;
-    report.block_size = bs;
-    report.created = created;
-    report.block_device = block_device;
-
-    let both_regular = src_map.is_regular() && !block_device && !stream;
-    let reflink = options.reflink != Reflink::Never && both_regular && lines_up;
-    if options.reflink == Reflink::Auto && !reflink {
-        debug!(
-            both_regular,
-            lines_up, "no reflink: needs two regular files whose blocks line up"
-        );
-    }
-    // Where copy_file_range can neither share nor offload (ext4, tmpfs…), it is a splice
-    // through a pipe in the kernel: 13 % slower than read/write through a 1 MiB buffer for
-    // a 1 GiB file on ext4 (medians of 7, interleaved). Auto keeps it where it does more.
-    let may_share = both_regular && filesystem::copy_may_share(dst);
-    let cfr = match options.method {
-        _ if stream => false,
-        Method::ReadWrite => false,
-        Method::CopyFileRange => true,
-        Method::Auto => may_share,
-    };
-    let copy_shares = cfr && may_share;
-    let buf_len = (options.buffer_size.max(1) as u64).div_ceil(bs) * bs;
-    let user_space = AtomicBool::new(!cfr);
-
     // DST's data matters only where it existed before: inside the window (for a streamed
     // SRC, its length a cap), below its old size; a file just created has none. Mapped
     // now, walked once the copy gets there.
-    let old_data = window.seek..end.min(dest.size);
-    let dst_map = if !block_device && !created && !old_data.is_empty() {
-        let map = BlockMap::with_path(dst, dst_path, blockmap_core::MapOptions::default())?;
-        debug!(backend = %map.backend(), range = ?old_data, "destination mapped");
-        Some(map)
-    } else {
-        None
+    let dst_map = match &plan.dst_old_data {
+        Some(old_data) => {
+            let map = BlockMap::with_path(dst, dst_path, blockmap_core::MapOptions::default())?;
+            debug!(backend = %map.backend(), range = ?old_data, "destination mapped");
+            Some(map)
+        }
+        None => None,
     };
-
+    let dst_data = dst_map.as_ref().zip(plan.dst_old_data.clone());
+    let dst_data = dst_data.map(|(map, old_data)| map.data(old_data));
+    let user_space = AtomicBool::new(!plan.copy_file_range);
     let mut engine = Engine {
-        src,
-        src_path,
+        src: *src_map.file(),
+        src_path: src_map.path(),
         dst,
         dst_path,
         window,
-        block_device,
-        bs,
+        block_device: facts.dst_device,
+        bs: facts.block_size,
         options,
-        reflink,
-        cfr,
-        copy_shares,
+        reflink: plan.reflink,
+        cfr: plan.copy_file_range,
+        copy_shares: plan.copy_shares,
         user_space: &user_space,
         punch: true,
         device_punch: true,
@@ -203,142 +124,204 @@ pub(crate) fn run(job: Job<'_, '_>) -> Result<Report> {
         prelinked: None,
         cursor: DstCursor::empty(),
         buf: Vec::new(),
-        buf_len: buf_len as usize,
-        report,
+        buf_len: plan.buf_len,
+        report: new_report(&facts, src_map.backend()),
         progress,
-        total: if stream {
-            (src_stat.st_size as u64).saturating_sub(window.skip)
-        } else {
-            window.length
-        },
+        total: plan.total,
         done: 0,
         reported: None,
         stop,
         touched: None,
-        old_size: dest.size,
+        old_size: facts.dst_size,
     };
-    let result = if stream {
+    let result = if plan.stream {
         // All of DST's old data past `seek` may lie under what is read.
-        if let Some(map) = &dst_map {
-            engine.cursor = DstCursor::new(map.data(old_data));
+        if let Some(data) = dst_data {
+            engine.cursor = DstCursor::new(data);
         }
         engine.stream_to_end(window.skip)
     } else {
-        engine.copy_window(
-            src_map,
-            dst_map.as_ref().map(|m| m.data(old_data)),
-            may_share,
-        )
+        engine.copy_window(src_map, &plan, dst_data)
     };
-    // A read that ended early: SRC changed, or its size lies (sysfs says 4096), and it is
-    // read on to its end from there.
-    let unchanged = || source_unchanged(src, src_path, src_stat, dst_path);
-    let result = match result {
-        Err(Error::SourceShrank { offset, .. }) => unchanged().and_then(|()| {
-            debug!(
-                offset,
-                "SRC ended before its stated size: read on to its end"
-            );
-            engine.resume_stream()
-        }),
-        result => result,
-    };
-    let result = result
-        .and_then(|()| engine.check_stop())
-        .and_then(|()| unchanged())
-        .and_then(|()| {
-            if options.sync {
-                engine.report.syscalls.fsync += 1;
-                rustix::fs::fsync(dst).map_err(|e| Error::Sync {
-                    path: dst_path.to_owned(),
-                    source: e.into(),
-                })?;
-            }
-            Ok(())
-        });
-    if let Err(e) = result {
-        let state = match engine.touched.clone() {
-            None => DstState::Untouched {
-                path: dst_path.to_owned(),
-            },
-            Some(range) => DstState::PartlyWritten {
-                path: dst_path.to_owned(),
-                range,
-            },
-        };
-        return Err(e.with_dst(state));
-    }
-    engine.tell_progress(true);
+    engine.finish(result, src_stat)?;
     let mut report = engine.report;
     report.elapsed = started.elapsed();
     debug!(%report, "copy done");
     Ok(report)
 }
 
+/// The facts a copy is decided from: SRC's map and stat, DST as inspected, its filesystem.
+fn gather(job: &Job<'_, '_>, dest: &Dest) -> Facts {
+    let (src_map, dst) = (job.src_map, job.dst);
+    let dst_device = dest.kind == Kind::BlockDevice;
+    // Filesystems are asked only about two regular files, the only ones that share.
+    let regular = src_map.is_regular() && !dst_device && !job.stream;
+    Facts {
+        options: job.options.clone(),
+        window: job.window,
+        stream: job.stream,
+        same_file: dest::same_file(job.src_stat, &dest.stat),
+        src_regular: src_map.is_regular(),
+        src_fiemap: src_map.backend() == blockmap_core::Backend::Fiemap,
+        src_mapped_size: src_map.size(),
+        src_stat_size: job.src_stat.st_size as u64,
+        dst_device,
+        dst_size: dest.size,
+        dst_created: job.created,
+        block_size: u64::from(blockmap_core::fs::block_size_of(dst)),
+        dst_copy_shares: regular && filesystem::copy_may_share(dst),
+        same_btrfs_subvolume: regular && filesystem::same_btrfs_subvolume(*src_map.file(), dst),
+        dst_xfs: regular && filesystem::is_xfs(dst),
+    }
+}
+
+/// The error of a copy refused before anything was written.
+fn refused(refusal: Refusal, job: &Job<'_, '_>, facts: &Facts) -> Error {
+    let (src_path, dst_path, window) = (job.src_map.path(), job.dst_path, job.window);
+    match refusal {
+        Refusal::SameFile => Error::SameFile {
+            src: src_path.to_owned(),
+            dst: dst_path.to_owned(),
+        },
+        Refusal::DeviceTooSmall { end } => Error::DeviceTooSmall {
+            path: dst_path.to_owned(),
+            end,
+            size: facts.dst_size,
+        },
+        Refusal::ReflinkToDevice => Error::ReflinkToDevice {
+            path: dst_path.to_owned(),
+        },
+        Refusal::ReflinkMisaligned => Error::ReflinkMisaligned {
+            path: dst_path.to_owned(),
+            skip: window.skip,
+            seek: window.seek,
+            block_size: facts.block_size,
+        },
+        Refusal::ReflinkStreamed => Error::ReflinkUnsupported {
+            src: src_path.to_owned(),
+            dst: dst_path.to_owned(),
+            source: io::Error::other(
+                "SRC's size is not what reading it gives (procfs, sysfs, FUSE…): it is read, not shared",
+            ),
+        },
+        Refusal::SourceSize => Error::SourceChanged {
+            path: src_path.to_owned(),
+            what: "size".to_owned(),
+            dst: DstState::Untouched {
+                path: dst_path.to_owned(),
+            },
+        },
+    }
+}
+
+/// The report of a copy not yet started.
+fn new_report(facts: &Facts, backend: blockmap_core::Backend) -> Report {
+    let mut report = Report::new(backend);
+    report.skip = facts.window.skip;
+    report.seek = facts.window.seek;
+    report.length = facts.window.length;
+    report.block_size = facts.block_size;
+    report.created = facts.dst_created;
+    report.block_device = facts.dst_device;
+    report
+}
+
 impl<'a> Engine<'a, '_> {
-    /// Copies the window by the map: the whole-window clone or the reflink probe first, DST
-    /// grown to the window's end, then the pipeline over what is left. `dst_data` walks
-    /// DST's old data in the window (none for a new file or a device).
+    /// Copies the window by the map as `plan` says: the whole-window clone or the reflink
+    /// probe first, DST grown to the window's end, then the pipeline over what is left.
+    /// `dst_data` walks DST's old data in the window (none for a new file or a device).
     fn copy_window(
         &mut self,
         src_map: &BlockMap<BorrowedFd<'_>>,
+        plan: &Plan,
         dst_data: Option<DataRanges<'a>>,
-        may_share: bool,
     ) -> Result<()> {
-        let (window, options) = (self.window, self.options);
-        let end = window.seek + window.length;
-        let cloned = if self.reflink && window.length > 0 && may_share {
-            self.clone_window(src_map)?
-        } else {
-            None
+        let cloned = match &plan.clone {
+            WholeClone::No => None,
+            WholeClone::CloneFirst { span } => self.clone_then_settle(src_map, span.clone())?,
+            WholeClone::WalkFirst { span, xfs } => {
+                self.clone_window(src_map, span.clone(), *xfs)?
+            }
         };
-        if cloned.is_none() && self.reflink && window.length > 0 {
+        // The clone may have found that reflinks do not work here.
+        if cloned.is_none() && plan.probe && self.reflink {
             self.prelink(src_map)?;
         }
-        if !self.block_device && window.length > 0 && self.old_size < end {
-            self.grow(end)?;
+        if let Some(size) = plan.grow_to {
+            self.grow(size)?;
         }
-        if cloned.is_none() && options.reflink == Reflink::Auto {
+        if cloned.is_none() && plan.unprobe {
             self.unprobe()?;
         }
         // Walked only now that the probe's reflink is gone again.
         if let Some(data) = dst_data {
             self.cursor = DstCursor::new(data);
         }
-
-        let read_max = if options.method == Method::CopyFileRange {
-            0
-        } else if !self.cfr || options.detect_zeros || options.method == Method::ReadWrite {
-            self.buf_len as u64
-        } else {
-            READ_AHEAD_MAX
-        };
-        // What may be reflinked is not read.
-        let read_max = match options.reflink {
-            _ if !self.reflink => read_max,
-            Reflink::Always => 0,
-            _ => read_max.min(options.reflink_min.saturating_sub(1)),
-        };
+        let feed = feed_plan(self.options, self.cfr, self.reflink, self.buf_len);
         // What the clone left: the partial blocks at the window's ends.
-        let whole = window.src();
+        let whole = self.window.src();
         let parts = match cloned {
             Some(c) => [whole.start..c.start, c.end..whole.end],
             None => [whole, 0..0],
         };
         for part in parts.into_iter().filter(|p| !p.is_empty()) {
             let policy = Policy {
-                read_max,
+                read_max: feed.read_max,
                 user_space: self.user_space,
                 buf_len: self.buf_len,
-                settled_zeros: options.method != Method::CopyFileRange
-                    && options.reflink != Reflink::Always,
-                large_reads: !self.reflink
-                    && !options.detect_zeros
-                    && options.method != Method::CopyFileRange,
+                settled_zeros: feed.settled_zeros,
+                large_reads: feed.large_reads,
                 stop: self.stop,
             };
             pipeline(self, src_map, part, policy)?;
         }
+        Ok(())
+    }
+
+    /// Ends a copy whose writing gave `result`: a read that ended early read on to SRC's
+    /// end, SRC's stat compared with `src_stat`, DST synced; on failure, the error says
+    /// which DST bytes may be partly written.
+    fn finish(&mut self, result: Result<()>, src_stat: &Stat) -> Result<()> {
+        let (src, src_path, dst, dst_path) = (self.src, self.src_path, self.dst, self.dst_path);
+        // A read that ended early: SRC changed, or its size lies (sysfs says 4096), and it is
+        // read on to its end from there.
+        let unchanged = || source_unchanged(src, src_path, src_stat, dst_path);
+        let result = match result {
+            Err(Error::SourceShrank { offset, .. }) => unchanged().and_then(|()| {
+                debug!(
+                    offset,
+                    "SRC ended before its stated size: read on to its end"
+                );
+                self.resume_stream()
+            }),
+            result => result,
+        };
+        let result = result
+            .and_then(|()| self.check_stop())
+            .and_then(|()| unchanged())
+            .and_then(|()| {
+                if self.options.sync {
+                    self.report.syscalls.fsync += 1;
+                    rustix::fs::fsync(dst).map_err(|e| Error::Sync {
+                        path: dst_path.to_owned(),
+                        source: e.into(),
+                    })?;
+                }
+                Ok(())
+            });
+        if let Err(e) = result {
+            let state = match self.touched.clone() {
+                None => DstState::Untouched {
+                    path: dst_path.to_owned(),
+                },
+                Some(range) => DstState::PartlyWritten {
+                    path: dst_path.to_owned(),
+                    range,
+                },
+            };
+            return Err(e.with_dst(state));
+        }
+        self.tell_progress(true);
         Ok(())
     }
 }

@@ -7,14 +7,12 @@ use std::os::fd::BorrowedFd;
 
 use blockmap_core::BlockMap;
 use blockmap_core::fs::btrfs_extent_items;
-use blockmap_core::ranges::round_in;
 use rustix::fs::FallocateFlags;
 use rustix::io::Errno;
 use tracing::{debug, trace};
 
 use crate::clone::ficlonerange;
 use crate::error::{Error, Result};
-use crate::filesystem::{is_xfs, same_btrfs_subvolume};
 use crate::options::Reflink;
 use crate::plan::cut;
 use crate::report::Transfer;
@@ -123,23 +121,18 @@ impl Engine<'_, '_> {
         Ok(())
     }
 
-    /// Reflinks all the window's whole blocks with a few `FICLONERANGE` calls (one per TiB),
-    /// holes and all, as `cp --reflink` does: the kernel walks the extents, not us. Returns
-    /// the SRC range cloned, or `None` when the window is left to range-by-range copying:
-    /// SRC mapped without FIEMAP, or holding preallocated extents there (a clone would share
-    /// them as allocated space where DST must have holes).
+    /// Reflinks all the window's whole blocks (`span`) with a few `FICLONERANGE` calls (one
+    /// per TiB), holes and all, as `cp --reflink` does: the kernel walks the extents, not us.
+    /// SRC's extents are walked first. Returns the SRC range cloned, or `None` when the window
+    /// is left to range-by-range copying: SRC holding preallocated extents there (a clone
+    /// would share them as allocated space where DST must have holes) unless DST is on
+    /// `xfs`, or nothing whole to share.
     pub(super) fn clone_window(
         &mut self,
         src_map: &BlockMap<BorrowedFd<'_>>,
+        span: Range<u64>,
+        xfs: bool,
     ) -> Result<Option<Range<u64>>> {
-        let span = round_in(self.window.src(), self.bs);
-        if span.is_empty() || src_map.backend() != blockmap_core::Backend::Fiemap {
-            return Ok(None);
-        }
-        if same_btrfs_subvolume(self.src, self.dst) {
-            return self.clone_then_settle(src_map, span);
-        }
-        let xfs = is_xfs(self.dst);
         // What is cloned, counted as a copy would: data and holes, bytes and ranges.
         let mut tally = Tally::new(span.clone(), self.bs);
         let mut unwritten = false;

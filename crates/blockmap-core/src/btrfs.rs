@@ -23,8 +23,8 @@ pub struct ExtentItems {
 }
 
 /// The extent items of `span` of a file on btrfs, read from the filesystem tree
-/// (`BTRFS_IOC_TREE_SEARCH_V2`): a tenth of FIEMAP's cost there, which resolves for every
-/// extent whether it is shared.
+/// (`BTRFS_IOC_TREE_SEARCH_V2`): much cheaper than FIEMAP there, which resolves for every
+/// extent whether it is shared (benches/RESULTS.md, "Measurements behind design choices").
 ///
 /// The items are the tree as it is: data still in dirty pages has no item until it is
 /// written back (`fsync`, or a `FICLONERANGE` of the range, which writes it back first), and a

@@ -44,8 +44,9 @@ pub(crate) fn same_btrfs_subvolume(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> 
         )
 }
 
-/// Whether DST is on xfs. xfs reflinks small extents more slowly than it copies them (SPEC
-/// section 7; btrfs is the other way round), and it shares only written blocks.
+/// Whether DST is on xfs. xfs reflinks small extents more slowly than it copies them
+/// (benches/RESULTS.md, "Measurements behind design choices"; btrfs is the other way round), and it shares only
+/// written blocks.
 pub(crate) fn is_xfs(dst: BorrowedFd<'_>) -> bool {
     FsKind::of(dst) == Some(FsKind::Xfs)
 }

@@ -110,7 +110,7 @@ pub(super) fn decide(f: &Facts) -> Result<Plan, Refusal> {
     let reflink = options.reflink != Reflink::Never && both_regular && lines_up;
     // Where copy_file_range can neither share nor offload (ext4, tmpfs…), it is a splice
     // through a pipe in the kernel, slower than read/write through a 1 MiB buffer
-    // (benches/RESULTS.md). Auto keeps it where it does more.
+    // (benches/RESULTS.md, "Measurements behind design choices"). Auto keeps it where it does more.
     let may_share = both_regular && f.dst_copy_shares;
     let copy_file_range = match options.method {
         _ if f.stream => false,

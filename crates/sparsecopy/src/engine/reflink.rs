@@ -189,8 +189,8 @@ impl Engine<'_, '_> {
     /// extents are final: the written ones are what was shared as data, and the
     /// preallocated ones, which btrfs shares as allocated space that reads as zeros, are
     /// punched out of DST again (holes, as everywhere else). One extent walk, after the
-    /// clone: btrfs's own extent items as root (a tenth of FIEMAP's cost there, which
-    /// resolves every extent's sharing), else FIEMAP.
+    /// clone: btrfs's own extent items as root (much cheaper than FIEMAP there, which
+    /// resolves every extent's sharing: benches/RESULTS.md, "Measurements behind design choices"), else FIEMAP.
     pub(super) fn clone_then_settle(
         &mut self,
         src_map: &BlockMap<BorrowedFd<'_>>,

@@ -87,7 +87,7 @@ impl<'m> DstCursor<'m> {
 
 impl Engine<'_, '_> {
     /// Writes zeros over a DST range (`pwritev` of a static zero buffer, 1 MiB a call).
-    pub(super) fn write_zeros(&mut self, dst: Range<u64>) -> Result<()> {
+    fn write_zeros(&mut self, dst: Range<u64>) -> Result<()> {
         self.touch(dst.clone());
         let mut at = dst.start;
         while at < dst.end {
@@ -173,7 +173,7 @@ impl Engine<'_, '_> {
     /// Zeroes a range of a block device: its page-aligned middle by `fallocate` (punch,
     /// which guarantees zeros and may unmap, else zero-range), the edges and whatever the
     /// device refuses by written zeros. Never a discard, which need not read back as zeros.
-    pub(super) fn zero_device(&mut self, dst: Range<u64>) -> Result<()> {
+    fn zero_device(&mut self, dst: Range<u64>) -> Result<()> {
         trace!(?dst, "zero device range");
         let middle = round_in(dst.clone(), self.bs.max(4096));
         if middle.is_empty() {

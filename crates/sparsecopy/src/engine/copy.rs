@@ -103,7 +103,7 @@ impl Engine<'_, '_> {
     }
 
     /// One `pread` (retried on EINTR): the bytes it gave, 0 at SRC's end.
-    pub(super) fn read_some(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+    fn read_some(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         loop {
             self.report.syscalls.pread += 1;
             match rustix::io::pread(self.src, &mut *buf, offset) {
@@ -141,7 +141,7 @@ impl Engine<'_, '_> {
 
     /// `copy_file_range` over a whole range, looping on short copies. Returns the part left
     /// to copy another way when the kernel refuses (and the method was not forced).
-    pub(super) fn copy_file_range(&mut self, src: Range<u64>) -> Result<Option<Range<u64>>> {
+    fn copy_file_range(&mut self, src: Range<u64>) -> Result<Option<Range<u64>>> {
         let mut src_off = src.start;
         let mut dst_off = self.window.dst_offset(src.start);
         while src_off < src.end {
@@ -192,7 +192,7 @@ impl Engine<'_, '_> {
         Ok(None)
     }
 
-    pub(super) fn take_buf(&mut self) -> Vec<u8> {
+    fn take_buf(&mut self) -> Vec<u8> {
         let mut buf = std::mem::take(&mut self.buf);
         if buf.is_empty() {
             buf = vec![0; self.buf_len];
@@ -249,13 +249,13 @@ impl Engine<'_, '_> {
         Ok(())
     }
 
-    pub(super) fn read_exact(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+    fn read_exact(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.report.syscalls.pread += feed::read_exact(self.src, self.src_path, offset, buf)?;
         Ok(())
     }
 
     /// `pwrite` until all of `bytes` is written, [`WRITE_MAX`] at most a call.
-    pub(super) fn write_all(&mut self, bytes: &[u8], offset: u64) -> Result<()> {
+    fn write_all(&mut self, bytes: &[u8], offset: u64) -> Result<()> {
         self.touch(offset..offset + bytes.len() as u64);
         let mut put = 0;
         while put < bytes.len() {

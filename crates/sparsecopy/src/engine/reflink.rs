@@ -216,7 +216,7 @@ impl Engine<'_, '_> {
 
     /// FICLONERANGE over the whole `span`, 1 TiB a call: `Ok(false)` when the filesystem
     /// does not share (nothing was cloned), an error when it stops midway.
-    pub(super) fn clone_span(&mut self, span: &Range<u64>) -> Result<bool> {
+    fn clone_span(&mut self, span: &Range<u64>) -> Result<bool> {
         let mut at = span.start;
         while at < span.end {
             let piece = at..span.end.min(at + CLONE_CHUNK);
@@ -269,7 +269,7 @@ impl Engine<'_, '_> {
 
     /// One `FICLONERANGE`; "not supported" is an error under [`Reflink::Always`] and
     /// `Ok(false)` otherwise.
-    pub(super) fn ficlonerange(&mut self, src: &Range<u64>) -> Result<bool> {
+    fn ficlonerange(&mut self, src: &Range<u64>) -> Result<bool> {
         let dst = self.dst_range(src);
         self.check_stop()?;
         self.touch(dst.clone());

@@ -159,13 +159,13 @@ impl Engine<'_, '_> {
     /// by the kernel, as `fallocate(2)` specifies), or writes zeros where it cannot.
     pub(super) fn punch(&mut self, dst: Range<u64>) -> Result<()> {
         trace!(?dst, "punch");
-        if self.punch {
+        if self.working.punch {
             let mode = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
             if self.fallocate(mode, &dst)? {
                 self.report.punched_bytes += dst.end - dst.start;
                 return Ok(());
             }
-            self.punch = false;
+            self.working.punch = false;
         }
         self.write_zeros(dst)
     }
@@ -183,19 +183,19 @@ impl Engine<'_, '_> {
         let len = middle.end - middle.start;
         let punch = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
         let zero = FallocateFlags::ZERO_RANGE | FallocateFlags::KEEP_SIZE;
-        if self.device_punch {
+        if self.working.device_punch {
             if self.fallocate(punch, &middle)? {
                 self.report.punched_bytes += len;
                 return self.write_zeros(middle.end..dst.end);
             }
-            self.device_punch = false;
+            self.working.device_punch = false;
         }
-        if self.device_zero {
+        if self.working.device_zero {
             if self.fallocate(zero, &middle)? {
                 self.report.zeroed_bytes += len;
                 return self.write_zeros(middle.end..dst.end);
             }
-            self.device_zero = false;
+            self.working.device_zero = false;
         }
         self.write_zeros(middle.start..dst.end)
     }

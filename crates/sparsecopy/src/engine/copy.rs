@@ -126,7 +126,7 @@ impl Engine<'_, '_> {
         if src.is_empty() {
             return Ok(());
         }
-        let src = if self.cfr
+        let src = if self.working.copy_file_range
             && wants_copy_file_range(self.options, self.copy_shares, src.end - src.start)
         {
             match self.copy_file_range(src)? {
@@ -175,7 +175,7 @@ impl Engine<'_, '_> {
                         });
                     }
                     debug!(errno = %e, "copy_file_range not supported here; using read/write");
-                    self.cfr = false;
+                    self.working.copy_file_range = false;
                     self.user_space.store(true, Ordering::Relaxed);
                     return Ok(Some(src_off..src.end));
                 }

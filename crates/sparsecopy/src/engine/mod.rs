@@ -114,13 +114,15 @@ pub(crate) fn run(job: Job<'_, '_>) -> Result<Report> {
         block_device: facts.dst_device,
         bs: facts.block_size,
         options,
-        reflink: plan.reflink,
-        cfr: plan.copy_file_range,
+        working: Working {
+            reflink: plan.reflink,
+            copy_file_range: plan.copy_file_range,
+            punch: true,
+            device_punch: true,
+            device_zero: true,
+        },
         copy_shares: plan.copy_shares,
         user_space: &user_space,
-        punch: true,
-        device_punch: true,
-        device_zero: true,
         prelinked: None,
         cursor: DstCursor::empty(),
         buf: Vec::new(),
@@ -244,7 +246,7 @@ impl<'a> Engine<'a, '_> {
             }
         };
         // The clone may have found that reflinks do not work here.
-        if cloned.is_none() && plan.probe && self.reflink {
+        if cloned.is_none() && plan.probe && self.working.reflink {
             self.prelink(src_map)?;
         }
         if let Some(size) = plan.grow_to {
@@ -257,7 +259,12 @@ impl<'a> Engine<'a, '_> {
         if let Some(data) = dst_data {
             self.cursor = DstCursor::new(data);
         }
-        let feed = feed_plan(self.options, self.cfr, self.reflink, self.buf_len);
+        let feed = feed_plan(
+            self.options,
+            self.working.copy_file_range,
+            self.working.reflink,
+            self.buf_len,
+        );
         // What the clone left: the partial blocks at the window's ends.
         let whole = self.window.src();
         let parts = match cloned {
@@ -382,6 +389,18 @@ fn unsupported_between(e: Errno) -> bool {
     is_unsupported_errno(e) || matches!(e, Errno::XDEV | Errno::BADF | Errno::TXTBSY)
 }
 
+/// The methods a copy still tries: each turns off for good at its first "not supported"
+/// (the plan says which are tried at first).
+struct Working {
+    reflink: bool,
+    copy_file_range: bool,
+    /// `fallocate(PUNCH_HOLE)` in a regular DST.
+    punch: bool,
+    /// `fallocate(PUNCH_HOLE)`, then `fallocate(ZERO_RANGE)`, on a block device.
+    device_punch: bool,
+    device_zero: bool,
+}
+
 struct Engine<'a, 'p> {
     src: BorrowedFd<'a>,
     src_path: &'a Path,
@@ -392,16 +411,12 @@ struct Engine<'a, 'p> {
     /// DST's block size: reflink alignment, zero detection granularity.
     bs: u64,
     options: &'a Options,
-    /// Methods still worth trying; each turns off for good at its first "not supported".
-    reflink: bool,
-    cfr: bool,
+    /// Methods still worth trying.
+    working: Working,
     /// DST's filesystem shares extents inside `copy_file_range`.
     copy_shares: bool,
     /// Told to the feed when the kernel's copy turns out unusable.
     user_space: &'a AtomicBool,
-    punch: bool,
-    device_punch: bool,
-    device_zero: bool,
     /// The blocks already reflinked by [`Engine::prelink`], in SRC offsets.
     prelinked: Option<Range<u64>>,
     cursor: DstCursor<'a>,
@@ -554,7 +569,7 @@ impl Engine<'_, '_> {
         trace!(?src, "data");
         self.report.data_bytes += src.end - src.start;
         self.report.data_ranges += 1;
-        if self.reflink {
+        if self.working.reflink {
             let cut = cut(src.clone(), self.bs);
             let blocks = cut.blocks.end - cut.blocks.start;
             if blocks > 0

@@ -302,7 +302,7 @@ impl Engine<'_, '_> {
                 });
             }
             debug!(errno = %e, "FICLONERANGE not supported here; copying instead");
-            self.reflink = false;
+            self.working.reflink = false;
             return Ok(false);
         }
     }
@@ -314,7 +314,7 @@ impl Engine<'_, '_> {
             let piece = at..src.end.min(at + KERNEL_CHUNK);
             if self.prelinked.as_ref() == Some(&piece) {
                 self.prelinked = None;
-            } else if !self.reflink || !self.ficlonerange(&piece)? {
+            } else if !self.working.reflink || !self.ficlonerange(&piece)? {
                 return self.copy(at..src.end);
             }
             trace!(?piece, "reflinked");

@@ -888,9 +888,9 @@ fn btrfs_items_case(dir: &Path, name: &str, ops: &[Op], window: WindowPick) -> R
     let pick = pick.start..pick.end.min(size);
     let checked = (|| -> Result<(), String> {
         for span in [0..size, pick].into_iter().filter(|s| !s.is_empty()) {
-            let before = blockmap_core::btrfs_extent_items(file.as_fd(), span.clone());
+            let before = blockmap_core::fs::btrfs_extent_items(file.as_fd(), span.clone());
             file.sync_all().map_err(|e| format!("fsync: {e}"))?;
-            let after = blockmap_core::btrfs_extent_items(file.as_fd(), span.clone());
+            let after = blockmap_core::fs::btrfs_extent_items(file.as_fd(), span.clone());
             let (written, unwritten, inline) = fiemap_view(&file, &span)?;
             if let Some(before) = &before {
                 for r in &before.written {
@@ -900,7 +900,7 @@ fn btrfs_items_case(dir: &Path, name: &str, ops: &[Op], window: WindowPick) -> R
                     );
                 }
             }
-            let expected = (!inline).then_some(blockmap_core::ExtentItems {
+            let expected = (!inline).then_some(blockmap_core::fs::ExtentItems {
                 written,
                 preallocated: unwritten,
             });

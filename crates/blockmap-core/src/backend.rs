@@ -8,8 +8,9 @@ use std::str::FromStr;
 use seekmap::DataSegments;
 use tracing::debug;
 
-use crate::error::{Error, Result, is_unsupported_errno};
+use crate::error::{Error, Result};
 use crate::fiemap::{self, FiemapData};
+use crate::fs::is_unsupported_errno;
 use crate::ranges::Merge;
 
 /// How a block map is computed.

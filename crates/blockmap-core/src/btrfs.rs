@@ -6,8 +6,10 @@ use std::os::fd::BorrowedFd;
 use fiemap_sys::{BtrfsExtentKind, btrfs_file_extents};
 use tracing::debug;
 
-/// `statfs(2)`'s `f_type` of btrfs, as [`crate::filesystem_magic`] gives it.
-pub const BTRFS_SUPER_MAGIC: u32 = 0x9123_683e;
+use crate::fs::FsKind;
+
+/// `statfs(2)`'s `f_type` of btrfs.
+pub(crate) const BTRFS_SUPER_MAGIC: u32 = linux_raw_sys::general::BTRFS_SUPER_MAGIC;
 
 /// What btrfs's extent items say of a span of a file: its written and its preallocated
 /// extents, each merged where they touch, in order, clipped to the span; everything else is
@@ -21,8 +23,8 @@ pub struct ExtentItems {
 }
 
 /// The extent items of `span` of a file on btrfs, read from the filesystem tree
-/// (`BTRFS_IOC_TREE_SEARCH_V2`): a tenth of FIEMAP's cost there, which resolves for every
-/// extent whether it is shared.
+/// (`BTRFS_IOC_TREE_SEARCH_V2`): much cheaper than FIEMAP there, which resolves for every
+/// extent whether it is shared (benches/RESULTS.md, "Measurements behind design choices").
 ///
 /// The items are the tree as it is: data still in dirty pages has no item until it is
 /// written back (`fsync`, or a `FICLONERANGE` of the range, which writes it back first), and a
@@ -36,7 +38,7 @@ pub struct ExtentItems {
 ///
 /// ```no_run
 /// use std::os::fd::AsFd;
-/// use blockmap_core::{ExtentItems, btrfs_extent_items};
+/// use blockmap_core::fs::{ExtentItems, btrfs_extent_items};
 ///
 /// let file = std::fs::File::open("disk.img")?;
 /// match btrfs_extent_items(file.as_fd(), 0..1 << 30) {
@@ -48,7 +50,7 @@ pub struct ExtentItems {
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub fn btrfs_extent_items(fd: BorrowedFd<'_>, span: Range<u64>) -> Option<ExtentItems> {
-    if span.is_empty() || crate::filesystem_magic(fd) != Some(BTRFS_SUPER_MAGIC) {
+    if span.is_empty() || FsKind::of(fd) != Some(FsKind::Btrfs) {
         return None;
     }
     let mut items = ExtentItems::default();

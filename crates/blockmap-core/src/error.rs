@@ -73,13 +73,3 @@ pub enum Error {
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// True for the errnos that mean "this kernel or filesystem does not do that" rather than a
-/// real failure: the signal to fall back to the next backend.
-pub fn is_unsupported_errno(e: rustix::io::Errno) -> bool {
-    use rustix::io::Errno;
-    matches!(
-        e,
-        Errno::OPNOTSUPP | Errno::NOTTY | Errno::INVAL | Errno::NOSYS | Errno::NODEV
-    )
-}

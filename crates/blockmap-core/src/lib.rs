@@ -49,6 +49,7 @@ mod backend;
 mod btrfs;
 mod error;
 mod fiemap;
+pub mod fs;
 pub mod ranges;
 
 use std::fs::File;
@@ -56,14 +57,15 @@ use std::ops::Range;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{FileType, Mode, OFlags, SeekFrom};
+use rustix::fs::{FileType, SeekFrom};
 use tracing::debug;
 
 pub use backend::{
     Backend, BackendChoice, DataRange, DataRanges, MarkedDataRanges, UnknownBackend,
 };
-pub use btrfs::{BTRFS_SUPER_MAGIC, ExtentItems, btrfs_extent_items};
-pub use error::{Error, Result, is_unsupported_errno};
+pub use error::{Error, Result};
+// `crate::filesystem_magic` for fiemap.rs.
+use fs::{block_size_of, filesystem_magic, open_readable};
 use ranges::{Invert, Merge, RangeIterExt, from_blocks, to_blocks};
 
 /// How a [`BlockMap`] is made.
@@ -159,19 +161,6 @@ impl BlockMap<File> {
     }
 }
 
-/// Opens `path` read-only, non-blocking (so a FIFO cannot hang us), close-on-exec, as a
-/// [`File`], refusing what has no block map.
-pub fn open_readable(path: &Path) -> Result<File> {
-    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
-    let fd = rustix::fs::open(path, flags, Mode::empty()).map_err(|e| Error::Open {
-        path: path.to_owned(),
-        source: e.into(),
-    })?;
-    let file = File::from(fd);
-    kind_of(file.as_fd(), path)?;
-    Ok(file)
-}
-
 /// The type of the file behind `fd`: `Ok(true)` for a regular file, `Ok(false)` for a block
 /// device, an error for anything else.
 fn kind_of(fd: BorrowedFd<'_>, path: &Path) -> Result<bool> {
@@ -207,33 +196,6 @@ fn size_of(fd: BorrowedFd<'_>, is_regular: bool, path: &Path) -> Result<u64> {
     } else {
         rustix::fs::seek(fd, SeekFrom::End(0)).map_err(stat_err)
     }
-}
-
-/// The filesystem block size of the file behind `fd`: `FIGETBSZ`, or `st_blksize` where that
-/// ioctl fails (some stacked filesystems, `O_PATH` descriptors), or 4096 as a last resort.
-pub fn block_size_of(fd: impl AsFd) -> u32 {
-    let fd = fd.as_fd();
-    match fiemap_sys::figetbsz(fd) {
-        Ok(bs) => bs,
-        Err(e) => {
-            let st_blksize = rustix::fs::fstat(fd).map(|st| st.st_blksize).unwrap_or(0);
-            let bs = u32::try_from(st_blksize)
-                .ok()
-                .filter(|b| b.is_power_of_two() && *b >= 512)
-                .unwrap_or(4096);
-            debug!(error = %e, bs, "FIGETBSZ failed; using st_blksize");
-            bs
-        }
-    }
-}
-
-/// The magic number of the filesystem holding `fd` (`statfs(2)`'s `f_type`, its low 32 bits,
-/// as `<linux/magic.h>` spells them: `0x58465342` xfs, `0x9123683e` btrfs…), `None` if
-/// `fstatfs` fails.
-pub fn filesystem_magic(fd: impl AsFd) -> Option<u32> {
-    #[allow(clippy::unnecessary_cast)] // f_type is i64 on x86_64, other widths elsewhere
-    let magic = |s: rustix::fs::StatFs| (s.f_type as i64 & 0xffff_ffff) as u32;
-    rustix::fs::fstatfs(fd.as_fd()).ok().map(magic)
 }
 
 impl<F: AsFd> BlockMap<F> {

@@ -9,7 +9,8 @@ use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 
-use blockmap_core::{Backend, BackendChoice, BlockMap, MapOptions, block_size_of};
+use blockmap_core::fs::block_size_of;
+use blockmap_core::{Backend, BackendChoice, BlockMap, MapOptions};
 use rustix::fs::FallocateFlags;
 
 const MIB: u64 = 1 << 20;
@@ -134,7 +135,7 @@ fn check_all(file: &File) -> Vec<Range<u64>> {
 fn fallocate(file: &File, flags: FallocateFlags, at: u64, len: u64) -> bool {
     match rustix::fs::fallocate(file, flags, at, len) {
         Ok(()) => true,
-        Err(e) if blockmap_core::is_unsupported_errno(e) => {
+        Err(e) if blockmap_core::fs::is_unsupported_errno(e) => {
             eprintln!("fallocate({flags:?}) not supported under $TMPDIR: {e}");
             false
         }

@@ -220,28 +220,3 @@ pub(crate) fn grow(fd: BorrowedFd<'_>, path: &Path, size: u64) -> Result<()> {
         source: e.into(),
     })
 }
-
-/// Filesystems whose `copy_file_range` shares extents (it calls `remap_file_range` first):
-/// a "copy" there is a reflink in disguise.
-pub(crate) fn copy_may_share(fd: BorrowedFd<'_>) -> bool {
-    const BCACHEFS: u32 = 0xca45_1a4e;
-    const OCFS2: u32 = 0x7461_636f;
-    const NFS: u32 = 0x6969;
-    const SMB2: u32 = 0xfe53_4d42;
-    const CIFS: u32 = 0xff53_4d42;
-    blockmap_core::filesystem_magic(fd).is_some_and(|m| {
-        [
-            XFS_MAGIC,
-            blockmap_core::BTRFS_SUPER_MAGIC,
-            BCACHEFS,
-            OCFS2,
-            NFS,
-            SMB2,
-            CIFS,
-        ]
-        .contains(&m)
-    })
-}
-
-/// xfs's `f_type`.
-pub(crate) const XFS_MAGIC: u32 = 0x5846_5342;

@@ -44,6 +44,18 @@
 //!    ranges close to each other share one `pread` (the holes between them are read, never
 //!    written), each range gets its own `pwrite`.
 //!
+//! **The whole window at once.** Where reflinks may be made (as in 1.), DST's filesystem
+//! shares extents (xfs, btrfs, bcachefs, ocfs2, NFS, SMB), SRC is mapped by FIEMAP and the
+//! window holds whole blocks of data, all the window's whole blocks are cloned by a few `FICLONERANGE` calls (one per
+//! TiB), holes and all, as `cp --reflink` does: one extent walk and one clone instead of a
+//! reflink per range; only the partial blocks at the window's ends are copied range by range.
+//! Not where SRC has preallocated extents in the window (the clone would share them as
+//! allocated space where DST must have holes), except on xfs, which shares only written
+//! blocks, and within one btrfs subvolume, where the clone comes first and the preallocated
+//! extents are punched out of DST after it; on xfs not when SRC's data ranges are shorter
+//! than [`Options::reflink_min`] on average. A filesystem that refuses the clone turns
+//! reflinks off for the copy ([`Reflink::Auto`]) or fails it untouched ([`Reflink::Always`]).
+//!
 //! A method that the kernel refuses with EXDEV, EOPNOTSUPP, EINVAL, ENOSYS (and, for the
 //! kernel copies, EBADF or ETXTBSY) is dropped for the rest of the copy, with a `debug`
 //! event; a real I/O error (EIO, ENOSPC, …) is never a reason to fall back and ends the copy.
@@ -106,6 +118,7 @@ mod destination;
 mod engine;
 mod error;
 mod feed;
+mod filesystem;
 mod human;
 mod options;
 mod plan;
@@ -196,7 +209,7 @@ impl<'p> Copier<'p> {
         let _span = debug_span!("copy", src = %src.display(), dst = %dst.display()).entered();
         let started = Instant::now();
         self.options.check()?;
-        let src_file = blockmap_core::open_readable(src)?;
+        let src_file = blockmap_core::fs::open_readable(src)?;
         let src_stat = source::stat(src_file.as_fd(), src)?;
         let src_map = BlockMap::with_path(src_file.as_fd(), src, self.map_options())?;
         let (window, stream) = self.resolve(&src_map, &src_stat)?;

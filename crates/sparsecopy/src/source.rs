@@ -15,31 +15,7 @@ use rustix::fs::{FileType, Stat};
 use rustix::io::Errno;
 
 use crate::error::{Error, Result};
-
-/// Filesystems whose files are made up as they are read: their sizes say nothing (procfs
-/// and most of sysfs say 0, sysfs attributes say 4096).
-const GENERATED: [u32; 10] = [
-    0x9fa0,      // proc
-    0x6265_6572, // sysfs
-    0x6462_6720, // debugfs
-    0x7472_6163, // tracefs
-    0x7363_6673, // securityfs
-    0x6265_6570, // configfs
-    0x0027_e0eb, // cgroup
-    0x6367_7270, // cgroup2
-    0xde5e_81e4, // efivarfs
-    0x6165_676c, // pstore
-];
-
-/// Filesystems that report sizes from elsewhere (a daemon, a server), which may be stale.
-const REMOTE: [u32; 6] = [
-    0x6573_5546, // fuse
-    0x6969,      // nfs
-    0xfe53_4d42, // smb2
-    0xff53_4d42, // cifs
-    0x0102_1997, // 9p
-    0x00c3_6400, // ceph
-];
+use crate::filesystem::{SizeTrust, size_trust};
 
 /// Whether SRC's stated size cannot be trusted, so it must be read to its end: see the
 /// module documentation. Only regular files are asked; each question is at most two
@@ -49,13 +25,17 @@ pub(crate) fn size_lies(fd: BorrowedFd<'_>, stat: &Stat) -> bool {
         return false;
     }
     let size = stat.st_size as u64;
-    let magic = blockmap_core::filesystem_magic(fd).unwrap_or(0);
+    let trust = size_trust(fd);
     // A size of 0 is asked like any other: the read at offset 0 gives bytes where it lies.
-    let lies = GENERATED.contains(&magic)
+    let lies = trust == SizeTrust::Generated
         || reads_at(fd, size) == Some(true)
-        || (REMOTE.contains(&magic) && size > 0 && reads_at(fd, size - 1) == Some(false));
+        || (trust == SizeTrust::Remote && size > 0 && reads_at(fd, size - 1) == Some(false));
     if lies {
-        tracing::debug!(size, magic, "SRC's size is not what it reads: streaming it");
+        tracing::debug!(
+            size,
+            ?trust,
+            "SRC's size is not what it reads: streaming it"
+        );
     }
     lies
 }

@@ -8,9 +8,6 @@ use tracing::debug;
 
 use crate::fs::FsKind;
 
-/// `statfs(2)`'s `f_type` of btrfs.
-pub(crate) const BTRFS_SUPER_MAGIC: u32 = linux_raw_sys::general::BTRFS_SUPER_MAGIC;
-
 /// What btrfs's extent items say of a span of a file: its written and its preallocated
 /// extents, each merged where they touch, in order, clipped to the span; everything else is
 /// a hole.

@@ -253,7 +253,7 @@ fn trim_start(e: &mut Extent, start: u64) {
 /// SEEK_DATA over unwritten extents looks at the cached pages one by one as well, and a walk
 /// costs two calls per data segment besides.
 pub(crate) fn trust_clean_unwritten(fd: BorrowedFd<'_>) -> bool {
-    crate::filesystem_magic(fd).is_some_and(|m| m != crate::btrfs::BTRFS_SUPER_MAGIC)
+    crate::fs::FsKind::of(fd).is_some_and(|kind| kind != crate::fs::FsKind::Btrfs)
 }
 
 /// Whether no page of `range` is dirty or under writeback (`cachestat(2)`): then FIEMAP's

@@ -94,7 +94,7 @@ impl FsKind {
 
 /// The magic number of the filesystem holding `fd` (`statfs(2)`'s `f_type`, its low 32 bits),
 /// `None` if `fstatfs` fails.
-pub(crate) fn filesystem_magic(fd: impl AsFd) -> Option<u32> {
+fn filesystem_magic(fd: impl AsFd) -> Option<u32> {
     #[allow(clippy::unnecessary_cast)] // f_type is i64 on x86_64, other widths elsewhere
     let magic = |s: rustix::fs::StatFs| (s.f_type as i64 & 0xffff_ffff) as u32;
     rustix::fs::fstatfs(fd.as_fd()).ok().map(magic)

@@ -64,8 +64,7 @@ pub use backend::{
     Backend, BackendChoice, DataRange, DataRanges, MarkedDataRanges, UnknownBackend,
 };
 pub use error::{Error, Result};
-// `crate::filesystem_magic` for fiemap.rs.
-use fs::{block_size_of, filesystem_magic, open_readable};
+use fs::{block_size_of, open_readable};
 use ranges::{Invert, Merge, RangeIterExt, from_blocks, to_blocks};
 
 /// How a [`BlockMap`] is made.

@@ -1,7 +1,6 @@
 //! An uncompressed image read in order by Range requests.
 
-use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, Read};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,44 +11,88 @@ use ureq::Agent;
 use ureq::http::{StatusCode, header};
 
 use super::Failure;
-use super::client::{content_range, header_u64, http_error, request_error, status_error};
+use super::client::{agent, content_range, header_u64, http_error, request_error, status_error};
 use super::counted::Counted;
+use super::spans::Spans;
 use super::url::Url;
 use crate::error::{Error, Result};
 
 /// An uncompressed image read in order, its mapped spans fetched by Range requests, zeros
 /// between them (which the copy never writes: they are its unmapped bytes).
 pub(super) struct Ranged {
-    pub(super) agent: Agent,
-    pub(super) url: Url,
-    pub(super) bmap: PathBuf,
-    pub(super) size: u64,
-    pub(super) spans: BufReader<File>,
+    agent: Agent,
+    url: Url,
+    bmap: PathBuf,
+    size: u64,
+    spans: Spans,
     /// The span being read or next: `size..size` once there are no more.
-    pub(super) span: Range<u64>,
-    pub(super) pos: u64,
+    span: Range<u64>,
+    pos: u64,
     /// The body open, if any, and the image offset of its next byte.
-    pub(super) body: Option<Counted>,
-    pub(super) body_at: u64,
+    body: Option<Counted>,
+    body_at: u64,
     /// The server ignored Range: `body` is the whole image, read to its end.
-    pub(super) whole: bool,
-    pub(super) network: Arc<AtomicU64>,
+    whole: bool,
+    network: Arc<AtomicU64>,
     /// A request's failure, told in full by [`copy`](fn@super::copy) (the copy sees an I/O error).
-    pub(super) failed: Failure,
+    failed: Failure,
 }
 
 impl Ranged {
-    pub(super) fn next_span(&mut self) -> io::Result<()> {
-        let mut record = [0u8; 16];
-        match self.spans.read_exact(&mut record) {
-            Ok(()) => {
-                let start = u64::from_le_bytes(record[..8].try_into().expect("8 bytes"));
-                let end = u64::from_le_bytes(record[8..].try_into().expect("8 bytes"));
-                self.span = start.min(self.size)..end.min(self.size);
-            }
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => self.span = self.size..self.size,
-            Err(e) => return Err(e),
+    /// The image at `url`, `size` bytes as the bmap at `bmap` says, read by the spans of
+    /// `spans`. Its first request is made here, before anything is written: the server
+    /// answers, and the image has its size.
+    pub(super) fn open(
+        url: &Url,
+        bmap: PathBuf,
+        size: u64,
+        spans: Spans,
+        network: &Arc<AtomicU64>,
+        failed: &Failure,
+    ) -> Result<Ranged> {
+        let mut ranged = Ranged {
+            agent: agent(url)?,
+            url: url.clone(),
+            bmap,
+            size,
+            spans,
+            span: 0..0,
+            pos: 0,
+            body: None,
+            body_at: 0,
+            whole: false,
+            network: Arc::clone(network),
+            failed: Arc::clone(failed),
+        };
+        ranged
+            .next_span()
+            .map_err(|e| Error::io("read the list of ranges to fetch", url.shown(), e))?;
+        ranged.first_request()?;
+        Ok(ranged)
+    }
+
+    /// The request for the first span, its body kept for the read; with nothing mapped, one
+    /// byte asked for all the same, to check that the image is there and of its size.
+    fn first_request(&mut self) -> Result<()> {
+        if !self.span.is_empty() {
+            self.pos = self.span.start;
+            self.request()?;
+            self.pos = 0;
+        } else if self.size > 0 {
+            self.span = 0..1;
+            self.request()?;
+            self.body = None;
+            self.whole = false;
+            self.span = self.size..self.size;
         }
+        Ok(())
+    }
+
+    fn next_span(&mut self) -> io::Result<()> {
+        self.span = match self.spans.next()? {
+            Some(span) => span.start.min(self.size)..span.end.min(self.size),
+            None => self.size..self.size,
+        };
         Ok(())
     }
 
@@ -57,7 +100,7 @@ impl Ranged {
     /// sends the whole image: read and dropped up to `self.pos`, and read on from there.
     /// The first request is made before anything is written: a wrong size is an
     /// [`Error::ImageSize`] then.
-    pub(super) fn request(&mut self) -> Result<()> {
+    fn request(&mut self) -> Result<()> {
         let wanted = self.pos..self.span.end;
         let response = self
             .agent

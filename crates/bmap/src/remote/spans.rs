@@ -1,7 +1,7 @@
 //! The spans of an uncompressed image to fetch: the mapped ranges, near ones coalesced.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 
 use super::COALESCE;
@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 pub(super) fn plan_spans(
     ranges: impl Iterator<Item = Result<Range<u64>>>,
     image: &Url,
-) -> Result<(BufReader<File>, u64)> {
+) -> Result<(Spans, u64)> {
     let spool_error = |e| Error::io("keep the list of ranges to fetch", image.shown(), e);
     let file = tempfile::tempfile().map_err(spool_error)?;
     let mut out = BufWriter::new(file);
@@ -46,5 +46,24 @@ pub(super) fn plan_spans(
     }
     let mut file = out.into_inner().map_err(|e| spool_error(e.into_error()))?;
     file.seek(SeekFrom::Start(0)).map_err(spool_error)?;
-    Ok((BufReader::new(file), count))
+    Ok((Spans(BufReader::new(file)), count))
+}
+
+/// The spans [`plan_spans`] kept, read back in order.
+pub(super) struct Spans(BufReader<File>);
+
+impl Spans {
+    /// The next span, `None` after the last.
+    pub(super) fn next(&mut self) -> io::Result<Option<Range<u64>>> {
+        let mut record = [0u8; 16];
+        match self.0.read_exact(&mut record) {
+            Ok(()) => {
+                let start = u64::from_le_bytes(record[..8].try_into().expect("8 bytes"));
+                let end = u64::from_le_bytes(record[8..].try_into().expect("8 bytes"));
+                Ok(Some(start..end))
+            }
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
 }

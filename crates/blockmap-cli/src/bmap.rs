@@ -138,60 +138,13 @@ fn copy(args: &BmapCopyArgs) -> Result<()> {
             )
         }
     } else {
-        let path = match &args.bmap {
-            Some(p) => p.clone(),
-            None if args.image == Path::new("-") => bail!(
-                "-: standard input has no name to find its bmap beside: give --bmap FILE (or --nobmap to write all of it)"
-            ),
-            None => bmap::find_bmap(&args.image)?,
-        };
-        if path == args.image {
-            bail!(
-                "{}: given as both the image and its bmap file; give the image",
-                args.image.display()
-            );
-        }
-        let check = if args.no_sig_verify {
-            SignatureCheck::Skip
-        } else {
-            SignatureCheck::Verify
-        };
-        let options = bmap::SignatureOptions {
-            keyring: args.keyring.clone(),
-            fingerprint: args.fingerprint.clone(),
-        };
-        let signed = bmap::read_signed_with(&path, args.bmap_sig.as_deref(), check, &options);
-        let (file, signer) = match signed {
-            Err(e @ bmap::Error::Signature { .. }) => {
-                bail!("{e}; --no-sig-verify skips the check")
-            }
-            other => other?,
-        };
-        let source = match &signer {
-            None => format!("bmap {}", path.display()),
-            Some(signer) => format!(
-                "bmap {}, signed by {} ({})",
-                path.display(),
-                signer.user_id,
-                signer.fingerprint
-            ),
-        };
+        let (file, source) = signed_bmap(args)?;
         (Copier::from_file(file), source)
     };
 
     let show_progress = !args.no_progress && (args.progress || io::stderr().is_terminal());
     let bar = show_progress.then(progress_bar);
-    // Best effort, as bmaptool: a path that is no FIFO is a warning, the copy goes on.
-    let mut splash = args
-        .psplash_pipe
-        .as_ref()
-        .and_then(|p| match bmap::Psplash::new(p) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                crate::say(format_args!("warning: {e}: no psplash progress"));
-                None
-            }
-        });
+    let mut splash = psplash(args);
     let mut on_progress = |done: u64, total: u64| {
         if let Some(s) = splash.as_mut() {
             s.progress(done, total);
@@ -218,10 +171,74 @@ fn copy(args: &BmapCopyArgs) -> Result<()> {
         // Gone before the summary or the error line, which must stand alone.
         bar.finish_and_clear();
     }
-    let report = match (result, crate::signals::caught()) {
-        (Ok(report), _) => report,
+    let report = signal_named(result)?;
+    crate::say(format_args!("{report} ({source})"));
+    Ok(())
+}
+
+/// The bmap file for `args` (`--bmap`, else found beside the image) read with its signature
+/// checked as asked, and how the summary names it.
+fn signed_bmap(args: &BmapCopyArgs) -> Result<(bmap::BmapFile, String)> {
+    let path = match &args.bmap {
+        Some(p) => p.clone(),
+        None if args.image == Path::new("-") => bail!(
+            "-: standard input has no name to find its bmap beside: give --bmap FILE (or --nobmap to write all of it)"
+        ),
+        None => bmap::find_bmap(&args.image)?,
+    };
+    if path == args.image {
+        bail!(
+            "{}: given as both the image and its bmap file; give the image",
+            args.image.display()
+        );
+    }
+    let check = if args.no_sig_verify {
+        SignatureCheck::Skip
+    } else {
+        SignatureCheck::Verify
+    };
+    let options = bmap::SignatureOptions {
+        keyring: args.keyring.clone(),
+        fingerprint: args.fingerprint.clone(),
+    };
+    let signed = bmap::read_signed_with(&path, args.bmap_sig.as_deref(), check, &options);
+    let (file, signer) = match signed {
+        Err(e @ bmap::Error::Signature { .. }) => {
+            bail!("{e}; --no-sig-verify skips the check")
+        }
+        other => other?,
+    };
+    let source = match &signer {
+        None => format!("bmap {}", path.display()),
+        Some(signer) => format!(
+            "bmap {}, signed by {} ({})",
+            path.display(),
+            signer.user_id,
+            signer.fingerprint
+        ),
+    };
+    Ok((file, source))
+}
+
+/// `--psplash-pipe`'s progress pipe. Best effort, as bmaptool: a path that is no FIFO is a
+/// warning, the copy goes on.
+fn psplash(args: &BmapCopyArgs) -> Option<bmap::Psplash> {
+    let path = args.psplash_pipe.as_ref()?;
+    match bmap::Psplash::new(path) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            crate::say(format_args!("warning: {e}: no psplash progress"));
+            None
+        }
+    }
+}
+
+/// The copy's report, or its error as one line: an interruption names the signal caught
+/// ("DEST: interrupted by SIGINT: …").
+fn signal_named(result: bmap::Result<bmap::CopyReport>) -> Result<bmap::CopyReport> {
+    match (result, crate::signals::caught()) {
+        (Ok(report), _) => Ok(report),
         (Err(e @ bmap::Error::Interrupted { .. }), Some(signal)) => {
-            // "DEST: interrupted: …" names the signal.
             let line = e.to_string().replacen(
                 ": interrupted: ",
                 &format!(": interrupted by {}: ", crate::signals::name(signal)),
@@ -229,8 +246,6 @@ fn copy(args: &BmapCopyArgs) -> Result<()> {
             );
             bail!(line)
         }
-        (Err(e), _) => return Err(e.into()),
-    };
-    crate::say(format_args!("{report} ({source})"));
-    Ok(())
+        (Err(e), _) => Err(e.into()),
+    }
 }

@@ -53,9 +53,9 @@ fn write_json(map: &BlockMap<File>, path: &str, out: &mut impl Write) -> Result<
     write_ranges(out, data.iter().cloned())?;
     write!(out, ",\"holes\":")?;
     write_ranges(out, holes.map(|h| h.unwrap_or_else(|e| match e {})))?;
-    // By hand, with itoa, as write_ranges: a file of 131072 extents prints 25 MB of JSON,
-    // and formatting it through `fmt` and a `Vec` of flag names per extent cost more than
-    // the FIEMAP walk itself.
+    // By hand, with itoa, as write_ranges, and no `Vec` of flag names per extent: through
+    // `fmt`, formatting a large map's JSON cost more than its FIEMAP walk (benches/RESULTS.md,
+    // findings, "`map --json`'s writer").
     let mut num = itoa::Buffer::new();
     out.write_all(b",\"extents\":[")?;
     for (i, e) in extents.iter().enumerate() {

@@ -281,47 +281,8 @@ pub(crate) fn run(
         rewritten: 0,
         direct: reader.direct,
     };
-    let interrupted = || Error::Interrupted {
-        dest: dest.to_owned(),
-        removed: false,
-        written: None,
-    };
-    // Round 0: everything.
-    let mut pending: Vec<BlockRange> = Vec::new();
-    let mut bad_count = 0u64;
-    for range in ranges {
-        let range = range?;
-        if range.checksum.is_none() {
-            let bytes = range.bytes(bs, size);
-            return Err(Error::ReadBackUnavailable {
-                path: dest.to_owned(),
-                reason: format!(
-                    "the bmap has no checksum for {}",
-                    describe(
-                        &[BadRange {
-                            first: range.first,
-                            last: range.last,
-                            bytes
-                        }],
-                        1
-                    )
-                ),
-            });
-        }
-        if stopped() {
-            return Err(interrupted());
-        }
-        let bytes = range.bytes(bs, size);
-        report.ranges += 1;
-        report.bytes += bytes.end - bytes.start;
-        if !reader.matches(&range, &bytes, kind)? {
-            debug!(first = range.first, last = range.last, "read back wrong");
-            bad_count += 1;
-            if pending.len() < MAX_PENDING {
-                pending.push(range);
-            }
-        }
-    }
+    let (mut pending, mut bad_count) =
+        first_round(ranges, info, kind, &mut reader, &mut report, stopped)?;
     let give_up = bad_count > pending.len() as u64 || retries == 0;
     let mut round = 0;
     while !pending.is_empty() && !give_up && round < retries {
@@ -337,7 +298,7 @@ pub(crate) fn run(
         let mut still = Vec::new();
         for range in pending {
             if stopped() {
-                return Err(interrupted());
+                return Err(interrupted(dest));
             }
             let bytes = range.bytes(bs, size);
             if !reader.matches(&range, &bytes, kind)? {
@@ -351,6 +312,71 @@ pub(crate) fn run(
         debug!(?report, "read back as the bmap says");
         return Ok(report);
     }
+    Err(failed(&pending, bad_count, round, info, dest))
+}
+
+/// Round 0: every range of `ranges` read back, in order, and counted in `report`; those that
+/// differ (the first [`MAX_PENDING`]) and how many differ.
+fn first_round(
+    ranges: impl Iterator<Item = Result<BlockRange>>,
+    info: &BmapInfo,
+    kind: ChecksumType,
+    reader: &mut Reader<'_>,
+    report: &mut ReadBackReport,
+    stopped: &dyn Fn() -> bool,
+) -> Result<(Vec<BlockRange>, u64)> {
+    let (bs, size) = (info.block_size, info.image_size);
+    let mut pending: Vec<BlockRange> = Vec::new();
+    let mut bad_count = 0u64;
+    for range in ranges {
+        let range = range?;
+        if range.checksum.is_none() {
+            let bytes = range.bytes(bs, size);
+            return Err(Error::ReadBackUnavailable {
+                path: reader.dest.to_owned(),
+                reason: format!(
+                    "the bmap has no checksum for {}",
+                    describe(
+                        &[BadRange {
+                            first: range.first,
+                            last: range.last,
+                            bytes
+                        }],
+                        1
+                    )
+                ),
+            });
+        }
+        if stopped() {
+            return Err(interrupted(reader.dest));
+        }
+        let bytes = range.bytes(bs, size);
+        report.ranges += 1;
+        report.bytes += bytes.end - bytes.start;
+        if !reader.matches(&range, &bytes, kind)? {
+            debug!(first = range.first, last = range.last, "read back wrong");
+            bad_count += 1;
+            if pending.len() < MAX_PENDING {
+                pending.push(range);
+            }
+        }
+    }
+    Ok((pending, bad_count))
+}
+
+/// The copy stopped by a signal, during the read-back.
+fn interrupted(dest: &Path) -> Error {
+    Error::Interrupted {
+        dest: dest.to_owned(),
+        removed: false,
+        written: None,
+    }
+}
+
+/// The error for the `count` ranges still wrong after `retries` rounds: the first few of
+/// `pending` named.
+fn failed(pending: &[BlockRange], count: u64, retries: u32, info: &BmapInfo, dest: &Path) -> Error {
+    let (bs, size) = (info.block_size, info.image_size);
     let named = pending
         .iter()
         .take(NAMED)
@@ -360,12 +386,12 @@ pub(crate) fn run(
             bytes: r.bytes(bs, size),
         })
         .collect();
-    Err(Error::ReadBack {
+    Error::ReadBack {
         dest: dest.to_owned(),
-        retries: round,
+        retries,
         ranges: named,
-        count: bad_count,
-    })
+        count,
+    }
 }
 
 /// Writes `ranges` (in order) again from the image.
@@ -401,11 +427,7 @@ fn rewrite(
         let mut pos = bytes.start;
         while pos < bytes.end {
             if stopped() {
-                return Err(Error::Interrupted {
-                    dest: dest.to_owned(),
-                    removed: false,
-                    written: None,
-                });
+                return Err(interrupted(dest));
             }
             let n = (bytes.end - pos).min(CHUNK as u64) as usize;
             let got = source

@@ -1,4 +1,5 @@
-//! The Linux `FIEMAP` and `FIGETBSZ` ioctl ABI, and the one safe call that runs them.
+//! The Linux kernel interfaces rustix does not wrap, made safe: the `FIEMAP` and `FIGETBSZ`
+//! ioctls with their ABI, `cachestat(2)`, and btrfs's tree search.
 //!
 //! `FS_IOC_FIEMAP` asks a filesystem for the extent map of a file: which logical byte ranges
 //! are backed by storage, where, and with which properties (unwritten, delayed allocation,
@@ -14,7 +15,7 @@
 //! - [`cachestat_range`], the page-cache state of a byte range (`cachestat(2)`): with no
 //!   dirty or under-writeback pages there, the `UNWRITTEN` flags FIEMAP gives in it are exact;
 //! - [`btrfs_file_extents`], a btrfs file's extent items by kind (root only), which answer
-//!   "is any of it preallocated?" at a tenth of FIEMAP's cost there.
+//!   "is any of it preallocated?" far more cheaply than FIEMAP there (benches/RESULTS.md).
 //!
 //! It does no iteration and no interpretation: walking a whole file, clipping extents to a
 //! window and deciding what counts as data belongs to `blockmap-core`.

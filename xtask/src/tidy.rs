@@ -7,6 +7,8 @@
 //!   whose crate no longer has any `unsafe` is reported as stale; every `unsafe` block or impl
 //!   has a `// SAFETY:` comment within the three lines above it (the comment may be longer:
 //!   the `//` block it belongs to may start further up);
+//! - library code is not too long: no function over 100 lines, no file over 700 (see
+//!   [`size`]);
 //! - library code does not print: no `println!`, `eprintln!`, `print!`, `eprint!` or `dbg!`
 //!   in `crates/*/src` outside `#[cfg(test)]` items, except the `blockmap` binary's own
 //!   output (`crates/blockmap-cli/src/main.rs`, `src/bin/`, an `output` module); `dbg!` is
@@ -21,6 +23,8 @@ use std::path::Path;
 
 use proc_macro2::{Delimiter, TokenStream, TokenTree};
 use walkdir::WalkDir;
+
+mod size;
 
 /// A crate where `unsafe` is allowed, and why.
 #[derive(Debug)]

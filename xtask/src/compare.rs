@@ -63,8 +63,6 @@ const FILESYSTEMS: &[(&str, &str, &[&str])] = &[
 const IMAGE_SIZE: u64 = 16 << 30;
 /// The prefix of compare's temporary directories.
 const DIR_PREFIX: &str = "blockmap-compare-";
-/// Where the reference module is read from (copied at run time, never vendored).
-const REFERENCE: &str = "/work/shared/reference/filemap.py";
 /// Markers of the generated section of `benches/RESULTS.md`.
 const BEGIN: &str = "<!-- compare:begin (written by `cargo xtask compare`) -->";
 const END: &str = "<!-- compare:end -->";
@@ -102,9 +100,12 @@ pub struct Args {
     /// Kill a command after this many seconds (and run it no more on that workload).
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     pub timeout: u64,
-    /// The reference module (copied into the temporary directory at run time).
-    #[arg(long, default_value = REFERENCE, value_name = "PATH")]
-    pub reference: PathBuf,
+    /// The reference module: the Python `filemap.py` whose `sparse_copy` and
+    /// `get_mapped_ranges` blockmap re-implements. When given, it is copied into the temporary
+    /// directory at run time (never vendored) and timed beside the other tools; without it,
+    /// its rows are skipped.
+    #[arg(long, value_name = "FILE")]
+    pub reference: Option<PathBuf>,
     /// Do not rewrite the compare section of benches/RESULTS.md.
     #[arg(long)]
     pub no_results: bool,
@@ -307,17 +308,13 @@ fn compare_all(args: &Args, workloads: &[&'static str], blockmap: &Path) -> Resu
         .with_context(|| format!("cannot create a temporary directory in {}", base.display()))?;
     let dir = tmp.path().canonicalize()?;
     cleanup::push(Undo::RemoveDir(tmp));
-    let reference = if args.reference.is_file() {
+    let reference = if let Some(path) = &args.reference {
         let copy = dir.join("reference").join("filemap.py");
         fs::create_dir_all(copy.parent().expect("a file in a directory"))?;
-        fs::copy(&args.reference, &copy)
-            .with_context(|| format!("cannot copy {}", args.reference.display()))?;
+        fs::copy(path, &copy).with_context(|| format!("cannot copy {}", path.display()))?;
         Some(copy)
     } else {
-        eprintln!(
-            "compare: {} not found; the reference module's rows are skipped",
-            args.reference.display()
-        );
+        eprintln!("compare: no --reference; the reference module's rows are skipped");
         None
     };
     // The root-fs image is made once, here (see `workloads::make_rootfs`), and copied onto
@@ -765,7 +762,7 @@ fn render(args: &Args, results: &[FsResult], total: Duration, commit: &str) -> S
          checksum and end with an fsync (bmaptool's defaults), as the `copy` row of `bmaptool \
          copy` does; the other copy rows do neither. The bmap rows run on the root-fs image \
          only. `bmaptool copy --nobmap` would copy every byte, holes included, and is not \
-         measured. The reference module is `/work/shared/reference/filemap.py`, copied at run \
+         measured. The reference module is the `filemap.py` given by `--reference`, copied at run \
          time and imported by `python3` with `os.errno` patched back in; its rows include \
          Python's start-up. `xfs_io` runs with `-r` (read-only) on every filesystem. \
          `prealloc`: a read of an unwritten extent (`bmaptool create` reads every extent FIEMAP \

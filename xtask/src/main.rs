@@ -7,13 +7,13 @@
 //!   FUSE filesystem of `testing/faultfs`), runs blockmap-cli's `tests/fs_*.rs`
 //!   against them, prints how many cases ran where, and undoes every mount and loop device it
 //!   made. Without root it says so and skips. See [`fs_test`].
-//! - `cargo xtask compare [--fs ext4,xfs,btrfs] [--workloads a,b,…] [--runs N]`: as root,
-//!   times `blockmap copy` and `blockmap map` against cp, dd, bmaptool, filefrag, xfs_io and
-//!   the reference module on loop-mounted filesystems, checks every copy, and writes the tables
+//! - `cargo xtask compare [--fs ext4,xfs,btrfs] [--workloads a,b,…] [--runs N] [--reference
+//!   FILE]`: as root, times `blockmap copy` and `blockmap map` against cp, dd, bmaptool,
+//!   filefrag, xfs_io and the reference module (when given) on loop-mounted filesystems, checks every copy, and writes the tables
 //!   into `benches/RESULTS.md`. See [`compare`].
 //! - `cargo xtask demo`: the main job on a sample it makes itself (see [`demo`]).
-//! - `cargo xtask ci`: `cargo fmt --check`, `cargo clippy -D warnings`, `cargo test
-//!   --workspace`, then `fs-test`; the command `.ci/run` runs and the README's "run every test".
+//! - `cargo xtask ci`: `cargo fmt --check`, `cargo machete`, `cargo clippy -D warnings`,
+//!   `cargo test --workspace`, then `fs-test`; the command `.ci/run` runs and the README's "run every test".
 //!   See [`ci`].
 //!
 //! The tidy checks (a `//!` header on every file, `unsafe` only where it belongs and always with
@@ -65,8 +65,8 @@ enum Task {
     /// The main job on a sample made on the spot: build blockmap, make a sparse 1 GiB image
     /// under target/demo/ and map it.
     Demo,
-    /// Run every check in order and stop at the first failure: cargo fmt --check, cargo clippy
-    /// -D warnings, cargo test --workspace, fs-test.
+    /// Run every check in order and stop at the first failure: cargo fmt --check, cargo
+    /// machete, cargo clippy -D warnings, cargo test --workspace, fs-test.
     Ci,
 }
 

@@ -15,10 +15,10 @@
 //! # The one rule
 //! A range reported as a hole reads back as zeros, right now: dirty page-cache data, data
 //! written into preallocated extents and not yet converted, and delayed allocations are data.
-//! Preallocated ranges never written are holes. The FIEMAP backend keeps FIEMAP's speed and
-//! settles only the doubtful (unwritten) extents: holes as they stand where no page of theirs
-//! is dirty or being written back (`cachestat(2)`), else by SEEK_DATA, which consults the page
-//! cache; it never syncs the file unless asked ([`MapOptions::sync`]).
+//! Preallocated ranges never written are holes. No backend syncs the file to keep this rule
+//! (unless asked: [`MapOptions::sync`]). This is the rule's one full statement; how the FIEMAP
+//! backend keeps it at FIEMAP's speed is ARCHITECTURE.md's "The one rule, and why settling
+//! beats syncing".
 //!
 //! The [`ranges`] module holds the pure range algebra (merge, clip, invert, block rounding).
 //!

@@ -1,10 +1,10 @@
 //! btrfs's file extent items, read with `BTRFS_IOC_TREE_SEARCH_V2` (root only).
 //!
-//! FIEMAP on btrfs resolves, for every extent, whether it is shared, which is slow on files
-//! of many extents (figures in `benches/RESULTS.md`). A caller that only needs each extent's
-//! kind and file range (is any of it preallocated?) gets it from the items themselves, for a
-//! fraction of the cost, when it may search the tree: the ioctl needs `CAP_SYS_ADMIN` and
-//! answers `EPERM` otherwise, when the caller falls back to FIEMAP.
+//! FIEMAP on btrfs resolves, for every extent, whether it is shared, which is slow for files of
+//! many extents. A caller that only needs each extent's kind and file range (is any of it
+//! preallocated?) gets it from the items themselves, far cheaper (benches/RESULTS.md,
+//! "Measurements behind design choices"), when it may search the tree: the ioctl needs
+//! `CAP_SYS_ADMIN` and answers `EPERM` otherwise, when the caller falls back to FIEMAP.
 #![allow(
     unsafe_code,
     reason = "rustix has no btrfs tree search: this module is its one raw ioctl"

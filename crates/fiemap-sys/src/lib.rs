@@ -15,7 +15,7 @@
 //! - [`cachestat_range`], the page-cache state of a byte range (`cachestat(2)`): with no
 //!   dirty or under-writeback pages there, the `UNWRITTEN` flags FIEMAP gives in it are exact;
 //! - [`btrfs_file_extents`], a btrfs file's extent items by kind (root only), which answer
-//!   "is any of it preallocated?" for less than FIEMAP costs there (`benches/RESULTS.md`).
+//!   "is any of it preallocated?" far more cheaply than FIEMAP there (benches/RESULTS.md).
 //!
 //! It does no iteration and no interpretation: walking a whole file, clipping extents to a
 //! window and deciding what counts as data belongs to `blockmap-core`.

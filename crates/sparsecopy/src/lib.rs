@@ -33,8 +33,8 @@
 //! 1. **Reflink** (`FICLONERANGE`): the whole blocks of the range are shared with SRC when
 //!    both are regular files, `skip - seek` is a multiple of DST's block size, and the range
 //!    holds at least [`Options::reflink_min`] bytes of whole blocks (64 KiB by default:
-//!    sharing many small extents costs more than copying them, four times more on xfs for
-//!    a file of 131072 4 KiB extents). Partial blocks at the edges are copied.
+//!    sharing many small extents costs more than copying them, on xfs above all). Partial
+//!    blocks at the edges are copied.
 //! 2. **`copy_file_range`**, looping on short copies, on filesystems where it shares extents
 //!    or copies server-side (xfs, btrfs, bcachefs, ocfs2, NFS, SMB): skipped there for small
 //!    ranges (and for all ranges under [`Reflink::Never`]), for the same reasons. Elsewhere

@@ -183,8 +183,9 @@ pub struct Options {
     /// `fsync` DST when done, so the report is only returned once the data is on disk.
     pub sync: bool,
     /// Data ranges at least this long are reflinked under [`Reflink::Auto`] (default
-    /// 64 KiB). Reflinking costs a metadata update per range: on xfs, sharing the 131072
-    /// 4 KiB extents of a fragmented file took four times longer than copying them. Under
+    /// 64 KiB). Reflinking costs a metadata update per range: on xfs, sharing the small
+    /// extents of a fragmented file takes longer than copying them (benches/RESULTS.md,
+    /// "Measurements behind design choices"). Under
     /// [`Method::Auto`] on a filesystem whose `copy_file_range` shares extents, shorter ranges
     /// go through read/write for the same reason. 0 reflinks every range that can be.
     pub reflink_min: u64,

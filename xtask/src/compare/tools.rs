@@ -144,7 +144,7 @@ impl Tool {
     /// Why this tool is not run on this workload, if it is not.
     pub fn skip_reason(self, workload: &str, ctx: &Setup) -> Option<String> {
         if self.name.starts_with("reference") && ctx.reference.is_none() {
-            return Some("skipped: the reference module was not found".into());
+            return Some("skipped: no --reference given".into());
         }
         if matches!(self.op, Op::BmapCreate | Op::BmapCopy | Op::BmapCopyOf(_))
             && workload != BMAP_WORKLOAD

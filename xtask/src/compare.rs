@@ -203,8 +203,8 @@ pub fn run(args: &Args) -> Result<()> {
 /// apt-get installs whatever is missing (`apt-get update` once, first).
 /// The release build that is measured, and where it puts the binary: on a `*-linux-gnu` host,
 /// statically linked (`crt-static`, glibc's static-pie), as the README's install command
-/// builds it: dynamic loading of libc, libm and libgcc_s costs 0.4 ms a command here, the
-/// whole difference on the millisecond rows. `--target` keeps the flag off build scripts and
+/// builds it: dynamic loading of libc, libm and libgcc_s is most of the difference on the
+/// millisecond rows (benches/RESULTS.md, the compare section's notes). `--target` keeps the flag off build scripts and
 /// proc-macros, which cannot be static.
 fn release_build() -> Result<(Command, PathBuf)> {
     let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
@@ -626,8 +626,8 @@ fn log_run(setup: &Setup, row: &Row, src: &Source, warm_up: bool, secs: f64) -> 
 /// `syncfs` on the filesystem under test, then `fdatasync` of the loop device's backing
 /// file: syncfs only moves the data into the backing file's page cache, whose write-back to
 /// the disk then overlapped the next timed command (a flusher thread on one of two cores,
-/// which cost two-threaded commands most: `blockmap copy` of the root-fs image on ext4 took
-/// 0.39 s after `bmap copy`'s 950 MiB and 0.24 s otherwise).
+/// which cost two-threaded commands most; figures in benches/RESULTS.md, "Measurements behind
+/// design choices").
 fn sync(setup: &Setup, mountpoint: &Path) -> Result<()> {
     let dir = fs::File::open(mountpoint)?;
     rustix::fs::syncfs(&dir).with_context(|| format!("cannot sync {}", mountpoint.display()))?;

@@ -55,7 +55,7 @@ fn write_json(map: &BlockMap<File>, path: &str, out: &mut impl Write) -> Result<
     write_ranges(out, holes.map(|h| h.unwrap_or_else(|e| match e {})))?;
     // By hand, with itoa, as write_ranges, and no `Vec` of flag names per extent: through
     // `fmt`, formatting a large map's JSON cost more than its FIEMAP walk (benches/RESULTS.md,
-    // findings, "`map --json`'s writer").
+    // "Measurements behind design choices").
     let mut num = itoa::Buffer::new();
     out.write_all(b",\"extents\":[")?;
     for (i, e) in extents.iter().enumerate() {

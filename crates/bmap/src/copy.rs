@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::file::{BmapFile, BmapInfo};
 use crate::format::{BlockRange, Bmap};
 use crate::input::{Input, Opened};
-use crate::readback::{self, Reread};
+use crate::readback::{self, ReadBackReport, Reread};
 use crate::source::{Compression, Source, read_full_at};
 
 mod decode;
@@ -286,12 +286,6 @@ impl<'a> Copier<'a> {
             }
             return self.copy_whole(input, dest, started);
         }
-        let size_mismatch = |actual| Error::ImageSize {
-            path: image.to_owned(),
-            bmap: self.bmap_path.clone(),
-            expected: info.image_size,
-            actual,
-        };
         // A local compressed file of independent blocks: decoded in parallel, where mapped.
         let plan = match input.compressed_file() {
             Some(file) => crate::parallel::plan(file, image, compression)?,
@@ -300,10 +294,26 @@ impl<'a> Copier<'a> {
         if let Some(size) = plan.as_ref().and_then(|p| p.size())
             && size != info.image_size
         {
-            return Err(size_mismatch(size));
+            return Err(self.wrong_size(image, size));
         }
-        let opened = input.open_image()?;
-        let source = match opened {
+        let source = self.open_source(input.open_image()?, image, compression)?;
+        let reading = Reading {
+            rereadable: seekable,
+            plan: plan.as_ref(),
+        };
+        self.copy_source(source, reading, image, dest, started)
+    }
+
+    /// The image opened as a [`Source`], checked before anything is written: its size, and
+    /// that it reads.
+    fn open_source(
+        &self,
+        opened: Opened,
+        image: &Path,
+        compression: Compression,
+    ) -> Result<Source> {
+        let info = &self.info;
+        Ok(match opened {
             // A plain file or device is read where the ranges are.
             Opened::Plain(file) => {
                 let meta = file
@@ -311,14 +321,14 @@ impl<'a> Copier<'a> {
                     .map_err(|e| Error::io("stat the image", image, e))?;
                 let kind = meta.file_type();
                 if kind.is_file() && meta.len() != info.image_size {
-                    return Err(size_mismatch(meta.len()));
+                    return Err(self.wrong_size(image, meta.len()));
                 }
                 if kind.is_block_device() {
                     let size = (&file)
                         .seek(SeekFrom::End(0))
                         .map_err(|e| Error::io("find the size of the image", image, e))?;
                     if size < info.image_size {
-                        return Err(size_mismatch(size));
+                        return Err(self.wrong_size(image, size));
                     }
                 }
                 // It reads: the first byte, before anything is written.
@@ -336,16 +346,11 @@ impl<'a> Copier<'a> {
                     .peek()
                     .map_err(|e| stream_error(e, image, compression, 0))?;
                 if first == 0 && info.mapped_bytes > 0 {
-                    return Err(size_mismatch(0));
+                    return Err(self.wrong_size(image, 0));
                 }
                 stream
             }
-        };
-        let reading = Reading {
-            rereadable: seekable,
-            plan: plan.as_ref(),
-        };
-        self.copy_source(source, reading, image, dest, started)
+        })
     }
 
     /// The bmap's header, its file, and its ranges in bytes, in order (what a remote image
@@ -406,10 +411,41 @@ impl<'a> Copier<'a> {
         written: &Written,
         reading: Reading<'_>,
     ) -> Result<CopyReport> {
-        let Reading { rereadable, plan } = reading;
-        let info = self.info.clone();
-        let bmap_path = self.bmap_path.clone();
-        if let Source::File(file) = &*source
+        self.prepare(source, out, image, dest, written)?;
+        debug!(
+            block_device = out.is_block_device(),
+            ranges = self.info.ranges,
+            "copying"
+        );
+        let mut report = self.transfer(source, reading.plan, image, out.file(), dest, written)?;
+        if self.interrupted() {
+            return Err(interrupted(dest));
+        }
+        if self.sync {
+            out.file()
+                .sync_all()
+                .map_err(|e| Error::io("fsync", dest, e))?;
+        }
+        if let Some(retries) = self.checksum_retry {
+            let r = self.read_back(retries, source, reading.rereadable, image, out, dest)?;
+            report.readback = Some(r);
+        }
+        report.block_device = out.is_block_device();
+        Ok(report)
+    }
+
+    /// Checks the destination against the image (not the image itself; a device that holds
+    /// it) and makes a regular file the image's size, nothing of its old contents left.
+    fn prepare(
+        &self,
+        source: &Source,
+        out: &Destination,
+        image: &Path,
+        dest: &Path,
+        written: &Written,
+    ) -> Result<()> {
+        let info = &self.info;
+        if let Source::File(file) = source
             && out.is_same_file(file, image)?
         {
             return Err(Error::SameFile {
@@ -438,83 +474,86 @@ impl<'a> Copier<'a> {
             }
             resize(info.image_size)?;
         }
-        debug!(
-            block_device = out.is_block_device(),
-            ranges = info.ranges,
-            "copying"
-        );
-        let sync = self.sync;
-        let interrupt = self.interrupt.clone();
-        let stopped = || {
-            interrupt
-                .as_ref()
-                .is_some_and(|f| f.load(Ordering::Relaxed))
-        };
-        let mut report = match &mut *source {
-            Source::File(file) => self.lanes(file, image, out.file(), dest, written)?,
+        Ok(())
+    }
+
+    /// The mapped ranges written by the image's data path: lanes for a plain image, parallel
+    /// decoders for a `plan`, else the stream pumped in order and read to its end.
+    fn transfer(
+        &mut self,
+        source: &mut Source,
+        plan: Option<&crate::parallel::Plan>,
+        image: &Path,
+        out: &File,
+        dest: &Path,
+        written: &Written,
+    ) -> Result<CopyReport> {
+        let size = self.info.image_size;
+        match source {
+            Source::File(file) => self.lanes(file, image, out, dest, written),
             _ if plan.is_some() => {
                 let plan = plan.expect("checked");
-                let report = self.decode(plan, image, out.file(), dest, written)?;
+                let report = self.decode(plan, image, out, dest, written)?;
                 // Units of unknown sizes (bz2): all decoded, they must add up to ImageSize.
-                if report.decoded_to != info.image_size && plan.size().is_none() {
-                    return Err(Error::ImageSize {
-                        path: image.to_owned(),
-                        bmap: bmap_path,
-                        expected: info.image_size,
-                        actual: report.decoded_to,
-                    });
+                if report.decoded_to != size && plan.size().is_none() {
+                    return Err(self.wrong_size(image, report.decoded_to));
                 }
-                report.report
+                Ok(report.report)
             }
             stream => {
-                let mut report = self.pump(stream, image, out.file(), dest, written)?;
-                report.skipped_bytes += drain(stream, image, info.image_size, &stopped, dest)?;
+                let mut report = self.pump(stream, image, out, dest, written)?;
+                let stopped = || self.interrupted();
+                report.skipped_bytes += drain(stream, image, size, &stopped, dest)?;
                 let end = stream.position();
-                if end != info.image_size {
-                    return Err(Error::ImageSize {
-                        path: image.to_owned(),
-                        bmap: bmap_path,
-                        expected: info.image_size,
-                        actual: end,
-                    });
+                if end != size {
+                    return Err(self.wrong_size(image, end));
                 }
-                report
+                Ok(report)
             }
-        };
-        if stopped() {
-            return Err(interrupted(dest));
         }
-        if sync {
+    }
+
+    /// `--checksum-retry`: every range read back from the destination, synced first, and
+    /// compared with its checksum (see [`Copier::checksum_retry`]).
+    fn read_back(
+        &self,
+        retries: u32,
+        source: &Source,
+        rereadable: bool,
+        image: &Path,
+        out: &Destination,
+        dest: &Path,
+    ) -> Result<ReadBackReport> {
+        if !self.sync {
             out.file()
                 .sync_all()
                 .map_err(|e| Error::io("fsync", dest, e))?;
         }
-        if let Some(retries) = self.checksum_retry {
-            if !sync {
-                out.file()
-                    .sync_all()
-                    .map_err(|e| Error::io("fsync", dest, e))?;
-            }
-            let reread = match &*source {
-                Source::File(file) => Reread::File(file),
-                stream if rereadable => Reread::Decode(stream.compression()),
-                _ => Reread::Never,
-            };
-            let ranges = self.ranges.iter();
-            let r = readback::run(
-                ranges,
-                &info,
-                retries,
-                reread,
-                image,
-                out.file(),
-                dest,
-                &stopped,
-            )?;
-            report.readback = Some(r);
+        let reread = match source {
+            Source::File(file) => Reread::File(file),
+            stream if rereadable => Reread::Decode(stream.compression()),
+            _ => Reread::Never,
+        };
+        readback::run(
+            self.ranges.iter(),
+            &self.info,
+            retries,
+            reread,
+            image,
+            out.file(),
+            dest,
+            &|| self.interrupted(),
+        )
+    }
+
+    /// The image is not of the bmap's `ImageSize` but `actual` bytes.
+    fn wrong_size(&self, image: &Path, actual: u64) -> Error {
+        Error::ImageSize {
+            path: image.to_owned(),
+            bmap: self.bmap_path.clone(),
+            expected: self.info.image_size,
+            actual,
         }
-        report.block_device = out.is_block_device();
-        Ok(report)
     }
 }
 

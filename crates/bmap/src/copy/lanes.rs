@@ -1,6 +1,7 @@
 //! The data path of a plain image: one lane per core, each taking the next ranges and
 //! reading, writing and hashing them chunk by chunk.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::path::Path;
 use std::sync::Mutex;
@@ -14,7 +15,9 @@ use super::{
     CHUNK, Copier, CopyReport, RangeIter, Writeback, Written, check, interrupted, too_short,
     write_piece,
 };
+use crate::checksum::ChecksumType;
 use crate::error::{Error, Result};
+use crate::file::BmapInfo;
 use crate::format::BlockRange;
 use crate::source::read_full_at;
 
@@ -24,7 +27,7 @@ const TAKE: usize = 32;
 const PROGRESS_TICK: Duration = Duration::from_millis(50);
 
 impl Copier<'_> {
-    /// The data path of a plain image: one lane per core, each taking the next range and
+    /// The data path of a plain image: one [`Lane`] per core, each taking the next range and
     /// reading, writing and hashing it chunk by chunk, the chunk still in the core's cache
     /// (a range is hashed in order, so ranges are what runs in parallel). This thread passes
     /// the progress on.
@@ -44,120 +47,51 @@ impl Copier<'_> {
             .min(usize::try_from(info.ranges).unwrap_or(usize::MAX))
             .max(1);
         debug!(lanes, "copying a plain image");
-        // The ranges, handed out in order with their index.
-        let next: Mutex<(usize, RangeIter<'_>)> = Mutex::new((0, self.ranges.iter()));
-        let stop = AtomicBool::new(false);
-        let was_interrupted = AtomicBool::new(false);
-        let copied = AtomicU64::new(0);
-        let (ranges, verified) = (AtomicU64::new(0), AtomicU64::new(0));
-        // Of several failures, the first range's is reported.
-        let failure: Mutex<Option<(usize, Error)>> = Mutex::new(None);
-        let fail = |index: usize, e: Error| {
-            stop.store(true, Ordering::Relaxed);
-            let mut failure = failure.lock().unwrap_or_else(|p| p.into_inner());
-            if failure.as_ref().is_none_or(|(first, _)| index < *first) {
-                *failure = Some((index, e));
-            }
+        let shared = Shared {
+            next: Mutex::new((0, self.ranges.iter())),
+            file,
+            image,
+            out,
+            dest,
+            written,
+            info,
+            kind,
+            sync: self.sync,
+            interrupt: self.interrupt.as_deref(),
+            stop: AtomicBool::new(false),
+            was_interrupted: AtomicBool::new(false),
+            copied: AtomicU64::new(0),
+            ranges: AtomicU64::new(0),
+            verified: AtomicU64::new(0),
+            failure: Mutex::new(None),
         };
-        let sync = self.sync;
-        let interrupt = self.interrupt.as_deref();
-        let lane = || {
-            let mut buf = vec![0u8; CHUNK];
-            let mut writeback = sync.then(|| Writeback::new(out, dest));
-            let halt = || {
-                if interrupt.is_some_and(|f| f.load(Ordering::Relaxed)) {
-                    was_interrupted.store(true, Ordering::Relaxed);
-                    stop.store(true, Ordering::Relaxed);
-                }
-                stop.load(Ordering::Relaxed)
-            };
-            // Ranges taken a few at a time: the bmap file is parsed under the lock.
-            let mut mine = std::collections::VecDeque::new();
-            while !halt() {
-                if mine.is_empty() {
-                    let mut next = next.lock().unwrap_or_else(|p| p.into_inner());
-                    while mine.len() < TAKE {
-                        let index = next.0;
-                        match next.1.next() {
-                            None => break,
-                            Some(Err(e)) => {
-                                // Reported after the ranges before it were copied.
-                                next.0 = usize::MAX;
-                                drop(next);
-                                fail(index, e);
-                                break;
-                            }
-                            Some(Ok(range)) => {
-                                next.0 += 1;
-                                mine.push_back((index, range));
-                            }
-                        }
-                    }
-                }
-                let Some((index, range)) = mine.pop_front() else {
-                    break;
-                };
-                let mut hasher = kind
-                    .filter(|_| range.checksum.is_some())
-                    .map(|k| k.hasher());
-                let bytes = range.bytes(info.block_size, info.image_size);
-                let mut pos = bytes.start;
-                let outcome = loop {
-                    if pos == bytes.end {
-                        break Ok(());
-                    }
-                    if halt() {
-                        return;
-                    }
-                    let n = (bytes.end - pos).min(CHUNK as u64) as usize;
-                    let piece = &mut buf[..n];
-                    if let Err(e) = read_piece(file, image, &range, pos, piece) {
-                        break Err(e);
-                    }
-                    written.add(pos..pos + n as u64);
-                    if let Err(e) = write_piece(out, dest, &range, pos, piece) {
-                        break Err(e);
-                    }
-                    if let Some(w) = writeback.as_mut() {
-                        w.written(pos..pos + n as u64);
-                    }
-                    if let Some(h) = hasher.as_mut() {
-                        h.update(piece);
-                    }
-                    pos += n as u64;
-                    copied.fetch_add(n as u64, Ordering::Relaxed);
-                };
-                let outcome = outcome.and_then(|()| match hasher {
-                    Some(h) => check(h, image, info, &range).map(|()| 1),
-                    None => Ok(0),
-                });
-                match outcome {
-                    Ok(n) => {
-                        verified.fetch_add(n, Ordering::Relaxed);
-                        ranges.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => return fail(index, e),
-                }
-            }
-        };
+        let progress = &mut self.progress;
         std::thread::scope(|s| {
             let (done_tx, done_rx) = channel::<()>();
             for _ in 0..lanes {
                 let done = done_tx.clone();
-                let lane = &lane;
+                let shared = &shared;
                 s.spawn(move || {
-                    lane();
+                    Lane::new(shared).run();
                     drop(done);
                 });
             }
             drop(done_tx);
             // Until every lane has hung up.
             while let Err(RecvTimeoutError::Timeout) = done_rx.recv_timeout(PROGRESS_TICK) {
-                if let Some(p) = self.progress.as_mut() {
-                    p(copied.load(Ordering::Relaxed), total);
+                if let Some(p) = progress.as_mut() {
+                    p(shared.copied.load(Ordering::Relaxed), total);
                 }
             }
         });
+        let Shared {
+            was_interrupted,
+            failure,
+            copied,
+            ranges,
+            verified,
+            ..
+        } = shared;
         if was_interrupted.into_inner() {
             return Err(interrupted(dest));
         }
@@ -165,7 +99,7 @@ impl Copier<'_> {
             return Err(e);
         }
         let mapped_bytes = copied.into_inner();
-        if let Some(p) = self.progress.as_mut() {
+        if let Some(p) = progress.as_mut() {
             p(mapped_bytes, total);
         }
         Ok(CopyReport {
@@ -174,6 +108,149 @@ impl Copier<'_> {
             verified_ranges: verified.into_inner(),
             ..CopyReport::new(info.image_size, kind)
         })
+    }
+}
+
+/// What the lanes share: the ranges to take, where their bytes come from and go, and how far
+/// the copy got.
+struct Shared<'s> {
+    /// The ranges, handed out in order with their index.
+    next: Mutex<(usize, RangeIter<'s>)>,
+    file: &'s File,
+    image: &'s Path,
+    out: &'s File,
+    dest: &'s Path,
+    written: &'s Written,
+    info: &'s BmapInfo,
+    /// The checksum verified, if any.
+    kind: Option<ChecksumType>,
+    /// Whether the copy ends in an fsync (then each lane starts writeback as it goes).
+    sync: bool,
+    interrupt: Option<&'s AtomicBool>,
+    stop: AtomicBool,
+    was_interrupted: AtomicBool,
+    copied: AtomicU64,
+    ranges: AtomicU64,
+    verified: AtomicU64,
+    /// Of several failures, the first range's is reported.
+    failure: Mutex<Option<(usize, Error)>>,
+}
+
+impl Shared<'_> {
+    /// Stops every lane with `e`, the failure of range `index`.
+    fn fail(&self, index: usize, e: Error) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        if failure.as_ref().is_none_or(|(first, _)| index < *first) {
+            *failure = Some((index, e));
+        }
+    }
+
+    /// Whether the lanes are to stop: a failure, or the interrupt flag raised.
+    fn halt(&self) -> bool {
+        if self.interrupt.is_some_and(|f| f.load(Ordering::Relaxed)) {
+            self.was_interrupted.store(true, Ordering::Relaxed);
+            self.stop.store(true, Ordering::Relaxed);
+        }
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// One thread of a plain image's copy: its buffer, its writeback, the ranges it took.
+struct Lane<'l, 's> {
+    shared: &'l Shared<'s>,
+    buf: Vec<u8>,
+    writeback: Option<Writeback<'s>>,
+    /// Ranges taken a few at a time: the bmap file is parsed under the lock.
+    mine: VecDeque<(usize, BlockRange)>,
+}
+
+impl<'l, 's> Lane<'l, 's> {
+    fn new(shared: &'l Shared<'s>) -> Self {
+        Lane {
+            shared,
+            buf: vec![0u8; CHUNK],
+            writeback: shared.sync.then(|| Writeback::new(shared.out, shared.dest)),
+            mine: VecDeque::new(),
+        }
+    }
+
+    /// Copies ranges until there are none left, one fails, or the copy is stopped.
+    fn run(mut self) {
+        let shared = self.shared;
+        while !shared.halt() {
+            if self.mine.is_empty() {
+                self.take();
+            }
+            let Some((index, range)) = self.mine.pop_front() else {
+                break;
+            };
+            match self.copy(&range) {
+                Ok(None) => return,
+                Ok(Some(n)) => {
+                    shared.verified.fetch_add(n, Ordering::Relaxed);
+                    shared.ranges.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => return shared.fail(index, e),
+            }
+        }
+    }
+
+    /// Takes the next [`TAKE`] ranges, or what is left of them.
+    fn take(&mut self) {
+        let shared = self.shared;
+        let mut next = shared.next.lock().unwrap_or_else(|p| p.into_inner());
+        while self.mine.len() < TAKE {
+            let index = next.0;
+            match next.1.next() {
+                None => break,
+                Some(Err(e)) => {
+                    // Reported after the ranges before it were copied.
+                    next.0 = usize::MAX;
+                    drop(next);
+                    shared.fail(index, e);
+                    break;
+                }
+                Some(Ok(range)) => {
+                    next.0 += 1;
+                    self.mine.push_back((index, range));
+                }
+            }
+        }
+    }
+
+    /// Reads, writes and hashes `range` chunk by chunk: the ranges verified (1 or 0), or
+    /// `None` if the copy was stopped on the way.
+    fn copy(&mut self, range: &BlockRange) -> Result<Option<u64>> {
+        let s = self.shared;
+        let mut hasher = s
+            .kind
+            .filter(|_| range.checksum.is_some())
+            .map(|k| k.hasher());
+        let bytes = range.bytes(s.info.block_size, s.info.image_size);
+        let mut pos = bytes.start;
+        while pos < bytes.end {
+            if s.halt() {
+                return Ok(None);
+            }
+            let n = (bytes.end - pos).min(CHUNK as u64) as usize;
+            let piece = &mut self.buf[..n];
+            read_piece(s.file, s.image, range, pos, piece)?;
+            s.written.add(pos..pos + n as u64);
+            write_piece(s.out, s.dest, range, pos, piece)?;
+            if let Some(w) = self.writeback.as_mut() {
+                w.written(pos..pos + n as u64);
+            }
+            if let Some(h) = hasher.as_mut() {
+                h.update(piece);
+            }
+            pos += n as u64;
+            s.copied.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        match hasher {
+            Some(h) => check(h, s.image, s.info, range).map(|()| Some(1)),
+            None => Ok(Some(0)),
+        }
     }
 }
 

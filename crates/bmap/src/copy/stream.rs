@@ -7,14 +7,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use super::{
-    CHUNK, Copier, CopyReport, Writeback, Written, check, interrupted, stream_error, too_short,
-    write_piece,
+    CHUNK, Copier, CopyReport, RangeIter, Writeback, Written, check, interrupted, stream_error,
+    too_short, write_piece,
 };
 use crate::checksum::ChecksumType;
 use crate::error::Result;
 use crate::file::BmapInfo;
 use crate::format::BlockRange;
-use crate::source::Source;
+use crate::source::{Compression, Source};
 
 /// Chunks in flight (compressed images): one being read and written, the others being hashed
 /// or waiting.
@@ -22,7 +22,8 @@ const CHUNKS: usize = 8;
 
 impl Copier<'_> {
     /// The data path of a stream: this thread reads (decompresses) and writes chunks in
-    /// order, a second thread hashes them; the chunk buffers go round between the two.
+    /// order (a [`Feed`]), a second thread hashes them; the chunk buffers go round between
+    /// the two.
     pub(super) fn pump(
         &mut self,
         source: &mut Source,
@@ -32,20 +33,7 @@ impl Copier<'_> {
         written: &Written,
     ) -> Result<CopyReport> {
         let info = &self.info;
-        let (bs, size) = (info.block_size, info.image_size);
         let kind = info.checksum_type.filter(|_| self.verify);
-        let total = info.mapped_bytes;
-        let compression = source.compression();
-        let mut report = CopyReport::new(size, kind);
-        let mut streamed_to = 0u64;
-        let mut writeback = self.sync.then(|| Writeback::new(out, dest));
-        let interrupt = self.interrupt.clone();
-        let stopped = || {
-            interrupt
-                .as_ref()
-                .is_some_and(|f| f.load(Ordering::Relaxed))
-        };
-
         let (free_tx, free_rx) = sync_channel::<Vec<u8>>(CHUNKS);
         for _ in 0..CHUNKS {
             free_tx.send(vec![0; CHUNK]).expect("the receiver is here");
@@ -53,84 +41,37 @@ impl Copier<'_> {
         let (work_tx, work_rx) = sync_channel::<Batch>(CHUNKS);
         let (result_tx, result_rx) = sync_channel::<Result<u64>>(1);
         let mismatch = AtomicBool::new(false);
+        let feed = Feed {
+            compression: source.compression(),
+            source,
+            image,
+            out,
+            dest,
+            written,
+            writeback: self.sync.then(|| Writeback::new(out, dest)),
+            info,
+            kind,
+            interrupt: self.interrupt.as_deref(),
+            mismatch: &mismatch,
+            progress: self.progress.as_deref_mut(),
+            batch: Batch {
+                buf: free_rx.recv().expect("the pool is full"),
+                pieces: Vec::new(),
+            },
+            fill: 0,
+            free: free_rx,
+            work: work_tx,
+            streamed_to: 0,
+            report: CopyReport::new(info.image_size, kind),
+        };
 
         std::thread::scope(|s| {
             // The hasher holds the only sender: if it died, `recv` would fail rather than hang.
             let hasher_free = free_tx;
             let mismatch = &mismatch;
             s.spawn(move || hasher(work_rx, hasher_free, result_tx, mismatch, image, info));
-
-            let mut run = || -> Result<()> {
-                // Small ranges share a buffer: one hand-over to the hasher per buffer, not per
-                // range (a file of 131072 small extents would otherwise be all hand-overs).
-                let mut batch = Batch {
-                    buf: free_rx.recv().expect("the pool is full"),
-                    pieces: Vec::new(),
-                };
-                let mut fill = 0;
-                for range in self.ranges.iter() {
-                    let range = range?;
-                    let bytes = range.bytes(bs, size);
-                    let check = kind.filter(|_| range.checksum.is_some());
-                    let mut pos = bytes.start;
-                    while pos < bytes.end {
-                        if stopped() {
-                            return Err(interrupted(dest));
-                        }
-                        if fill == CHUNK {
-                            let next = free_rx.recv().expect("the hasher returns buffers");
-                            let full = std::mem::replace(
-                                &mut batch,
-                                Batch {
-                                    buf: next,
-                                    pieces: Vec::new(),
-                                },
-                            );
-                            // The hasher reads until this side hangs up.
-                            let _ = work_tx.send(full);
-                            fill = 0;
-                        }
-                        let n = (bytes.end - pos).min((CHUNK - fill) as u64) as usize;
-                        let piece = &mut batch.buf[fill..fill + n];
-                        let got = source
-                            .read_at(pos, piece)
-                            .map_err(|e| stream_error(e, image, compression, pos))?;
-                        if got < n {
-                            return Err(too_short(image, &range, pos + got as u64));
-                        }
-                        written.add(pos..pos + n as u64);
-                        write_piece(out, dest, &range, pos, piece)?;
-                        if let Some(w) = writeback.as_mut() {
-                            w.written(pos..pos + n as u64);
-                        }
-                        let last = pos + n as u64 == bytes.end;
-                        batch.pieces.push(Piece {
-                            at: fill,
-                            len: n,
-                            begin: check.filter(|_| pos == bytes.start),
-                            end: (check.is_some() && last).then(|| range.clone()),
-                        });
-                        fill += n;
-                        report.skipped_bytes += pos - streamed_to;
-                        streamed_to = pos + n as u64;
-                        pos += n as u64;
-                        report.mapped_bytes += n as u64;
-                        if let Some(p) = self.progress.as_mut() {
-                            p(report.mapped_bytes, total);
-                        }
-                        // A mismatch found by the hasher stops the copy at once; the hasher
-                        // tells which when it is done.
-                        if mismatch.load(Ordering::Relaxed) {
-                            return Ok(());
-                        }
-                    }
-                    report.ranges += 1;
-                }
-                let _ = work_tx.send(batch);
-                Ok(())
-            };
-            let outcome = run();
-            drop(work_tx);
+            // The feed hangs up when it is done, and the hasher then ends.
+            let (outcome, mut report) = feed.run(self.ranges.iter());
             // The hasher's last word: the ranges it verified, or the first mismatch (which
             // explains an early stop better than anything that happened after it).
             let hashed = result_rx.recv().unwrap_or(Ok(0));
@@ -138,6 +79,125 @@ impl Copier<'_> {
             outcome?;
             Ok(report)
         })
+    }
+}
+
+/// The reading and writing side of [`Copier::pump`]: the stream, the destination, and the
+/// buffer being filled for the hasher.
+struct Feed<'f, 'p> {
+    source: &'f mut Source,
+    compression: Compression,
+    image: &'f Path,
+    out: &'f File,
+    dest: &'f Path,
+    written: &'f Written,
+    writeback: Option<Writeback<'f>>,
+    info: &'f BmapInfo,
+    /// The checksum verified, if any.
+    kind: Option<ChecksumType>,
+    interrupt: Option<&'f AtomicBool>,
+    /// Raised by the hasher at a checksum mismatch.
+    mismatch: &'f AtomicBool,
+    progress: Option<&'f mut (dyn FnMut(u64, u64) + 'p)>,
+    /// Small ranges share a buffer: one hand-over to the hasher per buffer, not per range (a
+    /// file of 131072 small extents would otherwise be all hand-overs).
+    batch: Batch,
+    /// Bytes of `batch` filled.
+    fill: usize,
+    free: Receiver<Vec<u8>>,
+    work: SyncSender<Batch>,
+    /// Where the bytes read from the stream end.
+    streamed_to: u64,
+    report: CopyReport,
+}
+
+impl Feed<'_, '_> {
+    /// Reads and writes `ranges`, handing their bytes to the hasher; hangs up on it at the
+    /// end. The report has all but the ranges verified.
+    fn run(mut self, ranges: RangeIter<'_>) -> (Result<()>, CopyReport) {
+        let outcome = self.all(ranges);
+        (outcome, self.report)
+    }
+
+    fn all(&mut self, ranges: RangeIter<'_>) -> Result<()> {
+        for range in ranges {
+            if !self.range(&range?)? {
+                return Ok(());
+            }
+        }
+        let _ = self.work.send(std::mem::take(&mut self.batch));
+        Ok(())
+    }
+
+    /// Reads and writes `range` piece by piece: whether to go on (not if the hasher found a
+    /// mismatch, which stops the copy at once; the hasher tells which when it is done).
+    fn range(&mut self, range: &BlockRange) -> Result<bool> {
+        let bytes = range.bytes(self.info.block_size, self.info.image_size);
+        let check = self.kind.filter(|_| range.checksum.is_some());
+        let mut pos = bytes.start;
+        while pos < bytes.end {
+            if self.interrupt.is_some_and(|f| f.load(Ordering::Relaxed)) {
+                return Err(interrupted(self.dest));
+            }
+            if self.fill == CHUNK {
+                self.hand_over();
+            }
+            let n = (bytes.end - pos).min((CHUNK - self.fill) as u64) as usize;
+            self.piece(range, pos, n)?;
+            let last = pos + n as u64 == bytes.end;
+            self.batch.pieces.push(Piece {
+                at: self.fill,
+                len: n,
+                begin: check.filter(|_| pos == bytes.start),
+                end: (check.is_some() && last).then(|| range.clone()),
+            });
+            self.fill += n;
+            self.report.skipped_bytes += pos - self.streamed_to;
+            self.streamed_to = pos + n as u64;
+            pos += n as u64;
+            self.report.mapped_bytes += n as u64;
+            if let Some(p) = self.progress.as_mut() {
+                p(self.report.mapped_bytes, self.info.mapped_bytes);
+            }
+            if self.mismatch.load(Ordering::Relaxed) {
+                return Ok(false);
+            }
+        }
+        self.report.ranges += 1;
+        Ok(true)
+    }
+
+    /// Reads the `n` bytes of `range` at `pos` into the batch, and writes them.
+    fn piece(&mut self, range: &BlockRange, pos: u64, n: usize) -> Result<()> {
+        let piece = &mut self.batch.buf[self.fill..self.fill + n];
+        let got = self
+            .source
+            .read_at(pos, piece)
+            .map_err(|e| stream_error(e, self.image, self.compression, pos))?;
+        if got < n {
+            return Err(too_short(self.image, range, pos + got as u64));
+        }
+        self.written.add(pos..pos + n as u64);
+        write_piece(self.out, self.dest, range, pos, piece)?;
+        if let Some(w) = self.writeback.as_mut() {
+            w.written(pos..pos + n as u64);
+        }
+        Ok(())
+    }
+
+    /// Hands the full batch to the hasher, and starts the next in a buffer it gave back.
+    fn hand_over(&mut self) {
+        let next = self.free.recv().expect("the hasher returns buffers");
+        let full = std::mem::replace(
+            &mut self.batch,
+            Batch {
+                buf: next,
+                pieces: Vec::new(),
+            },
+        );
+        // The hasher reads until this side hangs up.
+        let _ = self.work.send(full);
+        self.fill = 0;
     }
 }
 
@@ -173,6 +233,7 @@ pub(super) fn drain(
 }
 
 /// A buffer on its way to the hashing thread, and what its bytes are.
+#[derive(Default)]
 struct Batch {
     buf: Vec<u8>,
     pieces: Vec<Piece>,

@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 use std::io::{self, BufRead, Read};
 
-use quick_xml::events::Event;
+use quick_xml::events::{BytesStart, Event};
 
 use crate::checksum::ChecksumType;
 use crate::format::{BlockRange, Version};
@@ -152,6 +152,8 @@ pub(crate) struct Parser<R> {
     version: Option<(String, u64)>,
     fields: [Option<(String, u64)>; 7],
     eof: bool,
+    /// The `<Range>` being read.
+    range: Option<RawRange>,
     /// Stop at `<BlockMap>` when the header is complete (a first look at a file).
     header_only: bool,
 }
@@ -174,6 +176,7 @@ impl<R: BufRead> Parser<R> {
             version: None,
             fields: Default::default(),
             eof: false,
+            range: None,
             header_only: false,
         }
     }
@@ -231,6 +234,37 @@ fn header_complete(version: &Option<(String, u64)>, fields: &[Option<(String, u6
             .all(have)
 }
 
+/// What an event means to [`Parser::next_range`].
+enum Step {
+    /// Read on.
+    Go,
+    /// A `<Range>` is complete.
+    Range(RawRange),
+    /// The header-only parse is done.
+    Stop,
+}
+
+/// A `<Range>` of the `<BlockMap>` begins at `at`: its checksum attributes.
+fn range_start(e: &BytesStart<'_>, at: u64) -> Result<RawRange, Fault> {
+    let mut chksum = None;
+    let mut sha1 = None;
+    for a in e.attributes() {
+        let a = a.map_err(|e| Fault::at(at, format!("bad attribute of <Range>: {e}")))?;
+        let v = a.value.trim().to_owned();
+        match a.key.as_ref() {
+            "chksum" => chksum = Some(v),
+            "sha1" => sha1 = Some(v),
+            _ => {}
+        }
+    }
+    Ok(RawRange {
+        text: String::new(),
+        chksum,
+        sha1,
+        at,
+    })
+}
+
 impl<R: BufRead> Parser<R> {
     /// The reader it reads from.
     pub(crate) fn into_inner(self) -> R {
@@ -244,159 +278,22 @@ impl<R: BufRead> Parser<R> {
 
     /// The next `<Range>` of the `<BlockMap>`, or `None` at the end of the document.
     pub(crate) fn next_range(&mut self) -> Result<Option<RawRange>, Fault> {
-        let mut range: Option<RawRange> = None;
+        // The buffer is lent to the events, so that they can be handled with `self`.
+        let mut buf = std::mem::take(&mut self.buf);
+        let next = self.pull(&mut buf);
+        self.buf = buf;
+        next
+    }
+
+    /// Reads events into `buf` until a `<Range>` ends, a header-only parse reaches
+    /// `<BlockMap>`, or the document ends.
+    fn pull(&mut self, buf: &mut Vec<u8>) -> Result<Option<RawRange>, Fault> {
         while !self.eof {
-            self.reader.get_mut().used = 0;
-            let before = self.reader.buffer_position();
-            self.buf.clear();
-            let event = match self.reader.read_event_into(&mut self.buf) {
-                Ok(event) => event,
-                Err(e) => {
-                    let at = self.reader.error_position();
-                    if self.reader.get_ref().tripped {
-                        return Err(Fault::exactly_at(
-                            at,
-                            format!(
-                                "not a bmap file: an XML token longer than {} KiB",
-                                MAX_TOKEN >> 10
-                            ),
-                        ));
-                    }
-                    if let quick_xml::Error::Io(io) = &e {
-                        let io = match io.raw_os_error() {
-                            Some(code) => io::Error::from_raw_os_error(code),
-                            None => io::Error::new(io.kind(), io.to_string()),
-                        };
-                        return Err(Fault::Io(io));
-                    }
-                    let what = if self.seen_root {
-                        ""
-                    } else {
-                        "not a bmap file: "
-                    };
-                    return Err(Fault::exactly_at(
-                        at,
-                        format!("{what}not well-formed XML: {e}"),
-                    ));
-                }
-            };
-            let at = before;
-            if !self.seen_root && self.reader.buffer_position() > MAX_PROLOG {
-                return Err(Fault::at(
-                    at,
-                    format!(
-                        "not a bmap file: no <bmap> element in its first {} KiB",
-                        MAX_PROLOG >> 10
-                    ),
-                ));
-            }
-            match event {
-                Event::Start(e) | Event::Empty(e) if self.stack.is_empty() => {
-                    let name = e.name().as_ref().to_owned();
-                    if name != "bmap" || self.seen_root {
-                        return Err(Fault::at(
-                            at,
-                            format!("expected the root element <bmap>, found <{name}>"),
-                        ));
-                    }
-                    self.seen_root = true;
-                    for a in e.attributes() {
-                        let a =
-                            a.map_err(|e| Fault::at(at, format!("bad attribute of <bmap>: {e}")))?;
-                        if a.key.as_ref() == "version" {
-                            self.version = Some((a.value.into_owned(), at));
-                        }
-                    }
-                    self.stack.push(Cow::Borrowed("bmap"));
-                    self.text.clear();
-                }
-                Event::Start(e) => {
-                    let name = intern(e.name().as_ref());
-                    if self.header_only
-                        && self.stack.len() == 1
-                        && name == "BlockMap"
-                        && header_complete(&self.version, &self.fields)
-                    {
-                        self.eof = true;
-                        return Ok(None);
-                    }
-                    if self.stack.len() >= MAX_DEPTH {
-                        return Err(Fault::at(at, "elements nested too deep for a bmap".into()));
-                    }
-                    if name == "Range" && self.stack.len() == 2 && self.stack[1] == "BlockMap" {
-                        let mut chksum = None;
-                        let mut sha1 = None;
-                        for a in e.attributes() {
-                            let a = a.map_err(|e| {
-                                Fault::at(at, format!("bad attribute of <Range>: {e}"))
-                            })?;
-                            let v = a.value.trim().to_owned();
-                            match a.key.as_ref() {
-                                "chksum" => chksum = Some(v),
-                                "sha1" => sha1 = Some(v),
-                                _ => {}
-                            }
-                        }
-                        range = Some(RawRange {
-                            text: String::new(),
-                            chksum,
-                            sha1,
-                            at,
-                        });
-                    }
-                    self.stack.push(name);
-                    self.text.clear();
-                    self.start_at = at;
-                }
-                Event::Empty(e) => {
-                    let name = e.name().as_ref().to_owned();
-                    if name == "Range" || FIELDS.contains(&name.as_str()) {
-                        return Err(Fault::at(at, format!("<{name}/> is empty")));
-                    }
-                }
-                Event::Text(t) => {
-                    if self.stack.is_empty() {
-                        if !t.bytes().all(|c| c.is_ascii_whitespace()) {
-                            return Err(Fault::at(
-                                at,
-                                "not a bmap file: text outside the <bmap> element".into(),
-                            ));
-                        }
-                    } else {
-                        self.text.push_str(&t);
-                    }
-                }
-                Event::CData(t) => self.text.push_str(&t),
-                Event::GeneralRef(r) => {
-                    return Err(Fault::at(at, format!("unexpected entity &{};", &*r)));
-                }
-                Event::End(_) => {
-                    let name = self.stack.pop().unwrap_or_default();
-                    let depth = self.stack.len();
-                    let text = &self.text;
-                    if depth == 1 {
-                        if let Some(i) = FIELDS.iter().position(|n| *n == name) {
-                            if self.fields[i].is_some() {
-                                return Err(Fault::at(
-                                    self.start_at,
-                                    format!("<{}> appears twice", FIELDS[i]),
-                                ));
-                            }
-                            self.fields[i] = Some((text.trim().to_owned(), self.start_at));
-                        }
-                    } else if depth == 2
-                        && name == "Range"
-                        && self.stack[1] == "BlockMap"
-                        && let Some(mut r) = range.take()
-                    {
-                        r.text.push_str(text.trim());
-                        self.text.clear();
-                        return Ok(Some(r));
-                    }
-                    self.text.clear();
-                }
-                Event::Eof => self.eof = true,
-                Event::Comment(_) | Event::Decl(_) | Event::PI(_) | Event::DocType(_) => {}
+            let (event, at) = self.read_event(buf)?;
+            match self.handle(event, at)? {
+                Step::Go => {}
+                Step::Range(r) => return Ok(Some(r)),
+                Step::Stop => return Ok(None),
             }
             if self.text.len() as u64 > MAX_TOKEN {
                 return Err(Fault::at(
@@ -413,6 +310,163 @@ impl<R: BufRead> Parser<R> {
             return Err(Fault::exactly_at(end_at, format!("<{open}> is not closed")));
         }
         Ok(None)
+    }
+
+    /// The next event, and where it starts; no token longer than [`MAX_TOKEN`], the root
+    /// within [`MAX_PROLOG`] bytes.
+    fn read_event<'b>(&mut self, buf: &'b mut Vec<u8>) -> Result<(Event<'b>, u64), Fault> {
+        self.reader.get_mut().used = 0;
+        let at = self.reader.buffer_position();
+        buf.clear();
+        let event = match self.reader.read_event_into(buf) {
+            Ok(event) => event,
+            Err(e) => return Err(self.read_error(e)),
+        };
+        if !self.seen_root && self.reader.buffer_position() > MAX_PROLOG {
+            return Err(Fault::at(
+                at,
+                format!(
+                    "not a bmap file: no <bmap> element in its first {} KiB",
+                    MAX_PROLOG >> 10
+                ),
+            ));
+        }
+        Ok((event, at))
+    }
+
+    /// What a failure to read the next event is: a token too long, the file unreadable, or
+    /// not XML.
+    fn read_error(&self, e: quick_xml::Error) -> Fault {
+        let at = self.reader.error_position();
+        if self.reader.get_ref().tripped {
+            return Fault::exactly_at(
+                at,
+                format!(
+                    "not a bmap file: an XML token longer than {} KiB",
+                    MAX_TOKEN >> 10
+                ),
+            );
+        }
+        if let quick_xml::Error::Io(io) = &e {
+            let io = match io.raw_os_error() {
+                Some(code) => io::Error::from_raw_os_error(code),
+                None => io::Error::new(io.kind(), io.to_string()),
+            };
+            return Fault::Io(io);
+        }
+        let what = if self.seen_root {
+            ""
+        } else {
+            "not a bmap file: "
+        };
+        Fault::exactly_at(at, format!("{what}not well-formed XML: {e}"))
+    }
+
+    /// Takes in the event at `at`.
+    fn handle(&mut self, event: Event<'_>, at: u64) -> Result<Step, Fault> {
+        match event {
+            Event::Start(e) | Event::Empty(e) if self.stack.is_empty() => self.root(&e, at)?,
+            Event::Start(e) => return self.start(&e, at),
+            Event::Empty(e) => {
+                let name = e.name().as_ref().to_owned();
+                if name == "Range" || FIELDS.contains(&name.as_str()) {
+                    return Err(Fault::at(at, format!("<{name}/> is empty")));
+                }
+            }
+            Event::Text(t) => {
+                if self.stack.is_empty() {
+                    if !t.bytes().all(|c| c.is_ascii_whitespace()) {
+                        return Err(Fault::at(
+                            at,
+                            "not a bmap file: text outside the <bmap> element".into(),
+                        ));
+                    }
+                } else {
+                    self.text.push_str(&t);
+                }
+            }
+            Event::CData(t) => self.text.push_str(&t),
+            Event::GeneralRef(r) => {
+                return Err(Fault::at(at, format!("unexpected entity &{};", &*r)));
+            }
+            Event::End(_) => return self.end(),
+            Event::Eof => self.eof = true,
+            Event::Comment(_) | Event::Decl(_) | Event::PI(_) | Event::DocType(_) => {}
+        }
+        Ok(Step::Go)
+    }
+
+    /// The root element: `<bmap>`, once, and its version.
+    fn root(&mut self, e: &BytesStart<'_>, at: u64) -> Result<(), Fault> {
+        let name = e.name().as_ref().to_owned();
+        if name != "bmap" || self.seen_root {
+            return Err(Fault::at(
+                at,
+                format!("expected the root element <bmap>, found <{name}>"),
+            ));
+        }
+        self.seen_root = true;
+        for a in e.attributes() {
+            let a = a.map_err(|e| Fault::at(at, format!("bad attribute of <bmap>: {e}")))?;
+            if a.key.as_ref() == "version" {
+                self.version = Some((a.value.into_owned(), at));
+            }
+        }
+        self.stack.push(Cow::Borrowed("bmap"));
+        self.text.clear();
+        Ok(())
+    }
+
+    /// An element opens inside the root: a `<Range>` of the `<BlockMap>` begins, or the
+    /// header-only parse ends at `<BlockMap>`.
+    fn start(&mut self, e: &BytesStart<'_>, at: u64) -> Result<Step, Fault> {
+        let name = intern(e.name().as_ref());
+        if self.header_only
+            && self.stack.len() == 1
+            && name == "BlockMap"
+            && header_complete(&self.version, &self.fields)
+        {
+            self.eof = true;
+            return Ok(Step::Stop);
+        }
+        if self.stack.len() >= MAX_DEPTH {
+            return Err(Fault::at(at, "elements nested too deep for a bmap".into()));
+        }
+        if name == "Range" && self.stack.len() == 2 && self.stack[1] == "BlockMap" {
+            self.range = Some(range_start(e, at)?);
+        }
+        self.stack.push(name);
+        self.text.clear();
+        self.start_at = at;
+        Ok(Step::Go)
+    }
+
+    /// An element closes: a header field is read, or a `<Range>` is complete.
+    fn end(&mut self) -> Result<Step, Fault> {
+        let name = self.stack.pop().unwrap_or_default();
+        let depth = self.stack.len();
+        let text = &self.text;
+        if depth == 1 {
+            if let Some(i) = FIELDS.iter().position(|n| *n == name) {
+                if self.fields[i].is_some() {
+                    return Err(Fault::at(
+                        self.start_at,
+                        format!("<{}> appears twice", FIELDS[i]),
+                    ));
+                }
+                self.fields[i] = Some((text.trim().to_owned(), self.start_at));
+            }
+        } else if depth == 2
+            && name == "Range"
+            && self.stack[1] == "BlockMap"
+            && let Some(mut r) = self.range.take()
+        {
+            r.text.push_str(text.trim());
+            self.text.clear();
+            return Ok(Step::Range(r));
+        }
+        self.text.clear();
+        Ok(Step::Go)
     }
 
     /// The header, checked, once [`Parser::next_range`] has reached the end.

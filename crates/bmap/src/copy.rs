@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use blockmap_core::{BackendChoice, BlockMap, MapOptions};
-use sparsecopy::Destination;
+use sparsecopy::{Destination, Progress};
 use tracing::debug;
 
 use crate::checksum::Hasher;
@@ -25,11 +25,13 @@ use crate::source::{Compression, Source, read_full_at};
 mod decode;
 mod dest;
 mod lanes;
+mod options;
 mod report;
 mod stream;
 mod whole;
 
 use self::dest::{Writeback, Written, write_piece};
+pub use self::options::CopyOptions;
 pub use self::report::CopyReport;
 use self::stream::drain;
 
@@ -68,11 +70,9 @@ pub struct Copier<'a> {
     info: BmapInfo,
     ranges: RangeSource,
     bmap_path: PathBuf,
-    verify: bool,
-    sync: bool,
+    options: CopyOptions,
     interrupt: Option<Arc<AtomicBool>>,
-    progress: Option<&'a mut dyn FnMut(u64, u64)>,
-    checksum_retry: Option<u32>,
+    progress: Option<&'a mut dyn FnMut(Progress)>,
 }
 
 /// Where the ranges come from.
@@ -110,46 +110,44 @@ impl fmt::Debug for Copier<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Copier")
             .field("bmap_path", &self.bmap_path)
-            .field("verify", &self.verify)
-            .field("sync", &self.sync)
+            .field("options", &self.options)
             .finish_non_exhaustive()
     }
 }
 
 impl<'a> Copier<'a> {
-    /// A copier by `bmap` (verification and a final fsync on).
-    pub fn new(bmap: Bmap) -> Self {
+    /// A copier by `bmap`.
+    pub fn new(bmap: Bmap, options: CopyOptions) -> Self {
         Copier {
             info: bmap.info(),
             ranges: RangeSource::Memory(bmap.ranges),
             bmap_path: PathBuf::from("<bmap>"),
-            verify: true,
-            sync: true,
+            options,
             interrupt: None,
             progress: None,
-            checksum_retry: None,
         }
     }
 
-    /// A copier by a bmap file, its ranges read as the copy goes (verification and a final
-    /// fsync on; the file named in errors).
-    pub fn from_file(file: BmapFile) -> Self {
+    /// A copier by a bmap file, its ranges read as the copy goes (the file named in errors).
+    pub fn from_file(file: BmapFile, options: CopyOptions) -> Self {
         Copier {
             info: file.info().clone(),
             bmap_path: file.path().to_owned(),
             ranges: RangeSource::File(file),
-            verify: true,
-            sync: true,
+            options,
             interrupt: None,
             progress: None,
-            checksum_retry: None,
         }
     }
 
     /// A copier by the image's own block map (no bmap file, nothing to verify), walked once
     /// here to count the mapped blocks and again as the copy goes: what `bmaptool copy
     /// --nobmap` copies, in the memory of one walk.
-    pub fn from_image_map(image: impl AsRef<Path>, backend: BackendChoice) -> Result<Self> {
+    pub fn from_image_map(
+        image: impl AsRef<Path>,
+        backend: BackendChoice,
+        options: CopyOptions,
+    ) -> Result<Self> {
         let image = image.as_ref();
         let map = BlockMap::open(image, MapOptions::from(backend))?;
         let block_size = u64::from(map.block_size());
@@ -172,48 +170,31 @@ impl<'a> Copier<'a> {
             info,
             ranges: RangeSource::Map(map),
             bmap_path: PathBuf::from("-"),
-            verify: false,
-            sync: true,
+            options,
             interrupt: None,
             progress: None,
-            checksum_retry: None,
         })
     }
 
     /// A copier without a bmap that writes every byte of the image, as `bmaptool copy
     /// --nobmap` does with a compressed image or a stream: what holes it had are written as
     /// zeros, and nothing is verified but a compressed format's own checksums.
-    pub fn whole_image() -> Self {
+    pub fn whole_image(options: CopyOptions) -> Self {
         let mut bmap = Bmap::new(0, 4096);
         bmap.checksum_type = None;
         Copier {
             info: bmap.info(),
             ranges: RangeSource::Whole,
             bmap_path: PathBuf::from("-"),
-            verify: false,
-            sync: true,
+            options,
             interrupt: None,
             progress: None,
-            checksum_retry: None,
         }
     }
 
     /// The bmap file's path, to name it in errors.
     pub fn bmap_path(mut self, path: impl Into<PathBuf>) -> Self {
         self.bmap_path = path.into();
-        self
-    }
-
-    /// Verify each range's checksum (on by default; ranges without one are not verified).
-    /// A compressed image's own checksums are checked either way.
-    pub fn verify(mut self, verify: bool) -> Self {
-        self.verify = verify;
-        self
-    }
-
-    /// fsync the destination before returning (on by default, as bmaptool).
-    pub fn sync(mut self, sync: bool) -> Self {
-        self.sync = sync;
         self
     }
 
@@ -224,20 +205,11 @@ impl<'a> Copier<'a> {
         self
     }
 
-    /// Called as data is written, with the bytes written and the mapped bytes in all.
-    pub fn progress(mut self, f: &'a mut dyn FnMut(u64, u64)) -> Self {
+    /// Called as data is written: [`Progress::done`] is the mapped bytes written so far,
+    /// [`Progress::total`] the mapped bytes in all (for [`Copier::whole_image`], whose size is
+    /// known at its end, both are the bytes written so far).
+    pub fn progress(mut self, f: &'a mut dyn FnMut(Progress)) -> Self {
         self.progress = Some(f);
-        self
-    }
-
-    /// After the copy is written and synced, read every range back from the destination
-    /// (past the page cache) and compare it with its checksum; a range that differs is
-    /// written again from the image and read back again, up to `retries` times, and the copy
-    /// fails with [`Error::ReadBack`] naming those that never matched. Needs a bmap with
-    /// checksums, and for `retries > 0` an image that can be read again (not a pipe): else
-    /// [`Error::ReadBackUnavailable`], before anything is written.
-    pub fn checksum_retry(mut self, retries: u32) -> Self {
-        self.checksum_retry = Some(retries);
         self
     }
 
@@ -275,7 +247,7 @@ impl<'a> Copier<'a> {
         // Whether the image can be read again (for --checksum-retry's rewrites).
         let seekable = input.is_seekable();
         if matches!(self.ranges, RangeSource::Whole) {
-            if self.checksum_retry.is_some() {
+            if self.options.checksum_retry.is_some() {
                 // Nothing to compare with: no bmap, no checksums.
                 return Err(Error::ReadBackUnavailable {
                     path: image.to_owned(),
@@ -383,7 +355,7 @@ impl<'a> Copier<'a> {
                 written: None,
             });
         }
-        if let Some(retries) = self.checksum_retry {
+        if let Some(retries) = self.options.checksum_retry {
             // bmaptool's bmaps have a checksum in every range or in none.
             let summed = match self.ranges.iter().next() {
                 Some(first) => first?.checksum.is_some(),
@@ -421,12 +393,12 @@ impl<'a> Copier<'a> {
         if self.interrupted() {
             return Err(interrupted(dest));
         }
-        if self.sync {
+        if self.options.sync {
             out.file()
                 .sync_all()
                 .map_err(|e| Error::io("fsync", dest, e))?;
         }
-        if let Some(retries) = self.checksum_retry {
+        if let Some(retries) = self.options.checksum_retry {
             let r = self.read_back(retries, source, reading.rereadable, image, out, dest)?;
             report.readback = Some(r);
         }
@@ -514,7 +486,7 @@ impl<'a> Copier<'a> {
     }
 
     /// `--checksum-retry`: every range read back from the destination, synced first, and
-    /// compared with its checksum (see [`Copier::checksum_retry`]).
+    /// compared with its checksum (see [`CopyOptions::checksum_retry`]).
     fn read_back(
         &self,
         retries: u32,
@@ -524,7 +496,7 @@ impl<'a> Copier<'a> {
         out: &Destination,
         dest: &Path,
     ) -> Result<ReadBackReport> {
-        if !self.sync {
+        if !self.options.sync {
             out.file()
                 .sync_all()
                 .map_err(|e| Error::io("fsync", dest, e))?;

@@ -12,8 +12,8 @@ use std::time::Duration;
 use tracing::debug;
 
 use super::{
-    CHUNK, Copier, CopyReport, RangeIter, Writeback, Written, check, interrupted, too_short,
-    write_piece,
+    CHUNK, Copier, CopyReport, Progress, RangeIter, Writeback, Written, check, interrupted,
+    too_short, write_piece,
 };
 use crate::checksum::ChecksumType;
 use crate::error::{Error, Result};
@@ -40,7 +40,7 @@ impl Copier<'_> {
         written: &Written,
     ) -> Result<CopyReport> {
         let info = &self.info;
-        let kind = info.checksum_type.filter(|_| self.verify);
+        let kind = info.checksum_type.filter(|_| self.options.verify);
         let total = info.mapped_bytes;
         let lanes = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
@@ -56,7 +56,7 @@ impl Copier<'_> {
             written,
             info,
             kind,
-            sync: self.sync,
+            sync: self.options.sync,
             interrupt: self.interrupt.as_deref(),
             stop: AtomicBool::new(false),
             was_interrupted: AtomicBool::new(false),
@@ -80,7 +80,10 @@ impl Copier<'_> {
             // Until every lane has hung up.
             while let Err(RecvTimeoutError::Timeout) = done_rx.recv_timeout(PROGRESS_TICK) {
                 if let Some(p) = progress.as_mut() {
-                    p(shared.copied.load(Ordering::Relaxed), total);
+                    p(Progress {
+                        done: shared.copied.load(Ordering::Relaxed),
+                        total,
+                    });
                 }
             }
         });
@@ -100,7 +103,10 @@ impl Copier<'_> {
         }
         let mapped_bytes = copied.into_inner();
         if let Some(p) = progress.as_mut() {
-            p(mapped_bytes, total);
+            p(Progress {
+                done: mapped_bytes,
+                total,
+            });
         }
         Ok(CopyReport {
             mapped_bytes,

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use super::{
-    CHUNK, Copier, CopyReport, RangeIter, Writeback, Written, check, interrupted, stream_error,
-    too_short, write_piece,
+    CHUNK, Copier, CopyReport, Progress, RangeIter, Writeback, Written, check, interrupted,
+    stream_error, too_short, write_piece,
 };
 use crate::checksum::ChecksumType;
 use crate::error::Result;
@@ -33,7 +33,7 @@ impl Copier<'_> {
         written: &Written,
     ) -> Result<CopyReport> {
         let info = &self.info;
-        let kind = info.checksum_type.filter(|_| self.verify);
+        let kind = info.checksum_type.filter(|_| self.options.verify);
         let (free_tx, free_rx) = sync_channel::<Vec<u8>>(CHUNKS);
         for _ in 0..CHUNKS {
             free_tx.send(vec![0; CHUNK]).expect("the receiver is here");
@@ -48,7 +48,7 @@ impl Copier<'_> {
             out,
             dest,
             written,
-            writeback: self.sync.then(|| Writeback::new(out, dest)),
+            writeback: self.options.sync.then(|| Writeback::new(out, dest)),
             info,
             kind,
             interrupt: self.interrupt.as_deref(),
@@ -98,7 +98,7 @@ struct Feed<'f, 'p> {
     interrupt: Option<&'f AtomicBool>,
     /// Raised by the hasher at a checksum mismatch.
     mismatch: &'f AtomicBool,
-    progress: Option<&'f mut (dyn FnMut(u64, u64) + 'p)>,
+    progress: Option<&'f mut (dyn FnMut(Progress) + 'p)>,
     /// Small ranges share a buffer: one hand-over to the hasher per buffer, not per range (a
     /// file of 131072 small extents would otherwise be all hand-overs).
     batch: Batch,
@@ -157,7 +157,10 @@ impl Feed<'_, '_> {
             pos += n as u64;
             self.report.mapped_bytes += n as u64;
             if let Some(p) = self.progress.as_mut() {
-                p(self.report.mapped_bytes, self.info.mapped_bytes);
+                p(Progress {
+                    done: self.report.mapped_bytes,
+                    total: self.info.mapped_bytes,
+                });
             }
             if self.mismatch.load(Ordering::Relaxed) {
                 return Ok(false);

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
-use bmap::{Copier, CreateOptions, SignatureCheck};
+use bmap::{Copier, CreateOptions, Progress, SignatureCheck};
 use sparsecopy::Destination;
 use sparsecopy::human_size;
 
@@ -119,6 +119,10 @@ fn copy(args: &BmapCopyArgs) -> Result<()> {
     if args.removable_device {
         bmap::check_removable(&args.dest)?;
     }
+    let mut copy_options = bmap::CopyOptions::new()
+        .verify(!args.no_verify)
+        .sync(!args.no_sync);
+    copy_options.checksum_retry = args.checksum_retry;
     let mut input = None;
     let (copier, source) = if args.nobmap {
         // A plain file is copied by its own block map; anything else (compressed, an
@@ -128,24 +132,28 @@ fn copy(args: &BmapCopyArgs) -> Result<()> {
         input = Some(opened);
         if plain {
             (
-                Copier::from_image_map(&args.image, blockmap_core::BackendChoice::Auto)?,
+                Copier::from_image_map(
+                    &args.image,
+                    blockmap_core::BackendChoice::Auto,
+                    copy_options,
+                )?,
                 "no bmap: the image's own block map".to_owned(),
             )
         } else {
             (
-                Copier::whole_image(),
+                Copier::whole_image(copy_options),
                 "no bmap: all of the image written".to_owned(),
             )
         }
     } else {
         let (file, source) = signed_bmap(args)?;
-        (Copier::from_file(file), source)
+        (Copier::from_file(file, copy_options), source)
     };
 
     let show_progress = !args.no_progress && (args.progress || io::stderr().is_terminal());
     let bar = show_progress.then(progress_bar);
     let mut splash = psplash(args);
-    let mut on_progress = |done: u64, total: u64| {
+    let mut on_progress = |Progress { done, total }: Progress| {
         if let Some(s) = splash.as_mut() {
             s.progress(done, total);
         }
@@ -154,15 +162,7 @@ fn copy(args: &BmapCopyArgs) -> Result<()> {
             bar.set_position(done);
         }
     };
-    let copier = match args.checksum_retry {
-        Some(n) => copier.checksum_retry(n),
-        None => copier,
-    };
-    let copier = copier
-        .verify(!args.no_verify)
-        .sync(!args.no_sync)
-        .interrupt(stop)
-        .progress(&mut on_progress);
+    let copier = copier.interrupt(stop).progress(&mut on_progress);
     let result = match input {
         Some(input) => copier.copy_input(input, &args.dest),
         None => copier.copy(&args.image, &args.dest),

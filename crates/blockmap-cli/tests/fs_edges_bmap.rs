@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bmap::{BmapFile, Copier, CreateOptions};
+use bmap::{BmapFile, Copier, CopyOptions, CreateOptions};
 use common::{BLOCKMAP, FaultFs, MIB, ensure, run_cli};
 
 /// Runs `body`, reports its cases as `fs=faultfs`, and panics with its error.
@@ -109,7 +109,7 @@ fn copy(via: Via, image: &Path, bmap: &Path, dest: &Path, sync: bool) -> Result<
             }
         }
         Via::Library => BmapFile::open(bmap)
-            .and_then(|f| Copier::from_file(f).sync(sync).copy(image, dest))
+            .and_then(|f| Copier::from_file(f, CopyOptions::new().sync(sync)).copy(image, dest))
             .map(|r| r.to_string())
             .map_err(|e| e.to_string()),
     }
@@ -365,8 +365,11 @@ fn bmap_signals_stop_the_copy() {
                 raise.store(true, Ordering::Relaxed);
             });
             let started = Instant::now();
-            let outcome = BmapFile::open(&img.bmap)
-                .and_then(|f| Copier::from_file(f).interrupt(flag).copy(image, &dest));
+            let outcome = BmapFile::open(&img.bmap).and_then(|f| {
+                Copier::from_file(f, CopyOptions::new())
+                    .interrupt(flag)
+                    .copy(image, &dest)
+            });
             raiser.join().unwrap();
             let took = started.elapsed();
             match outcome {

@@ -220,7 +220,9 @@ fn range_requests_fetch_only_the_mapped_ranges() {
     let bmap_url = format!("{url}.bmap");
     let file = bmap::BmapFile::open(&bmap_url).unwrap();
     let lib_dest = dir.path().join("lib.img");
-    let report = bmap::Copier::from_file(file).copy(&url, &lib_dest).unwrap();
+    let report = bmap::Copier::from_file(file, bmap::CopyOptions::new())
+        .copy(&url, &lib_dest)
+        .unwrap();
     assert_eq!(report.network_bytes, Some(mapped + coalesced_gap));
     assert_eq!(report.mapped_bytes, mapped);
     assert!(fs::read(&lib_dest).unwrap() == image);

@@ -3,21 +3,18 @@
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
-use std::num::NonZeroU64;
 use std::ops::Range;
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, channel, sync_channel};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use blockmap_core::{BackendChoice, BlockMap, MapOptions};
-use rustix::fs::Advice;
-use sparsecopy::Destination;
+use sparsecopy::{Destination, Progress};
 use tracing::debug;
 
-use crate::checksum::{ChecksumType, Hasher};
+use crate::checksum::Hasher;
 use crate::error::{Error, Result};
 use crate::file::{BmapFile, BmapInfo};
 use crate::format::{BlockRange, Bmap};
@@ -26,19 +23,22 @@ use crate::readback::{self, ReadBackReport, Reread};
 use crate::source::{Compression, Source, read_full_at};
 
 mod decode;
+mod dest;
+mod lanes;
+mod options;
+mod report;
+mod stream;
 mod whole;
+
+use self::dest::{Writeback, Written, write_piece};
+pub use self::options::CopyOptions;
+pub use self::report::CopyReport;
+use self::stream::drain;
 
 /// Size of one chunk of data on its way from the image to the destination and the hasher:
 /// small enough to stay in a core's L2 cache (1 MiB here) between the `pread` that fills it
 /// and the `pwrite` that empties it, large enough that the syscalls cost nothing.
 const CHUNK: usize = 256 << 10;
-/// Chunks in flight (compressed images): one being read and written, the others being hashed
-/// or waiting.
-const CHUNKS: usize = 8;
-/// Ranges a lane takes at once (a plain image).
-const TAKE: usize = 32;
-/// How often the progress callback hears of the copy of a plain image.
-const PROGRESS_TICK: Duration = Duration::from_millis(50);
 
 /// Copies an image by its bmap: only the mapped ranges are read and written, each range's
 /// checksum is verified as its bytes pass. A plain image is copied by one thread per core,
@@ -70,11 +70,9 @@ pub struct Copier<'a> {
     info: BmapInfo,
     ranges: RangeSource,
     bmap_path: PathBuf,
-    verify: bool,
-    sync: bool,
+    options: CopyOptions,
     interrupt: Option<Arc<AtomicBool>>,
-    progress: Option<&'a mut dyn FnMut(u64, u64)>,
-    checksum_retry: Option<u32>,
+    progress: Option<&'a mut dyn FnMut(Progress)>,
 }
 
 /// Where the ranges come from.
@@ -112,151 +110,44 @@ impl fmt::Debug for Copier<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Copier")
             .field("bmap_path", &self.bmap_path)
-            .field("verify", &self.verify)
-            .field("sync", &self.sync)
+            .field("options", &self.options)
             .finish_non_exhaustive()
     }
 }
 
-/// What [`Copier::copy`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct CopyReport {
-    /// `ImageSize`.
-    pub image_size: u64,
-    /// Bytes read from the image and written (the mapped ranges).
-    pub mapped_bytes: u64,
-    /// Bytes of a stream read and dropped (unmapped ranges, to the stream's end); 0 for a
-    /// plain image read where the ranges are.
-    pub skipped_bytes: u64,
-    /// Ranges written.
-    pub ranges: u64,
-    /// Ranges whose checksum was verified.
-    pub verified_ranges: u64,
-    /// The checksum type verified, if any range was.
-    pub checksum_type: Option<ChecksumType>,
-    /// How the image was compressed.
-    pub compression: Compression,
-    /// Whether the destination is a block device.
-    pub block_device: bool,
-    /// Wall time of the copy.
-    pub elapsed: Duration,
-    /// What the read-back verification did, if it was asked for.
-    pub readback: Option<ReadBackReport>,
-    /// Bytes of response bodies that came over the network, for an image given as a URL.
-    pub network_bytes: Option<u64>,
-}
-
-impl CopyReport {
-    /// A report of nothing done yet, for an image of `image_size` bytes verified by `kind`.
-    fn new(image_size: u64, kind: Option<ChecksumType>) -> Self {
-        CopyReport {
-            image_size,
-            mapped_bytes: 0,
-            skipped_bytes: 0,
-            ranges: 0,
-            verified_ranges: 0,
-            checksum_type: kind,
-            compression: Compression::None,
-            block_device: false,
-            elapsed: Duration::ZERO,
-            readback: None,
-            network_bytes: None,
-        }
-    }
-}
-
-impl fmt::Display for CopyReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "copied {} of mapped data in {} ranges of a {} image",
-            sparsecopy::human_size(self.mapped_bytes),
-            self.ranges,
-            sparsecopy::human_size(self.image_size),
-        )?;
-        if self.compression != Compression::None {
-            write!(f, " ({} compressed)", self.compression.name())?;
-        }
-        match self.checksum_type {
-            Some(kind) if self.verified_ranges > 0 => {
-                write!(f, ", {} ranges verified ({kind})", self.verified_ranges)?
-            }
-            _ => write!(f, ", not verified")?,
-        }
-        if let Some(r) = &self.readback {
-            write!(f, ", {r}")?;
-        }
-        if let Some(bytes) = self.network_bytes {
-            write!(f, ", {} over the network", sparsecopy::human_size(bytes))?;
-        }
-        write!(f, " in {:.2} s", self.elapsed.as_secs_f64())
-    }
-}
-
-/// The bytes of the destination written so far, as one span (for the message of an
-/// interrupted copy).
-struct Written {
-    start: AtomicU64,
-    end: AtomicU64,
-}
-
-impl Written {
-    fn new() -> Self {
-        Written {
-            start: AtomicU64::new(u64::MAX),
-            end: AtomicU64::new(0),
-        }
-    }
-
-    fn add(&self, bytes: Range<u64>) {
-        self.start.fetch_min(bytes.start, Ordering::Relaxed);
-        self.end.fetch_max(bytes.end, Ordering::Relaxed);
-    }
-
-    fn span(&self) -> Option<Range<u64>> {
-        let (start, end) = (
-            self.start.load(Ordering::Relaxed),
-            self.end.load(Ordering::Relaxed),
-        );
-        (start < end).then_some(start..end)
-    }
-}
-
 impl<'a> Copier<'a> {
-    /// A copier by `bmap` (verification and a final fsync on).
-    pub fn new(bmap: Bmap) -> Self {
+    /// A copier by `bmap`.
+    pub fn new(bmap: Bmap, options: CopyOptions) -> Self {
         Copier {
             info: bmap.info(),
             ranges: RangeSource::Memory(bmap.ranges),
             bmap_path: PathBuf::from("<bmap>"),
-            verify: true,
-            sync: true,
+            options,
             interrupt: None,
             progress: None,
-            checksum_retry: None,
         }
     }
 
-    /// A copier by a bmap file, its ranges read as the copy goes (verification and a final
-    /// fsync on; the file named in errors).
-    pub fn from_file(file: BmapFile) -> Self {
+    /// A copier by a bmap file, its ranges read as the copy goes (the file named in errors).
+    pub fn from_file(file: BmapFile, options: CopyOptions) -> Self {
         Copier {
             info: file.info().clone(),
             bmap_path: file.path().to_owned(),
             ranges: RangeSource::File(file),
-            verify: true,
-            sync: true,
+            options,
             interrupt: None,
             progress: None,
-            checksum_retry: None,
         }
     }
 
     /// A copier by the image's own block map (no bmap file, nothing to verify), walked once
     /// here to count the mapped blocks and again as the copy goes: what `bmaptool copy
     /// --nobmap` copies, in the memory of one walk.
-    pub fn from_image_map(image: impl AsRef<Path>, backend: BackendChoice) -> Result<Self> {
+    pub fn from_image_map(
+        image: impl AsRef<Path>,
+        backend: BackendChoice,
+        options: CopyOptions,
+    ) -> Result<Self> {
         let image = image.as_ref();
         let map = BlockMap::open(image, MapOptions::from(backend))?;
         let block_size = u64::from(map.block_size());
@@ -279,48 +170,31 @@ impl<'a> Copier<'a> {
             info,
             ranges: RangeSource::Map(map),
             bmap_path: PathBuf::from("-"),
-            verify: false,
-            sync: true,
+            options,
             interrupt: None,
             progress: None,
-            checksum_retry: None,
         })
     }
 
     /// A copier without a bmap that writes every byte of the image, as `bmaptool copy
     /// --nobmap` does with a compressed image or a stream: what holes it had are written as
     /// zeros, and nothing is verified but a compressed format's own checksums.
-    pub fn whole_image() -> Self {
+    pub fn whole_image(options: CopyOptions) -> Self {
         let mut bmap = Bmap::new(0, 4096);
         bmap.checksum_type = None;
         Copier {
             info: bmap.info(),
             ranges: RangeSource::Whole,
             bmap_path: PathBuf::from("-"),
-            verify: false,
-            sync: true,
+            options,
             interrupt: None,
             progress: None,
-            checksum_retry: None,
         }
     }
 
     /// The bmap file's path, to name it in errors.
     pub fn bmap_path(mut self, path: impl Into<PathBuf>) -> Self {
         self.bmap_path = path.into();
-        self
-    }
-
-    /// Verify each range's checksum (on by default; ranges without one are not verified).
-    /// A compressed image's own checksums are checked either way.
-    pub fn verify(mut self, verify: bool) -> Self {
-        self.verify = verify;
-        self
-    }
-
-    /// fsync the destination before returning (on by default, as bmaptool).
-    pub fn sync(mut self, sync: bool) -> Self {
-        self.sync = sync;
         self
     }
 
@@ -331,20 +205,11 @@ impl<'a> Copier<'a> {
         self
     }
 
-    /// Called as data is written, with the bytes written and the mapped bytes in all.
-    pub fn progress(mut self, f: &'a mut dyn FnMut(u64, u64)) -> Self {
+    /// Called as data is written: [`Progress::done`] is the mapped bytes written so far,
+    /// [`Progress::total`] the mapped bytes in all (for [`Copier::whole_image`], whose size is
+    /// known at its end, both are the bytes written so far).
+    pub fn progress(mut self, f: &'a mut dyn FnMut(Progress)) -> Self {
         self.progress = Some(f);
-        self
-    }
-
-    /// After the copy is written and synced, read every range back from the destination
-    /// (past the page cache) and compare it with its checksum; a range that differs is
-    /// written again from the image and read back again, up to `retries` times, and the copy
-    /// fails with [`Error::ReadBack`] naming those that never matched. Needs a bmap with
-    /// checksums, and for `retries > 0` an image that can be read again (not a pipe): else
-    /// [`Error::ReadBackUnavailable`], before anything is written.
-    pub fn checksum_retry(mut self, retries: u32) -> Self {
-        self.checksum_retry = Some(retries);
         self
     }
 
@@ -382,7 +247,7 @@ impl<'a> Copier<'a> {
         // Whether the image can be read again (for --checksum-retry's rewrites).
         let seekable = input.is_seekable();
         if matches!(self.ranges, RangeSource::Whole) {
-            if self.checksum_retry.is_some() {
+            if self.options.checksum_retry.is_some() {
                 // Nothing to compare with: no bmap, no checksums.
                 return Err(Error::ReadBackUnavailable {
                     path: image.to_owned(),
@@ -393,12 +258,6 @@ impl<'a> Copier<'a> {
             }
             return self.copy_whole(input, dest, started);
         }
-        let size_mismatch = |actual| Error::ImageSize {
-            path: image.to_owned(),
-            bmap: self.bmap_path.clone(),
-            expected: info.image_size,
-            actual,
-        };
         // A local compressed file of independent blocks: decoded in parallel, where mapped.
         let plan = match input.compressed_file() {
             Some(file) => crate::parallel::plan(file, image, compression)?,
@@ -407,10 +266,26 @@ impl<'a> Copier<'a> {
         if let Some(size) = plan.as_ref().and_then(|p| p.size())
             && size != info.image_size
         {
-            return Err(size_mismatch(size));
+            return Err(self.wrong_size(image, size));
         }
-        let opened = input.open_image()?;
-        let source = match opened {
+        let source = self.open_source(input.open_image()?, image, compression)?;
+        let reading = Reading {
+            rereadable: seekable,
+            plan: plan.as_ref(),
+        };
+        self.copy_source(source, reading, image, dest, started)
+    }
+
+    /// The image opened as a [`Source`], checked before anything is written: its size, and
+    /// that it reads.
+    fn open_source(
+        &self,
+        opened: Opened,
+        image: &Path,
+        compression: Compression,
+    ) -> Result<Source> {
+        let info = &self.info;
+        Ok(match opened {
             // A plain file or device is read where the ranges are.
             Opened::Plain(file) => {
                 let meta = file
@@ -418,14 +293,14 @@ impl<'a> Copier<'a> {
                     .map_err(|e| Error::io("stat the image", image, e))?;
                 let kind = meta.file_type();
                 if kind.is_file() && meta.len() != info.image_size {
-                    return Err(size_mismatch(meta.len()));
+                    return Err(self.wrong_size(image, meta.len()));
                 }
                 if kind.is_block_device() {
                     let size = (&file)
                         .seek(SeekFrom::End(0))
                         .map_err(|e| Error::io("find the size of the image", image, e))?;
                     if size < info.image_size {
-                        return Err(size_mismatch(size));
+                        return Err(self.wrong_size(image, size));
                     }
                 }
                 // It reads: the first byte, before anything is written.
@@ -443,16 +318,11 @@ impl<'a> Copier<'a> {
                     .peek()
                     .map_err(|e| stream_error(e, image, compression, 0))?;
                 if first == 0 && info.mapped_bytes > 0 {
-                    return Err(size_mismatch(0));
+                    return Err(self.wrong_size(image, 0));
                 }
                 stream
             }
-        };
-        let reading = Reading {
-            rereadable: seekable,
-            plan: plan.as_ref(),
-        };
-        self.copy_source(source, reading, image, dest, started)
+        })
     }
 
     /// The bmap's header, its file, and its ranges in bytes, in order (what a remote image
@@ -485,7 +355,7 @@ impl<'a> Copier<'a> {
                 written: None,
             });
         }
-        if let Some(retries) = self.checksum_retry {
+        if let Some(retries) = self.options.checksum_retry {
             // bmaptool's bmaps have a checksum in every range or in none.
             let summed = match self.ranges.iter().next() {
                 Some(first) => first?.checksum.is_some(),
@@ -513,10 +383,41 @@ impl<'a> Copier<'a> {
         written: &Written,
         reading: Reading<'_>,
     ) -> Result<CopyReport> {
-        let Reading { rereadable, plan } = reading;
-        let info = self.info.clone();
-        let bmap_path = self.bmap_path.clone();
-        if let Source::File(file) = &*source
+        self.prepare(source, out, image, dest, written)?;
+        debug!(
+            block_device = out.is_block_device(),
+            ranges = self.info.ranges,
+            "copying"
+        );
+        let mut report = self.transfer(source, reading.plan, image, out.file(), dest, written)?;
+        if self.interrupted() {
+            return Err(interrupted(dest));
+        }
+        if self.options.sync {
+            out.file()
+                .sync_all()
+                .map_err(|e| Error::io("fsync", dest, e))?;
+        }
+        if let Some(retries) = self.options.checksum_retry {
+            let r = self.read_back(retries, source, reading.rereadable, image, out, dest)?;
+            report.readback = Some(r);
+        }
+        report.block_device = out.is_block_device();
+        Ok(report)
+    }
+
+    /// Checks the destination against the image (not the image itself; a device that holds
+    /// it) and makes a regular file the image's size, nothing of its old contents left.
+    fn prepare(
+        &self,
+        source: &Source,
+        out: &Destination,
+        image: &Path,
+        dest: &Path,
+        written: &Written,
+    ) -> Result<()> {
+        let info = &self.info;
+        if let Source::File(file) = source
             && out.is_same_file(file, image)?
         {
             return Err(Error::SameFile {
@@ -545,385 +446,86 @@ impl<'a> Copier<'a> {
             }
             resize(info.image_size)?;
         }
-        debug!(
-            block_device = out.is_block_device(),
-            ranges = info.ranges,
-            "copying"
-        );
-        let sync = self.sync;
-        let interrupt = self.interrupt.clone();
-        let stopped = || {
-            interrupt
-                .as_ref()
-                .is_some_and(|f| f.load(Ordering::Relaxed))
-        };
-        let mut report = match &mut *source {
-            Source::File(file) => self.lanes(file, image, out.file(), dest, written)?,
+        Ok(())
+    }
+
+    /// The mapped ranges written by the image's data path: lanes for a plain image, parallel
+    /// decoders for a `plan`, else the stream pumped in order and read to its end.
+    fn transfer(
+        &mut self,
+        source: &mut Source,
+        plan: Option<&crate::parallel::Plan>,
+        image: &Path,
+        out: &File,
+        dest: &Path,
+        written: &Written,
+    ) -> Result<CopyReport> {
+        let size = self.info.image_size;
+        match source {
+            Source::File(file) => self.lanes(file, image, out, dest, written),
             _ if plan.is_some() => {
                 let plan = plan.expect("checked");
-                let report = self.decode(plan, image, out.file(), dest, written)?;
+                let report = self.decode(plan, image, out, dest, written)?;
                 // Units of unknown sizes (bz2): all decoded, they must add up to ImageSize.
-                if report.decoded_to != info.image_size && plan.size().is_none() {
-                    return Err(Error::ImageSize {
-                        path: image.to_owned(),
-                        bmap: bmap_path,
-                        expected: info.image_size,
-                        actual: report.decoded_to,
-                    });
+                if report.decoded_to != size && plan.size().is_none() {
+                    return Err(self.wrong_size(image, report.decoded_to));
                 }
-                report.report
+                Ok(report.report)
             }
             stream => {
-                let mut report = self.pump(stream, image, out.file(), dest, written)?;
-                report.skipped_bytes += drain(stream, image, info.image_size, &stopped, dest)?;
+                let mut report = self.pump(stream, image, out, dest, written)?;
+                let stopped = || self.interrupted();
+                report.skipped_bytes += drain(stream, image, size, &stopped, dest)?;
                 let end = stream.position();
-                if end != info.image_size {
-                    return Err(Error::ImageSize {
-                        path: image.to_owned(),
-                        bmap: bmap_path,
-                        expected: info.image_size,
-                        actual: end,
-                    });
+                if end != size {
+                    return Err(self.wrong_size(image, end));
                 }
-                report
+                Ok(report)
             }
-        };
-        if stopped() {
-            return Err(interrupted(dest));
         }
-        if sync {
+    }
+
+    /// `--checksum-retry`: every range read back from the destination, synced first, and
+    /// compared with its checksum (see [`CopyOptions::checksum_retry`]).
+    fn read_back(
+        &self,
+        retries: u32,
+        source: &Source,
+        rereadable: bool,
+        image: &Path,
+        out: &Destination,
+        dest: &Path,
+    ) -> Result<ReadBackReport> {
+        if !self.options.sync {
             out.file()
                 .sync_all()
                 .map_err(|e| Error::io("fsync", dest, e))?;
         }
-        if let Some(retries) = self.checksum_retry {
-            if !sync {
-                out.file()
-                    .sync_all()
-                    .map_err(|e| Error::io("fsync", dest, e))?;
-            }
-            let reread = match &*source {
-                Source::File(file) => Reread::File(file),
-                stream if rereadable => Reread::Decode(stream.compression()),
-                _ => Reread::Never,
-            };
-            let ranges = self.ranges.iter();
-            let r = readback::run(
-                ranges,
-                &info,
-                retries,
-                reread,
-                image,
-                out.file(),
-                dest,
-                &stopped,
-            )?;
-            report.readback = Some(r);
-        }
-        report.block_device = out.is_block_device();
-        Ok(report)
+        let reread = match source {
+            Source::File(file) => Reread::File(file),
+            stream if rereadable => Reread::Decode(stream.compression()),
+            _ => Reread::Never,
+        };
+        readback::run(
+            self.ranges.iter(),
+            &self.info,
+            retries,
+            reread,
+            image,
+            out.file(),
+            dest,
+            &|| self.interrupted(),
+        )
     }
 
-    /// The data path of a plain image: one lane per core, each taking the next range and
-    /// reading, writing and hashing it chunk by chunk, the chunk still in the core's cache
-    /// (a range is hashed in order, so ranges are what runs in parallel). This thread passes
-    /// the progress on.
-    fn lanes(
-        &mut self,
-        file: &File,
-        image: &Path,
-        out: &File,
-        dest: &Path,
-        written: &Written,
-    ) -> Result<CopyReport> {
-        let info = &self.info;
-        let kind = info.checksum_type.filter(|_| self.verify);
-        let total = info.mapped_bytes;
-        let lanes = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(usize::try_from(info.ranges).unwrap_or(usize::MAX))
-            .max(1);
-        debug!(lanes, "copying a plain image");
-        // The ranges, handed out in order with their index.
-        let next: Mutex<(usize, RangeIter<'_>)> = Mutex::new((0, self.ranges.iter()));
-        let stop = AtomicBool::new(false);
-        let was_interrupted = AtomicBool::new(false);
-        let copied = AtomicU64::new(0);
-        let (ranges, verified) = (AtomicU64::new(0), AtomicU64::new(0));
-        // Of several failures, the first range's is reported.
-        let failure: Mutex<Option<(usize, Error)>> = Mutex::new(None);
-        let fail = |index: usize, e: Error| {
-            stop.store(true, Ordering::Relaxed);
-            let mut failure = failure.lock().unwrap_or_else(|p| p.into_inner());
-            if failure.as_ref().is_none_or(|(first, _)| index < *first) {
-                *failure = Some((index, e));
-            }
-        };
-        let sync = self.sync;
-        let interrupt = self.interrupt.as_deref();
-        let lane = || {
-            let mut buf = vec![0u8; CHUNK];
-            let mut writeback = sync.then(|| Writeback::new(out, dest));
-            let halt = || {
-                if interrupt.is_some_and(|f| f.load(Ordering::Relaxed)) {
-                    was_interrupted.store(true, Ordering::Relaxed);
-                    stop.store(true, Ordering::Relaxed);
-                }
-                stop.load(Ordering::Relaxed)
-            };
-            // Ranges taken a few at a time: the bmap file is parsed under the lock.
-            let mut mine = std::collections::VecDeque::new();
-            while !halt() {
-                if mine.is_empty() {
-                    let mut next = next.lock().unwrap_or_else(|p| p.into_inner());
-                    while mine.len() < TAKE {
-                        let index = next.0;
-                        match next.1.next() {
-                            None => break,
-                            Some(Err(e)) => {
-                                // Reported after the ranges before it were copied.
-                                next.0 = usize::MAX;
-                                drop(next);
-                                fail(index, e);
-                                break;
-                            }
-                            Some(Ok(range)) => {
-                                next.0 += 1;
-                                mine.push_back((index, range));
-                            }
-                        }
-                    }
-                }
-                let Some((index, range)) = mine.pop_front() else {
-                    break;
-                };
-                let mut hasher = kind
-                    .filter(|_| range.checksum.is_some())
-                    .map(|k| k.hasher());
-                let bytes = range.bytes(info.block_size, info.image_size);
-                let mut pos = bytes.start;
-                let outcome = loop {
-                    if pos == bytes.end {
-                        break Ok(());
-                    }
-                    if halt() {
-                        return;
-                    }
-                    let n = (bytes.end - pos).min(CHUNK as u64) as usize;
-                    let piece = &mut buf[..n];
-                    if let Err(e) = read_piece(file, image, &range, pos, piece) {
-                        break Err(e);
-                    }
-                    written.add(pos..pos + n as u64);
-                    if let Err(e) = write_piece(out, dest, &range, pos, piece) {
-                        break Err(e);
-                    }
-                    if let Some(w) = writeback.as_mut() {
-                        w.written(pos..pos + n as u64);
-                    }
-                    if let Some(h) = hasher.as_mut() {
-                        h.update(piece);
-                    }
-                    pos += n as u64;
-                    copied.fetch_add(n as u64, Ordering::Relaxed);
-                };
-                let outcome = outcome.and_then(|()| match hasher {
-                    Some(h) => check(h, image, info, &range).map(|()| 1),
-                    None => Ok(0),
-                });
-                match outcome {
-                    Ok(n) => {
-                        verified.fetch_add(n, Ordering::Relaxed);
-                        ranges.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => return fail(index, e),
-                }
-            }
-        };
-        std::thread::scope(|s| {
-            let (done_tx, done_rx) = channel::<()>();
-            for _ in 0..lanes {
-                let done = done_tx.clone();
-                let lane = &lane;
-                s.spawn(move || {
-                    lane();
-                    drop(done);
-                });
-            }
-            drop(done_tx);
-            // Until every lane has hung up.
-            while let Err(RecvTimeoutError::Timeout) = done_rx.recv_timeout(PROGRESS_TICK) {
-                if let Some(p) = self.progress.as_mut() {
-                    p(copied.load(Ordering::Relaxed), total);
-                }
-            }
-        });
-        if was_interrupted.into_inner() {
-            return Err(interrupted(dest));
+    /// The image is not of the bmap's `ImageSize` but `actual` bytes.
+    fn wrong_size(&self, image: &Path, actual: u64) -> Error {
+        Error::ImageSize {
+            path: image.to_owned(),
+            bmap: self.bmap_path.clone(),
+            expected: self.info.image_size,
+            actual,
         }
-        if let Some((_, e)) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            return Err(e);
-        }
-        let mapped_bytes = copied.into_inner();
-        if let Some(p) = self.progress.as_mut() {
-            p(mapped_bytes, total);
-        }
-        Ok(CopyReport {
-            mapped_bytes,
-            ranges: ranges.into_inner(),
-            verified_ranges: verified.into_inner(),
-            ..CopyReport::new(info.image_size, kind)
-        })
-    }
-
-    /// The data path of a stream: this thread reads (decompresses) and writes chunks in
-    /// order, a second thread hashes them; the chunk buffers go round between the two.
-    fn pump(
-        &mut self,
-        source: &mut Source,
-        image: &Path,
-        out: &File,
-        dest: &Path,
-        written: &Written,
-    ) -> Result<CopyReport> {
-        let info = &self.info;
-        let (bs, size) = (info.block_size, info.image_size);
-        let kind = info.checksum_type.filter(|_| self.verify);
-        let total = info.mapped_bytes;
-        let compression = source.compression();
-        let mut report = CopyReport::new(size, kind);
-        let mut streamed_to = 0u64;
-        let mut writeback = self.sync.then(|| Writeback::new(out, dest));
-        let interrupt = self.interrupt.clone();
-        let stopped = || {
-            interrupt
-                .as_ref()
-                .is_some_and(|f| f.load(Ordering::Relaxed))
-        };
-
-        let (free_tx, free_rx) = sync_channel::<Vec<u8>>(CHUNKS);
-        for _ in 0..CHUNKS {
-            free_tx.send(vec![0; CHUNK]).expect("the receiver is here");
-        }
-        let (work_tx, work_rx) = sync_channel::<Batch>(CHUNKS);
-        let (result_tx, result_rx) = sync_channel::<Result<u64>>(1);
-        let mismatch = AtomicBool::new(false);
-
-        std::thread::scope(|s| {
-            // The hasher holds the only sender: if it died, `recv` would fail rather than hang.
-            let hasher_free = free_tx;
-            let mismatch = &mismatch;
-            s.spawn(move || hasher(work_rx, hasher_free, result_tx, mismatch, image, info));
-
-            let mut run = || -> Result<()> {
-                // Small ranges share a buffer: one hand-over to the hasher per buffer, not per
-                // range (a file of 131072 small extents would otherwise be all hand-overs).
-                let mut batch = Batch {
-                    buf: free_rx.recv().expect("the pool is full"),
-                    pieces: Vec::new(),
-                };
-                let mut fill = 0;
-                for range in self.ranges.iter() {
-                    let range = range?;
-                    let bytes = range.bytes(bs, size);
-                    let check = kind.filter(|_| range.checksum.is_some());
-                    let mut pos = bytes.start;
-                    while pos < bytes.end {
-                        if stopped() {
-                            return Err(interrupted(dest));
-                        }
-                        if fill == CHUNK {
-                            let next = free_rx.recv().expect("the hasher returns buffers");
-                            let full = std::mem::replace(
-                                &mut batch,
-                                Batch {
-                                    buf: next,
-                                    pieces: Vec::new(),
-                                },
-                            );
-                            // The hasher reads until this side hangs up.
-                            let _ = work_tx.send(full);
-                            fill = 0;
-                        }
-                        let n = (bytes.end - pos).min((CHUNK - fill) as u64) as usize;
-                        let piece = &mut batch.buf[fill..fill + n];
-                        let got = source
-                            .read_at(pos, piece)
-                            .map_err(|e| stream_error(e, image, compression, pos))?;
-                        if got < n {
-                            return Err(too_short(image, &range, pos + got as u64));
-                        }
-                        written.add(pos..pos + n as u64);
-                        write_piece(out, dest, &range, pos, piece)?;
-                        if let Some(w) = writeback.as_mut() {
-                            w.written(pos..pos + n as u64);
-                        }
-                        let last = pos + n as u64 == bytes.end;
-                        batch.pieces.push(Piece {
-                            at: fill,
-                            len: n,
-                            begin: check.filter(|_| pos == bytes.start),
-                            end: (check.is_some() && last).then(|| range.clone()),
-                        });
-                        fill += n;
-                        report.skipped_bytes += pos - streamed_to;
-                        streamed_to = pos + n as u64;
-                        pos += n as u64;
-                        report.mapped_bytes += n as u64;
-                        if let Some(p) = self.progress.as_mut() {
-                            p(report.mapped_bytes, total);
-                        }
-                        // A mismatch found by the hasher stops the copy at once; the hasher
-                        // tells which when it is done.
-                        if mismatch.load(Ordering::Relaxed) {
-                            return Ok(());
-                        }
-                    }
-                    report.ranges += 1;
-                }
-                let _ = work_tx.send(batch);
-                Ok(())
-            };
-            let outcome = run();
-            drop(work_tx);
-            // The hasher's last word: the ranges it verified, or the first mismatch (which
-            // explains an early stop better than anything that happened after it).
-            let hashed = result_rx.recv().unwrap_or(Ok(0));
-            report.verified_ranges = hashed?;
-            outcome?;
-            Ok(report)
-        })
-    }
-}
-
-/// Reads a stream to its end (so that a compressed format's own checksums, at its end, are
-/// checked), or to just past `limit` bytes (an endless stream such as `/dev/zero` is not the
-/// image); returns the bytes read.
-fn drain(
-    source: &mut Source,
-    image: &Path,
-    limit: u64,
-    stopped: &dyn Fn() -> bool,
-    dest: &Path,
-) -> Result<u64> {
-    let compression = source.compression();
-    let mut buf = vec![0u8; CHUNK];
-    let mut dropped = 0;
-    loop {
-        if stopped() {
-            return Err(interrupted(dest));
-        }
-        let at = source.position();
-        if at > limit {
-            return Ok(dropped);
-        }
-        let n = source
-            .read_more(&mut buf)
-            .map_err(|e| stream_error(e, image, compression, at))?;
-        if n == 0 {
-            return Ok(dropped);
-        }
-        dropped += n as u64;
     }
 }
 
@@ -992,63 +594,6 @@ fn stream_error(e: io::Error, image: &Path, compression: Compression, at: u64) -
     }
 }
 
-/// A buffer on its way to the hashing thread, and what its bytes are.
-struct Batch {
-    buf: Vec<u8>,
-    pieces: Vec<Piece>,
-}
-
-/// Consecutive bytes of one range in a [`Batch`].
-struct Piece {
-    /// Where in the buffer.
-    at: usize,
-    len: usize,
-    /// The range begins here and is to be hashed this way.
-    begin: Option<ChecksumType>,
-    /// The range ends here: compare.
-    end: Option<BlockRange>,
-}
-
-fn hasher(
-    work: Receiver<Batch>,
-    free: SyncSender<Vec<u8>>,
-    result: SyncSender<Result<u64>>,
-    mismatch: &AtomicBool,
-    image: &Path,
-    info: &BmapInfo,
-) {
-    let mut current = None;
-    let mut verified = 0;
-    let mut failure = None;
-    // After a mismatch, keep draining (handing the buffers back) until the copier stops.
-    for batch in work {
-        for piece in &batch.pieces {
-            if failure.is_some() {
-                break;
-            }
-            if let Some(kind) = piece.begin {
-                current = Some(kind.hasher());
-            }
-            let Some(h) = current.as_mut() else { continue };
-            h.update(&batch.buf[piece.at..piece.at + piece.len]);
-            let Some(range) = &piece.end else { continue };
-            let Some(h) = current.take() else { continue };
-            match check(h, image, info, range) {
-                Ok(()) => verified += 1,
-                Err(e) => {
-                    mismatch.store(true, Ordering::Relaxed);
-                    failure = Some(e);
-                }
-            }
-        }
-        let _ = free.send(batch.buf);
-    }
-    let _ = result.send(match failure {
-        Some(e) => Err(e),
-        None => Ok(verified),
-    });
-}
-
 /// Compares the hash of `range` with its checksum.
 fn check(hasher: Hasher, image: &Path, info: &BmapInfo, range: &BlockRange) -> Result<()> {
     let calculated = hasher.finish_hex();
@@ -1069,113 +614,11 @@ fn check(hasher: Hasher, image: &Path, info: &BmapInfo, range: &BlockRange) -> R
     })
 }
 
-/// Reads all of `piece` at `pos` of a plain image.
-fn read_piece(
-    file: &File,
-    image: &Path,
-    range: &BlockRange,
-    pos: u64,
-    piece: &mut [u8],
-) -> Result<()> {
-    let end = pos + piece.len() as u64;
-    let got = read_full_at(file, pos, piece)
-        .map_err(|e| Error::io(format!("read bytes {pos}-{end}"), image, e))?;
-    if got < piece.len() {
-        return Err(too_short(image, range, pos + got as u64));
-    }
-    Ok(())
-}
-
 fn too_short(image: &Path, range: &BlockRange, at: u64) -> Error {
     Error::ImageTooShort {
         path: image.to_owned(),
         first: range.first,
         last: range.last,
         at,
-    }
-}
-
-/// Writes `piece` of `range` at `pos` of the destination.
-fn write_piece(out: &File, dest: &Path, range: &BlockRange, pos: u64, piece: &[u8]) -> Result<()> {
-    out.write_all_at(piece, pos).map_err(|e| {
-        let what = format!(
-            "write blocks {}-{} (bytes {}-{})",
-            range.first,
-            range.last,
-            pos,
-            pos + piece.len() as u64
-        );
-        Error::io(what, dest, e)
-    })
-}
-
-/// Writeback of the destination started as the copy goes, when it ends in an fsync: the disk
-/// writes while the image is read and hashed, and the fsync waits only for the last window
-/// (otherwise nothing reaches the disk before the fsync, a disk image's data being far below
-/// the kernel's background writeback threshold).
-struct Writeback<'a> {
-    out: &'a File,
-    dest: &'a Path,
-    /// Written and not yet handed to writeback.
-    pending: Option<Range<u64>>,
-    pending_bytes: u64,
-}
-
-/// Bytes written between two starts of writeback.
-const WRITEBACK_WINDOW: u64 = 16 << 20;
-
-impl<'a> Writeback<'a> {
-    fn new(out: &'a File, dest: &'a Path) -> Self {
-        Writeback {
-            out,
-            dest,
-            pending: None,
-            pending_bytes: 0,
-        }
-    }
-
-    /// `bytes` were written.
-    fn written(&mut self, bytes: Range<u64>) {
-        self.pending_bytes += bytes.end - bytes.start;
-        let pending = match self.pending.take() {
-            Some(p) => p.start.min(bytes.start)..p.end.max(bytes.end),
-            None => bytes,
-        };
-        if self.pending_bytes < WRITEBACK_WINDOW {
-            self.pending = Some(pending);
-            return;
-        }
-        self.pending_bytes = 0;
-        // POSIX_FADV_DONTNEED starts writeback of the range's dirty pages without waiting for
-        // it (WB_SYNC_NONE) and drops the range's clean pages, which the pages just written are
-        // not yet: this is `sync_file_range(SYNC_FILE_RANGE_WRITE)`, which rustix lacks, and
-        // it keeps an image being flashed from crowding the page cache (`dd oflag=nocache`
-        // does the same). Advice only: a failure costs speed, never data (the final fsync
-        // reports write errors).
-        let len = NonZeroU64::new(pending.end - pending.start);
-        if let Err(e) = rustix::fs::fadvise(self.out, pending.start, len, Advice::DontNeed) {
-            debug!(dest = %self.dest.display(), error = %e, "no early writeback");
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Sizes in the summary are the workspace's one formatter, right past TiB (bmaptool's,
-    /// kept for the bmap file's comments, calls 2 PiB "2048.0 EiB").
-    #[test]
-    fn summary_sizes_are_right_at_every_unit() {
-        let report = CopyReport {
-            mapped_bytes: 3 << 40,
-            ranges: 2,
-            ..CopyReport::new(2 << 50, None)
-        };
-        let line = report.to_string();
-        assert!(
-            line.starts_with("copied 3.0 TiB of mapped data in 2 ranges of a 2.0 PiB image"),
-            "{line}"
-        );
     }
 }

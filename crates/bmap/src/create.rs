@@ -55,12 +55,7 @@ const BUFFER: usize = 512 << 10;
 pub fn create(path: impl AsRef<Path>, options: &CreateOptions) -> Result<Bmap> {
     let path = path.as_ref();
     let _span = tracing::debug_span!("bmap::create", path = %path.display()).entered();
-    let map = BlockMap::open(path, MapOptions::from(options.backend))?;
-    if map.size() == 0 {
-        return Err(Error::EmptyImage {
-            path: path.to_owned(),
-        });
-    }
+    let map = open_image(path, options)?;
     let block_size = u64::from(map.block_size());
     let blocks: Vec<Range<u64>> = map
         .mapped_blocks(0..map.block_count())
@@ -110,33 +105,13 @@ pub fn create_to(
 ) -> Result<BmapInfo> {
     let path = path.as_ref();
     let _span = tracing::debug_span!("bmap::create_to", path = %path.display()).entered();
-    let map = BlockMap::open(path, MapOptions::from(options.backend))?;
-    if map.size() == 0 {
-        return Err(Error::EmptyImage {
-            path: path.to_owned(),
-        });
-    }
-    let block_size = u64::from(map.block_size());
-    let mut info = BmapInfo {
-        version: crate::format::Version::V2_0,
-        image_size: map.size(),
-        block_size,
-        blocks_count: map.block_count(),
-        mapped_blocks_count: 0,
-        checksum_type: Some(options.checksum_type),
-        ranges: 0,
-        mapped_bytes: 0,
-    };
-    for r in map.mapped_blocks(0..map.block_count()) {
-        let r = r?;
-        info.mapped_blocks_count += r.end - r.start;
-        info.ranges += 1;
-    }
-    debug!(backend = %map.backend(), block_size, ranges = info.ranges, "mapped");
+    let map = open_image(path, options)?;
+    let mut info = count(&map, options)?;
+    debug!(backend = %map.backend(), block_size = info.block_size, ranges = info.ranges, "mapped");
     let layout = Layout::new(
         info.version,
         info.image_size,
-        block_size,
+        info.block_size,
         info.mapped_blocks_count,
         info.checksum_type,
     );
@@ -150,8 +125,66 @@ pub fn create_to(
     out.set_len(0)
         .map_err(|e| Error::io("truncate it", out_path, e))?;
     sink.write(&layout.head)?;
+    let (blocks, ranges) = write_ranges(&map, path, options, &layout, &mut sink, &mut info)?;
+    if blocks != info.mapped_blocks_count || ranges != info.ranges {
+        return Err(Error::io(
+            "map the image",
+            path,
+            io::Error::other("the image changed while its bmap was made"),
+        ));
+    }
+    sink.write(FOOTER.as_bytes())?;
+    let sum = sink.finish()?;
+    if let (Some((at, _)), Some(sum)) = (layout.checksum, sum) {
+        out.write_all_at(sum.as_bytes(), at as u64)
+            .map_err(|e| Error::io("write the bmap", out_path, e))?;
+    }
+    Ok(info)
+}
 
-    let header = Bmap::new(info.image_size, block_size);
+/// The image's block map, refused if the image is empty.
+fn open_image(path: &Path, options: &CreateOptions) -> Result<BlockMap<File>> {
+    let map = BlockMap::open(path, MapOptions::from(options.backend))?;
+    if map.size() == 0 {
+        return Err(Error::EmptyImage {
+            path: path.to_owned(),
+        });
+    }
+    Ok(map)
+}
+
+/// The header of `map`'s bmap, its mapped blocks and ranges counted by a first walk (its
+/// mapped bytes are left to [`write_ranges`]).
+fn count(map: &BlockMap<File>, options: &CreateOptions) -> Result<BmapInfo> {
+    let mut info = BmapInfo {
+        version: crate::format::Version::V2_0,
+        image_size: map.size(),
+        block_size: u64::from(map.block_size()),
+        blocks_count: map.block_count(),
+        mapped_blocks_count: 0,
+        checksum_type: Some(options.checksum_type),
+        ranges: 0,
+        mapped_bytes: 0,
+    };
+    for r in map.mapped_blocks(0..map.block_count()) {
+        let r = r?;
+        info.mapped_blocks_count += r.end - r.start;
+        info.ranges += 1;
+    }
+    Ok(info)
+}
+
+/// Walks `map` again, hashing its ranges a batch at a time and writing their lines in order;
+/// adds their bytes to `info`. The blocks and ranges written.
+fn write_ranges(
+    map: &BlockMap<File>,
+    path: &Path,
+    options: &CreateOptions,
+    layout: &Layout,
+    sink: &mut Sink<'_>,
+    info: &mut BmapInfo,
+) -> Result<(u64, u64)> {
+    let header = Bmap::new(info.image_size, info.block_size);
     let mut walk = map.mapped_blocks(0..map.block_count());
     let mut batch: Vec<Range<u64>> = Vec::new();
     let mut line = Vec::new();
@@ -167,7 +200,7 @@ pub fn create_to(
             batch.push(r);
         }
         if batch.is_empty() {
-            break;
+            return Ok((blocks, ranges));
         }
         let sums = if options.checksums {
             hash_ranges(map.file(), path, &header, &batch, options)?
@@ -182,27 +215,13 @@ pub fn create_to(
             };
             blocks += range.blocks();
             ranges += 1;
-            let b = range.bytes(block_size, info.image_size);
+            let b = range.bytes(info.block_size, info.image_size);
             info.mapped_bytes += b.end - b.start;
             line.clear();
             layout.push_range(&mut line, &range);
             sink.write(&line)?;
         }
     }
-    if blocks != info.mapped_blocks_count || ranges != info.ranges {
-        return Err(Error::io(
-            "map the image",
-            path,
-            io::Error::other("the image changed while its bmap was made"),
-        ));
-    }
-    sink.write(FOOTER.as_bytes())?;
-    let sum = sink.finish()?;
-    if let (Some((at, _)), Some(sum)) = (layout.checksum, sum) {
-        out.write_all_at(sum.as_bytes(), at as u64)
-            .map_err(|e| Error::io("write the bmap", out_path, e))?;
-    }
-    Ok(info)
 }
 
 const SINK_BUFFER: usize = 256 << 10;

@@ -22,7 +22,8 @@
 //!   bmap beside an image as bmaptool does). A local `.xz` of several blocks,
 //!   `.bz2` of several streams or `.zst` of several frames is decoded on every core instead,
 //!   xz blocks and sized zstd frames only where a range is mapped. An interrupt flag stops it
-//!   between two chunks.
+//!   between two chunks. As `sparsecopy`'s copier: what to copy goes to the constructor with
+//!   [`CopyOptions`], and the progress callback hears a [`Progress`].
 //! - [`Input`]: what an image is, by its first bytes whatever its name: a plain file or
 //!   device, or a stream (`-` for standard input, a pipe, any reader through
 //!   [`Input::from_reader`]) compressed or not, or a tar (also compressed) or zip archive
@@ -52,7 +53,8 @@
 //!
 //! // Finds disk.img.bmap, writes the mapped blocks, verifies their checksums.
 //! let bmap_path = bmap::find_bmap(&image)?;
-//! let report = bmap::Copier::from_file(bmap::BmapFile::open(&bmap_path)?).copy(&image, &copy)?;
+//! let file = bmap::BmapFile::open(&bmap_path)?;
+//! let report = bmap::Copier::from_file(file, bmap::CopyOptions::new()).copy(&image, &copy)?;
 //! assert_eq!(report.image_size, 16 << 20);
 //! assert_eq!(std::fs::read(&image).unwrap(), std::fs::read(&copy).unwrap());
 //! # Ok(())
@@ -79,7 +81,7 @@ mod signature;
 mod source;
 
 pub use checksum::{ChecksumType, Hasher, UnknownChecksumType};
-pub use copy::{Copier, CopyReport};
+pub use copy::{Copier, CopyOptions, CopyReport};
 pub use create::{CreateOptions, create, create_to};
 pub use error::{Error, Result};
 pub use file::{BmapFile, BmapInfo, Ranges};
@@ -91,3 +93,6 @@ pub use remote::{COALESCE, redact};
 pub use removable::check_removable;
 pub use signature::{SignatureCheck, SignatureOptions, Signer, read_signed, read_signed_with};
 pub use source::{Compression, find_bmap};
+/// How far a copy has got, as the progress callback of [`Copier::progress`] hears it: the
+/// same type as `sparsecopy`'s.
+pub use sparsecopy::Progress;

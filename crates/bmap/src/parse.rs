@@ -7,10 +7,12 @@
 use std::borrow::Cow;
 use std::io::{self, BufRead, Read};
 
-use quick_xml::events::Event;
+use quick_xml::events::{BytesStart, Event};
 
-use crate::checksum::ChecksumType;
-use crate::format::{BlockRange, Version};
+mod check;
+
+use self::check::parse_version;
+pub(crate) use self::check::{Checksums, Header, RangeCheck};
 
 /// The longest XML token (tag, comment, text run) accepted: bmaptool's are a few hundred
 /// bytes; without a bound, a file of one endless token would be read into memory whole.
@@ -126,20 +128,6 @@ const FIELDS: [&str; 7] = [
     "BmapFileSHA1",
 ];
 
-/// The header of a bmap file, checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Header {
-    pub version: Version,
-    pub image_size: u64,
-    pub block_size: u64,
-    pub blocks_count: u64,
-    pub mapped_blocks_count: u64,
-    pub checksum_type: Option<ChecksumType>,
-    pub file_checksum: Option<String>,
-    /// Where `<MappedBlocksCount>` is, for the error when the ranges do not add up to it.
-    end_at: u64,
-}
-
 /// A pull parser of a bmap file.
 pub(crate) struct Parser<R> {
     reader: quick_xml::Reader<Guard<R>>,
@@ -152,6 +140,8 @@ pub(crate) struct Parser<R> {
     version: Option<(String, u64)>,
     fields: [Option<(String, u64)>; 7],
     eof: bool,
+    /// The `<Range>` being read.
+    range: Option<RawRange>,
     /// Stop at `<BlockMap>` when the header is complete (a first look at a file).
     header_only: bool,
 }
@@ -174,6 +164,7 @@ impl<R: BufRead> Parser<R> {
             version: None,
             fields: Default::default(),
             eof: false,
+            range: None,
             header_only: false,
         }
     }
@@ -231,6 +222,37 @@ fn header_complete(version: &Option<(String, u64)>, fields: &[Option<(String, u6
             .all(have)
 }
 
+/// What an event means to [`Parser::next_range`].
+enum Step {
+    /// Read on.
+    Go,
+    /// A `<Range>` is complete.
+    Range(RawRange),
+    /// The header-only parse is done.
+    Stop,
+}
+
+/// A `<Range>` of the `<BlockMap>` begins at `at`: its checksum attributes.
+fn range_start(e: &BytesStart<'_>, at: u64) -> Result<RawRange, Fault> {
+    let mut chksum = None;
+    let mut sha1 = None;
+    for a in e.attributes() {
+        let a = a.map_err(|e| Fault::at(at, format!("bad attribute of <Range>: {e}")))?;
+        let v = a.value.trim().to_owned();
+        match a.key.as_ref() {
+            "chksum" => chksum = Some(v),
+            "sha1" => sha1 = Some(v),
+            _ => {}
+        }
+    }
+    Ok(RawRange {
+        text: String::new(),
+        chksum,
+        sha1,
+        at,
+    })
+}
+
 impl<R: BufRead> Parser<R> {
     /// The reader it reads from.
     pub(crate) fn into_inner(self) -> R {
@@ -244,159 +266,22 @@ impl<R: BufRead> Parser<R> {
 
     /// The next `<Range>` of the `<BlockMap>`, or `None` at the end of the document.
     pub(crate) fn next_range(&mut self) -> Result<Option<RawRange>, Fault> {
-        let mut range: Option<RawRange> = None;
+        // The buffer is lent to the events, so that they can be handled with `self`.
+        let mut buf = std::mem::take(&mut self.buf);
+        let next = self.pull(&mut buf);
+        self.buf = buf;
+        next
+    }
+
+    /// Reads events into `buf` until a `<Range>` ends, a header-only parse reaches
+    /// `<BlockMap>`, or the document ends.
+    fn pull(&mut self, buf: &mut Vec<u8>) -> Result<Option<RawRange>, Fault> {
         while !self.eof {
-            self.reader.get_mut().used = 0;
-            let before = self.reader.buffer_position();
-            self.buf.clear();
-            let event = match self.reader.read_event_into(&mut self.buf) {
-                Ok(event) => event,
-                Err(e) => {
-                    let at = self.reader.error_position();
-                    if self.reader.get_ref().tripped {
-                        return Err(Fault::exactly_at(
-                            at,
-                            format!(
-                                "not a bmap file: an XML token longer than {} KiB",
-                                MAX_TOKEN >> 10
-                            ),
-                        ));
-                    }
-                    if let quick_xml::Error::Io(io) = &e {
-                        let io = match io.raw_os_error() {
-                            Some(code) => io::Error::from_raw_os_error(code),
-                            None => io::Error::new(io.kind(), io.to_string()),
-                        };
-                        return Err(Fault::Io(io));
-                    }
-                    let what = if self.seen_root {
-                        ""
-                    } else {
-                        "not a bmap file: "
-                    };
-                    return Err(Fault::exactly_at(
-                        at,
-                        format!("{what}not well-formed XML: {e}"),
-                    ));
-                }
-            };
-            let at = before;
-            if !self.seen_root && self.reader.buffer_position() > MAX_PROLOG {
-                return Err(Fault::at(
-                    at,
-                    format!(
-                        "not a bmap file: no <bmap> element in its first {} KiB",
-                        MAX_PROLOG >> 10
-                    ),
-                ));
-            }
-            match event {
-                Event::Start(e) | Event::Empty(e) if self.stack.is_empty() => {
-                    let name = e.name().as_ref().to_owned();
-                    if name != "bmap" || self.seen_root {
-                        return Err(Fault::at(
-                            at,
-                            format!("expected the root element <bmap>, found <{name}>"),
-                        ));
-                    }
-                    self.seen_root = true;
-                    for a in e.attributes() {
-                        let a =
-                            a.map_err(|e| Fault::at(at, format!("bad attribute of <bmap>: {e}")))?;
-                        if a.key.as_ref() == "version" {
-                            self.version = Some((a.value.into_owned(), at));
-                        }
-                    }
-                    self.stack.push(Cow::Borrowed("bmap"));
-                    self.text.clear();
-                }
-                Event::Start(e) => {
-                    let name = intern(e.name().as_ref());
-                    if self.header_only
-                        && self.stack.len() == 1
-                        && name == "BlockMap"
-                        && header_complete(&self.version, &self.fields)
-                    {
-                        self.eof = true;
-                        return Ok(None);
-                    }
-                    if self.stack.len() >= MAX_DEPTH {
-                        return Err(Fault::at(at, "elements nested too deep for a bmap".into()));
-                    }
-                    if name == "Range" && self.stack.len() == 2 && self.stack[1] == "BlockMap" {
-                        let mut chksum = None;
-                        let mut sha1 = None;
-                        for a in e.attributes() {
-                            let a = a.map_err(|e| {
-                                Fault::at(at, format!("bad attribute of <Range>: {e}"))
-                            })?;
-                            let v = a.value.trim().to_owned();
-                            match a.key.as_ref() {
-                                "chksum" => chksum = Some(v),
-                                "sha1" => sha1 = Some(v),
-                                _ => {}
-                            }
-                        }
-                        range = Some(RawRange {
-                            text: String::new(),
-                            chksum,
-                            sha1,
-                            at,
-                        });
-                    }
-                    self.stack.push(name);
-                    self.text.clear();
-                    self.start_at = at;
-                }
-                Event::Empty(e) => {
-                    let name = e.name().as_ref().to_owned();
-                    if name == "Range" || FIELDS.contains(&name.as_str()) {
-                        return Err(Fault::at(at, format!("<{name}/> is empty")));
-                    }
-                }
-                Event::Text(t) => {
-                    if self.stack.is_empty() {
-                        if !t.bytes().all(|c| c.is_ascii_whitespace()) {
-                            return Err(Fault::at(
-                                at,
-                                "not a bmap file: text outside the <bmap> element".into(),
-                            ));
-                        }
-                    } else {
-                        self.text.push_str(&t);
-                    }
-                }
-                Event::CData(t) => self.text.push_str(&t),
-                Event::GeneralRef(r) => {
-                    return Err(Fault::at(at, format!("unexpected entity &{};", &*r)));
-                }
-                Event::End(_) => {
-                    let name = self.stack.pop().unwrap_or_default();
-                    let depth = self.stack.len();
-                    let text = &self.text;
-                    if depth == 1 {
-                        if let Some(i) = FIELDS.iter().position(|n| *n == name) {
-                            if self.fields[i].is_some() {
-                                return Err(Fault::at(
-                                    self.start_at,
-                                    format!("<{}> appears twice", FIELDS[i]),
-                                ));
-                            }
-                            self.fields[i] = Some((text.trim().to_owned(), self.start_at));
-                        }
-                    } else if depth == 2
-                        && name == "Range"
-                        && self.stack[1] == "BlockMap"
-                        && let Some(mut r) = range.take()
-                    {
-                        r.text.push_str(text.trim());
-                        self.text.clear();
-                        return Ok(Some(r));
-                    }
-                    self.text.clear();
-                }
-                Event::Eof => self.eof = true,
-                Event::Comment(_) | Event::Decl(_) | Event::PI(_) | Event::DocType(_) => {}
+            let (event, at) = self.read_event(buf)?;
+            match self.handle(event, at)? {
+                Step::Go => {}
+                Step::Range(r) => return Ok(Some(r)),
+                Step::Stop => return Ok(None),
             }
             if self.text.len() as u64 > MAX_TOKEN {
                 return Err(Fault::at(
@@ -415,219 +300,160 @@ impl<R: BufRead> Parser<R> {
         Ok(None)
     }
 
-    /// The header, checked, once [`Parser::next_range`] has reached the end.
-    pub(crate) fn header(&mut self) -> Result<Header, Fault> {
-        let end_at = self.reader.buffer_position();
-        let (version_text, version_at) = self
-            .version
-            .take()
-            .ok_or_else(|| Fault::exactly_at(0, "<bmap> has no version attribute".into()))?;
-        let version = parse_version(&version_text).ok_or_else(|| {
-            Fault::at(
-                version_at,
-                format!("bad version {version_text:?}: expected major.minor"),
-            )
-        })?;
-        if version.major > 2 || version.major == 0 {
-            return Err(Fault::at(
-                version_at,
-                format!("bmap format version {version} is not supported (1.0 to 2.x are)"),
-            ));
-        }
-        let blocks_count_at = self.fields[2].as_ref().map_or(end_at, |(_, l)| *l);
-        let mut field = |name: &str| -> Option<(String, u64)> {
-            let i = FIELDS.iter().position(|n| *n == name).expect("a field");
-            self.fields[i].take()
+    /// The next event, and where it starts; no token longer than [`MAX_TOKEN`], the root
+    /// within [`MAX_PROLOG`] bytes.
+    fn read_event<'b>(&mut self, buf: &'b mut Vec<u8>) -> Result<(Event<'b>, u64), Fault> {
+        self.reader.get_mut().used = 0;
+        let at = self.reader.buffer_position();
+        buf.clear();
+        let event = match self.reader.read_event_into(buf) {
+            Ok(event) => event,
+            Err(e) => return Err(self.read_error(e)),
         };
-        let mut number = |name: &str| -> Result<u64, Fault> {
-            let (t, at) = field(name)
-                .ok_or_else(|| Fault::exactly_at(end_at, format!("<{name}> is missing")))?;
-            t.parse::<u64>()
-                .map_err(|_| Fault::at(at, format!("<{name}> {t:?} is not a number")))
-        };
-        let image_size = number("ImageSize")?;
-        let block_size = number("BlockSize")?;
-        let blocks_count = number("BlocksCount")?;
-        let mapped_blocks_count = number("MappedBlocksCount")?;
-        if block_size == 0 {
-            return Err(Fault::exactly_at(end_at, "<BlockSize> is 0".into()));
-        }
-        if image_size.div_ceil(block_size) != blocks_count {
+        if !self.seen_root && self.reader.buffer_position() > MAX_PROLOG {
             return Err(Fault::at(
-                blocks_count_at,
+                at,
                 format!(
-                    "inconsistent bmap: <BlocksCount> {blocks_count} is not <ImageSize> {image_size} in blocks of {block_size}"
+                    "not a bmap file: no <bmap> element in its first {} KiB",
+                    MAX_PROLOG >> 10
                 ),
             ));
         }
-        let checksums = Checksums::of(version);
-        let (checksum_type, file_checksum) = match checksums {
-            Checksums::None => (None, None),
-            Checksums::Sha1 | Checksums::Typed => {
-                let kind = if checksums == Checksums::Sha1 {
-                    ChecksumType::Sha1
-                } else {
-                    let (t, at) = field("ChecksumType").ok_or_else(|| {
-                        Fault::exactly_at(end_at, "<ChecksumType> is missing".into())
-                    })?;
-                    t.parse()
-                        .map_err(|e| Fault::at(at, format!("<ChecksumType>: {e}")))?
-                };
-                let tag = checksums.file_tag();
-                let (sum, at) = field(tag)
-                    .ok_or_else(|| Fault::exactly_at(end_at, format!("<{tag}> is missing")))?;
-                check_hex(&sum, kind).map_err(|m| Fault::at(at, format!("<{tag}> {m}")))?;
-                (Some(kind), Some(sum))
-            }
-        };
-        Ok(Header {
-            version,
-            image_size,
-            block_size,
-            blocks_count,
-            mapped_blocks_count,
-            checksum_type,
-            file_checksum,
-            end_at,
-        })
+        Ok((event, at))
     }
-}
 
-/// Which tags and attributes carry the checksums in a version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Checksums {
-    None,
-    Sha1,
-    Typed,
-}
-
-impl Checksums {
-    pub(crate) fn of(version: Version) -> Checksums {
-        if version.major > 1 || (version.major == 1 && version.minor == 4) {
-            Checksums::Typed
-        } else if version.major == 1 && version.minor == 3 {
-            Checksums::Sha1
+    /// What a failure to read the next event is: a token too long, the file unreadable, or
+    /// not XML.
+    fn read_error(&self, e: quick_xml::Error) -> Fault {
+        let at = self.reader.error_position();
+        if self.reader.get_ref().tripped {
+            return Fault::exactly_at(
+                at,
+                format!(
+                    "not a bmap file: an XML token longer than {} KiB",
+                    MAX_TOKEN >> 10
+                ),
+            );
+        }
+        if let quick_xml::Error::Io(io) = &e {
+            let io = match io.raw_os_error() {
+                Some(code) => io::Error::from_raw_os_error(code),
+                None => io::Error::new(io.kind(), io.to_string()),
+            };
+            return Fault::Io(io);
+        }
+        let what = if self.seen_root {
+            ""
         } else {
-            Checksums::None
-        }
-    }
-
-    pub(crate) fn file_tag(self) -> &'static str {
-        match self {
-            Checksums::Sha1 => "BmapFileSHA1",
-            _ => "BmapFileChecksum",
-        }
-    }
-
-    pub(crate) fn range_attr(self) -> &'static str {
-        match self {
-            Checksums::Sha1 => "sha1",
-            _ => "chksum",
-        }
-    }
-}
-
-/// Checks the ranges one by one against the header: numbers, order, inside the image,
-/// checksum lengths; and at the end, that they hold `<MappedBlocksCount>` blocks.
-#[derive(Debug, Default)]
-pub(crate) struct RangeCheck {
-    next_free: u64,
-    /// Blocks in the ranges so far.
-    pub blocks: u64,
-    /// Ranges so far.
-    pub ranges: u64,
-    /// Bytes of the image in the ranges so far.
-    pub bytes: u64,
-}
-
-impl RangeCheck {
-    pub(crate) fn check(&mut self, r: RawRange, header: &Header) -> Result<BlockRange, Fault> {
-        let bad = |m: String| Fault::at(r.at, m);
-        let (first, last) = match r.text.split_once('-') {
-            Some((a, b)) => (a.trim(), Some(b.trim())),
-            None => (r.text.as_str(), None),
+            "not a bmap file: "
         };
-        let first: u64 = first
-            .parse()
-            .map_err(|_| bad(format!("bad range {:?}: expected N or N-M", r.text)))?;
-        let last: u64 = match last {
-            Some(l) => l
-                .parse()
-                .map_err(|_| bad(format!("bad range {:?}: expected N or N-M", r.text)))?,
-            None => first,
-        };
-        if first > last {
-            return Err(bad(format!("bad range {:?}: first > last", r.text)));
-        }
-        if last >= header.blocks_count {
-            return Err(bad(format!(
-                "range {:?} runs past the image's {} blocks",
-                r.text, header.blocks_count
-            )));
-        }
-        if first < self.next_free {
-            return Err(bad(format!(
-                "range {:?} overlaps or precedes the range before it",
-                r.text
-            )));
-        }
-        self.next_free = last + 1;
-        let checksum = match header.checksum_type {
-            Some(kind) => {
-                let c = if Checksums::of(header.version) == Checksums::Sha1 {
-                    r.sha1
-                } else {
-                    r.chksum
-                };
-                if let Some(c) = &c {
-                    check_hex(c, kind)
-                        .map_err(|m| bad(format!("checksum of range {:?} {m}", r.text)))?;
+        Fault::exactly_at(at, format!("{what}not well-formed XML: {e}"))
+    }
+
+    /// Takes in the event at `at`.
+    fn handle(&mut self, event: Event<'_>, at: u64) -> Result<Step, Fault> {
+        match event {
+            Event::Start(e) | Event::Empty(e) if self.stack.is_empty() => self.root(&e, at)?,
+            Event::Start(e) => return self.start(&e, at),
+            Event::Empty(e) => {
+                let name = e.name().as_ref().to_owned();
+                if name == "Range" || FIELDS.contains(&name.as_str()) {
+                    return Err(Fault::at(at, format!("<{name}/> is empty")));
                 }
-                c
             }
-            None => None,
-        };
-        let range = BlockRange {
-            first,
-            last,
-            checksum,
-        };
-        let bytes = range.bytes(header.block_size, header.image_size);
-        self.blocks += last - first + 1;
-        self.ranges += 1;
-        self.bytes += bytes.end - bytes.start;
-        Ok(range)
+            Event::Text(t) => {
+                if self.stack.is_empty() {
+                    if !t.bytes().all(|c| c.is_ascii_whitespace()) {
+                        return Err(Fault::at(
+                            at,
+                            "not a bmap file: text outside the <bmap> element".into(),
+                        ));
+                    }
+                } else {
+                    self.text.push_str(&t);
+                }
+            }
+            Event::CData(t) => self.text.push_str(&t),
+            Event::GeneralRef(r) => {
+                return Err(Fault::at(at, format!("unexpected entity &{};", &*r)));
+            }
+            Event::End(_) => return self.end(),
+            Event::Eof => self.eof = true,
+            Event::Comment(_) | Event::Decl(_) | Event::PI(_) | Event::DocType(_) => {}
+        }
+        Ok(Step::Go)
     }
 
-    /// After the last range: the blocks counted are `<MappedBlocksCount>`.
-    pub(crate) fn finish(&self, header: &Header) -> Result<(), Fault> {
-        if self.blocks != header.mapped_blocks_count {
-            return Err(Fault::exactly_at(
-                header.end_at,
-                format!(
-                    "inconsistent bmap: <MappedBlocksCount> is {} but the ranges hold {} blocks",
-                    header.mapped_blocks_count, self.blocks
-                ),
+    /// The root element: `<bmap>`, once, and its version.
+    fn root(&mut self, e: &BytesStart<'_>, at: u64) -> Result<(), Fault> {
+        let name = e.name().as_ref().to_owned();
+        if name != "bmap" || self.seen_root {
+            return Err(Fault::at(
+                at,
+                format!("expected the root element <bmap>, found <{name}>"),
             ));
         }
+        self.seen_root = true;
+        for a in e.attributes() {
+            let a = a.map_err(|e| Fault::at(at, format!("bad attribute of <bmap>: {e}")))?;
+            if a.key.as_ref() == "version" {
+                self.version = Some((a.value.into_owned(), at));
+            }
+        }
+        self.stack.push(Cow::Borrowed("bmap"));
+        self.text.clear();
         Ok(())
     }
-}
 
-fn parse_version(s: &str) -> Option<Version> {
-    let (major, minor) = s.trim().split_once('.')?;
-    Some(Version {
-        major: major.parse().ok()?,
-        minor: minor.parse().ok()?,
-    })
-}
-
-pub(crate) fn check_hex(s: &str, kind: ChecksumType) -> Result<(), String> {
-    if s.len() != kind.hex_len() || !s.bytes().all(|c| c.is_ascii_hexdigit()) {
-        return Err(format!(
-            "{s:?} is not a {kind} checksum ({} hexadecimal digits)",
-            kind.hex_len()
-        ));
+    /// An element opens inside the root: a `<Range>` of the `<BlockMap>` begins, or the
+    /// header-only parse ends at `<BlockMap>`.
+    fn start(&mut self, e: &BytesStart<'_>, at: u64) -> Result<Step, Fault> {
+        let name = intern(e.name().as_ref());
+        if self.header_only
+            && self.stack.len() == 1
+            && name == "BlockMap"
+            && header_complete(&self.version, &self.fields)
+        {
+            self.eof = true;
+            return Ok(Step::Stop);
+        }
+        if self.stack.len() >= MAX_DEPTH {
+            return Err(Fault::at(at, "elements nested too deep for a bmap".into()));
+        }
+        if name == "Range" && self.stack.len() == 2 && self.stack[1] == "BlockMap" {
+            self.range = Some(range_start(e, at)?);
+        }
+        self.stack.push(name);
+        self.text.clear();
+        self.start_at = at;
+        Ok(Step::Go)
     }
-    Ok(())
+
+    /// An element closes: a header field is read, or a `<Range>` is complete.
+    fn end(&mut self) -> Result<Step, Fault> {
+        let name = self.stack.pop().unwrap_or_default();
+        let depth = self.stack.len();
+        let text = &self.text;
+        if depth == 1 {
+            if let Some(i) = FIELDS.iter().position(|n| *n == name) {
+                if self.fields[i].is_some() {
+                    return Err(Fault::at(
+                        self.start_at,
+                        format!("<{}> appears twice", FIELDS[i]),
+                    ));
+                }
+                self.fields[i] = Some((text.trim().to_owned(), self.start_at));
+            }
+        } else if depth == 2
+            && name == "Range"
+            && self.stack[1] == "BlockMap"
+            && let Some(mut r) = self.range.take()
+        {
+            r.text.push_str(text.trim());
+            self.text.clear();
+            return Ok(Step::Range(r));
+        }
+        self.text.clear();
+        Ok(Step::Go)
+    }
 }

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use bmap::{Bmap, Copier, CreateOptions, Error};
+use bmap::{Bmap, Copier, CopyOptions, CreateOptions, Error, Progress};
 use proptest::prelude::*;
 
 const BLOCK: u64 = 4096;
@@ -65,9 +65,8 @@ proptest! {
         make_image(&image, blocks * BLOCK + 123, &bytes_of(&extents), seed);
         let bmap = bmap::create(&image, &CreateOptions::default()).unwrap();
         let mut seen = Vec::new();
-        let mut progress = |done: u64, total: u64| seen.push((done, total));
-        let report = Copier::new(bmap.clone())
-            .sync(sync)
+        let mut progress = |p: Progress| seen.push((p.done, p.total));
+        let report = Copier::new(bmap.clone(), CopyOptions::new().sync(sync))
             .progress(&mut progress)
             .copy(&image, &copy)
             .unwrap();
@@ -112,7 +111,9 @@ proptest! {
         } else {
             image
         };
-        let err = Copier::new(bmap).copy(&source, dir.path().join("copy.img")).unwrap_err();
+        let err = Copier::new(bmap, CopyOptions::new())
+            .copy(&source, dir.path().join("copy.img"))
+            .unwrap_err();
         match err {
             Error::RangeChecksum { first, last, .. } => {
                 prop_assert!(corrupted.contains(&(first, last)), "{first}-{last} not in {corrupted:?}");
@@ -140,7 +141,9 @@ fn unverified_and_last_range_wrong() {
         ..CreateOptions::default()
     };
     let bare = bmap::create(&image, &options).unwrap();
-    let report = Copier::new(bare).copy(&image, &copy).unwrap();
+    let report = Copier::new(bare, CopyOptions::new())
+        .copy(&image, &copy)
+        .unwrap();
     assert_eq!(report.verified_ranges, 0);
     assert_eq!(
         std::fs::read(&image).unwrap(),
@@ -152,7 +155,9 @@ fn unverified_and_last_range_wrong() {
     bmap.ranges[last].checksum = Some("0".repeat(64));
     let xml = bmap.to_xml();
     let bmap = Bmap::from_bytes(&xml, "edited.bmap").unwrap();
-    let err = Copier::new(bmap).copy(&image, &copy).unwrap_err();
+    let err = Copier::new(bmap, CopyOptions::new())
+        .copy(&image, &copy)
+        .unwrap_err();
     assert!(
         matches!(
             err,
@@ -193,7 +198,9 @@ fn lz4_frames_one_after_another() {
         out.write_all(&enc.finish().unwrap()).unwrap();
     }
     drop(out);
-    let report = Copier::new(bmap).copy(&packed, &copy).unwrap();
+    let report = Copier::new(bmap, CopyOptions::new())
+        .copy(&packed, &copy)
+        .unwrap();
     assert_eq!(report.compression, bmap::Compression::Lz4);
     assert_eq!(bytes, std::fs::read(&copy).unwrap());
 }

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bmap::{BlockRange, Bmap, BmapFile, ChecksumType, Copier, CreateOptions, Error};
+use bmap::{
+    BlockRange, Bmap, BmapFile, ChecksumType, Copier, CopyOptions, CreateOptions, Error, Progress,
+};
 use proptest::prelude::*;
 
 const BLOCK: u64 = 4096;
@@ -210,7 +212,9 @@ fn compressed_stream_checked_to_its_end() {
         let image = dir.path().join(format!("disk.img.{kind}"));
         let dest = dir.path().join(format!("copy-{kind}.img"));
         std::fs::write(&image, &packed).unwrap();
-        let report = Copier::new(bmap.clone()).copy(&image, &dest).unwrap();
+        let report = Copier::new(bmap.clone(), CopyOptions::new())
+            .copy(&image, &dest)
+            .unwrap();
         assert_eq!(report.verified_ranges, 1, "{kind}");
         assert_eq!(report.skipped_bytes, 1 << 20, "{kind}: read to the end");
         std::fs::remove_file(&dest).unwrap();
@@ -220,8 +224,7 @@ fn compressed_stream_checked_to_its_end() {
         bad[at] ^= 0x55;
         std::fs::write(&image, &bad).unwrap();
         for verify in [true, false] {
-            let err = Copier::new(bmap.clone())
-                .verify(verify)
+            let err = Copier::new(bmap.clone(), CopyOptions::new().verify(verify))
                 .copy(&image, &dest)
                 .unwrap_err();
             let text = err.to_string();
@@ -251,8 +254,7 @@ fn gzip_trailer_damaged_or_cut() {
     crc[n - 8] ^= 1;
     for (what, data) in [("crc", crc), ("cut", packed[..n - 6].to_vec())] {
         std::fs::write(&image, &data).unwrap();
-        let err = Copier::new(bmap.clone())
-            .verify(false)
+        let err = Copier::new(bmap.clone(), CopyOptions::new().verify(false))
             .copy(&image, &dest)
             .unwrap_err();
         assert!(matches!(err, Error::Corrupt { .. }), "{what}: {err}");
@@ -282,13 +284,13 @@ fn interrupted_copies() {
         let flag = Arc::new(AtomicBool::new(false));
         let raise = Arc::clone(&flag);
         let mut last = 0;
-        let mut progress = |done: u64, _: u64| {
+        let mut progress = |Progress { done, .. }: Progress| {
             last = done;
             if done > 0 {
                 raise.store(true, Ordering::Relaxed);
             }
         };
-        let err = Copier::new(bmap.clone())
+        let err = Copier::new(bmap.clone(), CopyOptions::new())
             .interrupt(Arc::clone(&flag))
             .progress(&mut progress)
             .copy(&gz, &dest)
@@ -312,7 +314,7 @@ fn interrupted_copies() {
     // Raised before: the existing destination is untouched.
     std::fs::write(&dest, b"old").unwrap();
     let flag = Arc::new(AtomicBool::new(true));
-    let err = Copier::new(bmap.clone())
+    let err = Copier::new(bmap.clone(), CopyOptions::new())
         .interrupt(flag)
         .copy(&image, &dest)
         .unwrap_err();
@@ -353,7 +355,10 @@ fn fifo_image_is_streamed() {
     };
     let dest = dir.path().join("copy.img");
     let dest2 = dest.clone();
-    let report = within(60, move || Copier::new(bmap).copy(&fifo, &dest2)).unwrap();
+    let report = within(60, move || {
+        Copier::new(bmap, CopyOptions::new()).copy(&fifo, &dest2)
+    })
+    .unwrap();
     writer.join().unwrap();
     assert_eq!(report.verified_ranges, report.ranges);
     assert_eq!(
@@ -377,7 +382,9 @@ fn early_failures_leave_the_destination_untouched() {
         let dest2 = dest.clone();
         let bmap = bmap.clone();
         let err = within(30, move || {
-            Copier::new(bmap).copy(&image, &dest2).unwrap_err()
+            Copier::new(bmap, CopyOptions::new())
+                .copy(&image, &dest2)
+                .unwrap_err()
         });
         assert!(std::fs::read(&dest).unwrap() == old, "{what}: {err}");
     };

@@ -60,8 +60,7 @@ fn any_reader_is_an_input() {
         assert_eq!(input.container(), container, "{name}");
         assert!(!input.is_seekable());
         let dest = dir.path().join("out.img");
-        let report = bmap::Copier::new(map.clone())
-            .sync(false)
+        let report = bmap::Copier::new(map.clone(), bmap::CopyOptions::new().sync(false))
             .copy_input(input, &dest)
             .unwrap();
         assert_eq!(report.verified_ranges, map.ranges.len() as u64, "{name}");
@@ -108,8 +107,7 @@ fn the_first_bytes_decide_not_the_name() {
             "{name}"
         );
         let dest = dir.path().join("out.img");
-        bmap::Copier::new(map.clone())
-            .sync(false)
+        bmap::Copier::new(map.clone(), bmap::CopyOptions::new().sync(false))
             .copy(&path, &dest)
             .unwrap();
         assert!(
@@ -125,8 +123,7 @@ fn whole_image_writes_every_byte() {
     let (img, _) = image(dir.path());
     sh(dir.path(), "gzip -c src/disk.img > d.gz");
     let dest = dir.path().join("out.img");
-    let report = bmap::Copier::whole_image()
-        .sync(false)
+    let report = bmap::Copier::whole_image(bmap::CopyOptions::new().sync(false))
         .copy(dir.path().join("d.gz"), &dest)
         .unwrap();
     let want = std::fs::read(&img).unwrap();
@@ -145,7 +142,7 @@ fn an_archive_without_an_image_is_refused() {
         "mkdir -p e/boot && tar -cf - -C e boot | gzip -c > e.tgz",
     );
     let dest = dir.path().join("out.img");
-    let e = bmap::Copier::new(map)
+    let e = bmap::Copier::new(map, bmap::CopyOptions::new())
         .copy(dir.path().join("e.tgz"), &dest)
         .unwrap_err();
     assert!(

@@ -18,8 +18,8 @@ use std::sync::{Condvar, Mutex};
 use tracing::debug;
 
 use super::{
-    Copier, CopyReport, Writeback, Written, check, interrupted, stream_error, too_short,
-    write_piece,
+    Copier, CopyOptions, CopyReport, Progress, Writeback, Written, check, interrupted,
+    stream_error, too_short, write_piece,
 };
 use crate::checksum::{ChecksumType, Hasher};
 use crate::error::{Error, Result};
@@ -67,7 +67,7 @@ struct Sink<'s, 'p> {
     dest: &'s Path,
     written: &'s Written,
     writeback: Option<Writeback<'s>>,
-    progress: Option<&'s mut (dyn FnMut(u64, u64) + 'p)>,
+    progress: Option<&'s mut (dyn FnMut(Progress) + 'p)>,
     report: CopyReport,
 }
 
@@ -92,8 +92,7 @@ impl Copier<'_> {
             info,
             bmap_path,
             ranges: range_source,
-            verify,
-            sync,
+            options: CopyOptions { verify, sync, .. },
             interrupt,
             progress,
             ..
@@ -279,7 +278,10 @@ impl Copier<'_> {
         // Decoded and dropped: the unmapped bytes of the units that were decoded.
         report.skipped_bytes = decoded - report.mapped_bytes;
         if let Some(p) = progress.as_mut() {
-            p(report.mapped_bytes, info.mapped_bytes);
+            p(Progress {
+                done: report.mapped_bytes,
+                total: info.mapped_bytes,
+            });
         }
         Ok(Decoded {
             report,
@@ -350,7 +352,10 @@ impl Sink<'_, '_> {
             self.report.mapped_bytes += end - cur.at;
             cur.at = end;
             if let Some(p) = self.progress.as_mut() {
-                p(self.report.mapped_bytes, self.info.mapped_bytes);
+                p(Progress {
+                    done: self.report.mapped_bytes,
+                    total: self.info.mapped_bytes,
+                });
             }
             if cur.at < cur.bytes.end {
                 return Ok(());

@@ -9,7 +9,7 @@ use std::time::Instant;
 use sparsecopy::Destination;
 use tracing::debug;
 
-use super::{Copier, CopyReport, Writeback, Written, interrupted, stream_error};
+use super::{Copier, CopyReport, Progress, Writeback, Written, interrupted, stream_error};
 use crate::error::{Error, Result};
 use crate::input::{Input, Opened};
 use crate::source::Source;
@@ -73,7 +73,7 @@ impl Copier<'_> {
             block_device = out.is_block_device(),
             "copying all of a stream"
         );
-        let mut writeback = self.sync.then(|| Writeback::new(out.file(), dest));
+        let mut writeback = self.options.sync.then(|| Writeback::new(out.file(), dest));
         let mut buf = vec![0u8; BUFFER];
         let mut pos = 0u64;
         loop {
@@ -103,13 +103,16 @@ impl Copier<'_> {
             }
             pos = end;
             if let Some(p) = self.progress.as_mut() {
-                p(pos, pos);
+                p(Progress {
+                    done: pos,
+                    total: pos,
+                });
             }
         }
         if self.interrupted() {
             return Err(interrupted(dest));
         }
-        if self.sync {
+        if self.options.sync {
             out.file()
                 .sync_all()
                 .map_err(|e| Error::io("fsync", dest, e))?;

@@ -797,7 +797,7 @@ fn check_report(r: &serde_json::Value, plan: &Plan, case: &Case, s: &Sizes) -> R
 
 /// Runs the random cases on each pair.
 fn random_copies(test: &'static str, pairs: impl Fn(&common::FsEnv) -> Vec<Pair>) {
-    let Some(env) = fs_env(test) else { return };
+    let env = fs_env(test);
     let cases = common::cases_per_fs(64);
     let strategy = case();
     env.run_on_pairs(&pairs(&env), |pair, count| {
@@ -835,6 +835,7 @@ fn random_copies(test: &'static str, pairs: impl Fn(&common::FsEnv) -> Vec<Pair>
 }
 
 #[test]
+#[ignore = "needs the filesystems of fs-test: run by cargo xtask fs-test"]
 fn random_copies_within_each_fs() {
     random_copies("random_copies_within_each_fs", |env| {
         let names: Vec<(&str, &str)> = env
@@ -847,6 +848,7 @@ fn random_copies_within_each_fs() {
 }
 
 #[test]
+#[ignore = "needs the filesystems of fs-test: run by cargo xtask fs-test"]
 fn random_copies_across_filesystems() {
     random_copies("random_copies_across_filesystems", |env| {
         let mut names = vec![
@@ -957,9 +959,10 @@ struct DevCase {
 }
 
 #[test]
+#[ignore = "needs the filesystems of fs-test: run by cargo xtask fs-test"]
 fn copies_onto_a_block_device() {
     const TEST: &str = "copies_onto_a_block_device";
-    let Some(env) = fs_env(TEST) else { return };
+    let env = fs_env(TEST);
     let path = env
         .blockdev
         .clone()
@@ -1228,9 +1231,10 @@ fn blockdev_case(
 // A full destination.
 
 #[test]
+#[ignore = "needs the filesystems of fs-test: run by cargo xtask fs-test"]
 fn a_full_destination_fails_cleanly() {
     const TEST: &str = "a_full_destination_fails_cleanly";
-    let Some(env) = fs_env(TEST) else { return };
+    let env = fs_env(TEST);
     let tiny = env
         .tiny
         .clone()
@@ -1304,9 +1308,10 @@ fn full_from(m: &Mount, tiny: &Path, cases: &mut u32) -> Result<(), String> {
 /// extent under them; anywhere else (ext4, tmpfs, two filesystems) the copy is refused,
 /// naming the destination, and leaves an existing destination as it was and no new one.
 #[test]
+#[ignore = "needs the filesystems of fs-test: run by cargo xtask fs-test"]
 fn reflink_always_shares_or_refuses() {
     const TEST: &str = "reflink_always_shares_or_refuses";
-    let Some(env) = fs_env(TEST) else { return };
+    let env = fs_env(TEST);
     let mut names: Vec<(&str, &str)> = env
         .mounts
         .iter()
@@ -1492,9 +1497,10 @@ fn reflink_always_misaligned_names_the_destination() {
 /// (30 of 30); smaller layouts only now and then. Expected: the report's data and the
 /// destination's allocation within the source's data as the kernel saw it before the copy.
 #[test]
+#[ignore = "needs the filesystems of fs-test: run by cargo xtask fs-test"]
 fn copy_reads_turn_source_holes_into_data() {
     const TEST: &str = "copy_reads_turn_source_holes_into_data";
-    let Some(env) = fs_env(TEST) else { return };
+    let env = fs_env(TEST);
     let writes: &[(u64, u64, Fill)] = &[
         (368640, 1, Fill::Random(8921405575588791)),
         (3969024, 987, Fill::Random(11505642185122929797)),
@@ -1593,9 +1599,10 @@ fn copy_reads_turn_source_holes_into_data() {
 /// like the probe, is tried only when a data range holds a whole destination block). Expected:
 /// the copy succeeds and equals the source; with a whole block in the data, the refusal.
 #[test]
+#[ignore = "needs the filesystems of fs-test: run by cargo xtask fs-test"]
 fn reflink_always_with_nothing_to_share_across_filesystems() {
     const TEST: &str = "reflink_always_with_nothing_to_share_across_filesystems";
-    let Some(env) = fs_env(TEST) else { return };
+    let env = fs_env(TEST);
     let Some(btrfs) = env.mounts.iter().find(|m| m.kind == FsKind::Btrfs) else {
         eprintln!("{TEST}: needs btrfs to copy to");
         return;

@@ -123,10 +123,9 @@ fn device_bytes(dev: &Path) -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "needs the filesystems of fs-test: run by cargo xtask fs-test"]
 fn edges_copy_mounted_device_refused() {
-    let Some(env) = fs_env("edges_copy_mounted_device_refused") else {
-        return;
-    };
+    let env = fs_env("edges_copy_mounted_device_refused");
     let Some(dev) = env.blockdev.clone() else {
         eprintln!("skipped: BLOCKMAP_FS_TEST_BLOCKDEV is not set");
         return;
@@ -259,10 +258,9 @@ fn edges_copy_procfs_sysfs_to_their_end() {
 /// faultfs states a size of 0, a smaller and a bigger one than the file holds; the copy
 /// holds what reading gives, whatever the window.
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn edges_copy_lying_sizes_read_to_the_end() {
-    let Some(ff) = faultfs("edges_copy_lying_sizes_read_to_the_end") else {
-        return;
-    };
+    let ff = faultfs("edges_copy_lying_sizes_read_to_the_end");
     let dir = ff.dir();
     let tmp = tempfile::tempdir().unwrap();
     let len = 300_000usize;
@@ -328,10 +326,9 @@ fn edges_copy_lying_sizes_read_to_the_end() {
 // Item 2: close(2) fails.
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn edges_copy_close_eio_fails() {
-    let Some(ff) = faultfs("edges_copy_close_eio_fails") else {
-        return;
-    };
+    let ff = faultfs("edges_copy_close_eio_fails");
     let dir = ff.dir();
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src.img");
@@ -433,10 +430,9 @@ fn range_in(line: &str) -> std::ops::Range<u64> {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn edges_copy_signal_stops_and_says_what_it_left() {
-    let Some(ff) = faultfs("edges_copy_signal_stops_and_says_what_it_left") else {
-        return;
-    };
+    let ff = faultfs("edges_copy_signal_stops_and_says_what_it_left");
     let dir = ff.dir();
     let tmp = tempfile::tempdir().unwrap();
     let (data, src) = slow_source(&ff, &dir, "slow.img");
@@ -524,10 +520,9 @@ fn edges_copy_signal_stops_and_says_what_it_left() {
 type Change = fn(&Path);
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn edges_copy_src_changed_midway_fails() {
-    let Some(ff) = faultfs("edges_copy_src_changed_midway_fails") else {
-        return;
-    };
+    let ff = faultfs("edges_copy_src_changed_midway_fails");
     let dir = ff.dir();
     let tmp = tempfile::tempdir().unwrap();
     let changes: [(&str, Change); 2] = [

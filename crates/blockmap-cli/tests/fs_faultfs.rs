@@ -70,10 +70,9 @@ fn close(file: File) -> rustix::io::Result<()> {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn faultfs_read_eio() {
-    let Some(ffs) = common::faultfs("faultfs_read_eio") else {
-        return;
-    };
+    let ffs = common::faultfs("faultfs_read_eio");
     let dir = ffs.dir();
     let mut cases = 0;
     for (len, off) in [(100_000usize, 50_001u64), (100_000, 4096), (100_000, 1)] {
@@ -114,10 +113,9 @@ fn faultfs_read_eio() {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn faultfs_short_read() {
-    let Some(ffs) = common::faultfs("faultfs_short_read") else {
-        return;
-    };
+    let ffs = common::faultfs("faultfs_short_read");
     let dir = ffs.dir();
     let mut cases = 0;
     for n in [1usize, 1000, 4096, 65_537] {
@@ -144,10 +142,9 @@ fn faultfs_short_read() {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn faultfs_read_delay_blocks_nothing_else() {
-    let Some(ffs) = common::faultfs("faultfs_read_delay_blocks_nothing_else") else {
-        return;
-    };
+    let ffs = common::faultfs("faultfs_read_delay_blocks_nothing_else");
     let dir = ffs.dir();
     let slow_data = pattern(10_000, 1);
     let fast_data = pattern(10_000, 2);
@@ -191,10 +188,9 @@ fn faultfs_read_delay_blocks_nothing_else() {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn faultfs_write_errors_at_offset() {
-    let Some(ffs) = common::faultfs("faultfs_write_errors_at_offset") else {
-        return;
-    };
+    let ffs = common::faultfs("faultfs_write_errors_at_offset");
     let dir = ffs.dir();
     let data = pattern(300_000, 7);
     let mut cases = 0;
@@ -233,10 +229,9 @@ fn faultfs_write_errors_at_offset() {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn faultfs_short_write() {
-    let Some(ffs) = common::faultfs("faultfs_short_write") else {
-        return;
-    };
+    let ffs = common::faultfs("faultfs_short_write");
     let dir = ffs.dir();
     let data = pattern(100_000, 9);
     let mut cases = 0;
@@ -267,10 +262,9 @@ fn faultfs_short_write() {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn faultfs_flush_fsync_truncate_fallocate() {
-    let Some(ffs) = common::faultfs("faultfs_flush_fsync_truncate_fallocate") else {
-        return;
-    };
+    let ffs = common::faultfs("faultfs_flush_fsync_truncate_fallocate");
     let dir = ffs.dir();
     let data = pattern(50_000, 11);
 
@@ -334,10 +328,9 @@ fn faultfs_flush_fsync_truncate_fallocate() {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn faultfs_size_lies() {
-    let Some(ffs) = common::faultfs("faultfs_size_lies") else {
-        return;
-    };
+    let ffs = common::faultfs("faultfs_size_lies");
     let dir = ffs.dir();
     let data = pattern(70_000, 13);
     let mut cases = 0;
@@ -356,10 +349,9 @@ fn faultfs_size_lies() {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn faultfs_seek_data_and_no_seek() {
-    let Some(ffs) = common::faultfs("faultfs_seek_data_and_no_seek") else {
-        return;
-    };
+    let ffs = common::faultfs("faultfs_seek_data_and_no_seek");
     let dir = ffs.dir();
     // Data at [1 MiB, 1 MiB + 8 KiB) in a 4 MiB sparse file.
     let path = dir.join("sparse");
@@ -402,6 +394,7 @@ fn faultfs_seek_data_and_no_seek() {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn faultfs_faults_follow_the_path_and_the_control_file_checks_lines() {
     let Some(ffs) =
         common::faultfs("faultfs_faults_follow_the_path_and_the_control_file_checks_lines")
@@ -452,10 +445,9 @@ fn faultfs_faults_follow_the_path_and_the_control_file_checks_lines() {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn faultfs_read_corrupt() {
-    let Some(ffs) = common::faultfs("faultfs_read_corrupt") else {
-        return;
-    };
+    let ffs = common::faultfs("faultfs_read_corrupt");
     let dir = ffs.dir();
     let mut cases = 0;
     for off in [0u64, 4095, 70_000] {
@@ -522,10 +514,9 @@ fn faultfs_read_corrupt() {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn faultfs_write_corrupt_once() {
-    let Some(ffs) = common::faultfs("faultfs_write_corrupt_once") else {
-        return;
-    };
+    let ffs = common::faultfs("faultfs_write_corrupt_once");
     let dir = ffs.dir();
     let mut cases = 0;
     for off in [0u64, 4095, 70_000] {

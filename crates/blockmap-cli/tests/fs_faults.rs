@@ -192,11 +192,10 @@ fn run(ffs: &FaultFs, test: &str, body: impl FnOnce(&mut u64) -> Result<(), Stri
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn faults_read_eio_names_src_and_offset() {
     const TEST: &str = "faults_read_eio_names_src_and_offset";
-    let Some(ffs) = common::faultfs(TEST) else {
-        return;
-    };
+    let ffs = common::faultfs(TEST);
     let dir = ffs.dir();
     run(&ffs, TEST, |cases| {
         let src = make_src(&ffs, &dir, "src", 1);
@@ -232,11 +231,10 @@ fn faults_read_eio_names_src_and_offset() {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn faults_full_or_over_quota_dst_removed() {
     const TEST: &str = "faults_full_or_over_quota_dst_removed";
-    let Some(ffs) = common::faultfs(TEST) else {
-        return;
-    };
+    let ffs = common::faultfs(TEST);
     let dir = ffs.dir();
     run(&ffs, TEST, |cases| {
         let src = make_src(&ffs, &dir, "src", 2);
@@ -261,11 +259,10 @@ fn faults_full_or_over_quota_dst_removed() {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn faults_short_reads_and_writes_copy_exactly() {
     const TEST: &str = "faults_short_reads_and_writes_copy_exactly";
-    let Some(ffs) = common::faultfs(TEST) else {
-        return;
-    };
+    let ffs = common::faultfs(TEST);
     let dir = ffs.dir();
     run(&ffs, TEST, |cases| {
         let src = make_src(&ffs, &dir, "src", 3);
@@ -302,11 +299,10 @@ fn faults_short_reads_and_writes_copy_exactly() {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn faults_fsync_eio_fails_sync() {
     const TEST: &str = "faults_fsync_eio_fails_sync";
-    let Some(ffs) = common::faultfs(TEST) else {
-        return;
-    };
+    let ffs = common::faultfs(TEST);
     let dir = ffs.dir();
     run(&ffs, TEST, |cases| {
         let src = make_src(&ffs, &dir, "src", 4);
@@ -334,11 +330,10 @@ fn faults_fsync_eio_fails_sync() {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn faults_ftruncate_eio_fails_cleanly() {
     const TEST: &str = "faults_ftruncate_eio_fails_cleanly";
-    let Some(ffs) = common::faultfs(TEST) else {
-        return;
-    };
+    let ffs = common::faultfs(TEST);
     let dir = ffs.dir();
     run(&ffs, TEST, |cases| {
         // SRC ends in a hole: only ftruncate can give DST its size.
@@ -360,11 +355,10 @@ fn faults_ftruncate_eio_fails_cleanly() {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn faults_no_fiemap_maps_by_seek_and_no_seek_copies_all() {
     const TEST: &str = "faults_no_fiemap_maps_by_seek_and_no_seek_copies_all";
-    let Some(ffs) = common::faultfs(TEST) else {
-        return;
-    };
+    let ffs = common::faultfs(TEST);
     let dir = ffs.dir();
     run(&ffs, TEST, |cases| {
         let src = make_src(&ffs, &dir, "src", 6);
@@ -432,11 +426,10 @@ fn faults_no_fiemap_maps_by_seek_and_no_seek_copies_all() {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn faults_no_punch_zeroes_stale_data() {
     const TEST: &str = "faults_no_punch_zeroes_stale_data";
-    let Some(ffs) = common::faultfs(TEST) else {
-        return;
-    };
+    let ffs = common::faultfs(TEST);
     let dir = ffs.dir();
     run(&ffs, TEST, |cases| {
         let src = make_src(&ffs, &dir, "src", 7);

@@ -96,14 +96,11 @@ pub struct FsEnv {
     test: &'static str,
 }
 
-/// The harness's environment for test `test` (the test function's name), or `None` after
-/// saying that the test is skipped because there is none.
-pub fn fs_env(test: &'static str) -> Option<FsEnv> {
+/// The harness's environment for test `test` (the test function's name). Panics without one:
+/// a test that needs the filesystems is `#[ignore]`d, and run by `cargo xtask fs-test`.
+pub fn fs_env(test: &'static str) -> FsEnv {
     let Some(mounts) = std::env::var_os("BLOCKMAP_FS_TEST_MOUNTS") else {
-        eprintln!(
-            "{test}: skipped: BLOCKMAP_FS_TEST_MOUNTS is not set (run `cargo xtask fs-test`)"
-        );
-        return None;
+        panic!("{test}: BLOCKMAP_FS_TEST_MOUNTS is not set: run it by `cargo xtask fs-test`");
     };
     let mounts = mounts
         .to_str()
@@ -113,13 +110,13 @@ pub fn fs_env(test: &'static str) -> Option<FsEnv> {
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
     };
-    Some(FsEnv {
+    FsEnv {
         mounts: parse_mounts(mounts),
         tiny: path_var("BLOCKMAP_FS_TEST_TINY"),
         blockdev: path_var("BLOCKMAP_FS_TEST_BLOCKDEV"),
         report: path_var("BLOCKMAP_FS_TEST_REPORT"),
         test,
-    })
+    }
 }
 
 /// Parses `name=/path,name=/path`, checking that each mount is the filesystem its name says.

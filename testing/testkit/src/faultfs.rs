@@ -20,19 +20,16 @@ pub struct FaultFs {
     made: std::sync::Mutex<(Vec<PathBuf>, Vec<PathBuf>)>,
 }
 
-/// faultfs for test `test`, or `None` after saying that the test is skipped because fs-test
-/// did not start it (`BLOCKMAP_FS_TEST_FAULTFS` unset).
-pub fn faultfs(test: &str) -> Option<FaultFs> {
+/// faultfs for test `test`. Panics when fs-test did not start it (`BLOCKMAP_FS_TEST_FAULTFS`
+/// unset): the tests that need it are `#[ignore]`d, and run by `cargo xtask fs-test`.
+pub fn faultfs(test: &str) -> FaultFs {
     let var = |name: &str| {
         std::env::var_os(name)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
     };
     let Some(mount) = var("BLOCKMAP_FS_TEST_FAULTFS") else {
-        eprintln!(
-            "{test}: skipped: BLOCKMAP_FS_TEST_FAULTFS is not set (run `cargo xtask fs-test`)"
-        );
-        return None;
+        panic!("{test}: BLOCKMAP_FS_TEST_FAULTFS is not set: run it by `cargo xtask fs-test`");
     };
     let backing = var("BLOCKMAP_FS_TEST_FAULTFS_BACKING")
         .expect("BLOCKMAP_FS_TEST_FAULTFS is set but BLOCKMAP_FS_TEST_FAULTFS_BACKING is not");
@@ -45,13 +42,13 @@ pub fn faultfs(test: &str) -> Option<FaultFs> {
         backing.is_dir(),
         "BLOCKMAP_FS_TEST_FAULTFS_BACKING={backing:?} is not a directory"
     );
-    Some(FaultFs {
+    FaultFs {
         mount,
         backing,
         report: var("BLOCKMAP_FS_TEST_REPORT"),
         test: test.to_owned(),
         made: std::sync::Mutex::new((Vec::new(), Vec::new())),
-    })
+    }
 }
 
 impl FaultFs {

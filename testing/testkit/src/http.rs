@@ -20,18 +20,12 @@ pub struct Http {
     report: Option<PathBuf>,
 }
 
-/// The HTTP servers for test `test`, or `None` after saying that the test is skipped because
-/// fs-test did not start them. Under fs-test (`BLOCKMAP_FS_TEST_MOUNTS` set) missing servers
-/// fail the test.
-pub fn http(test: &str) -> Option<Http> {
+/// The HTTP servers for test `test`. Panics when fs-test did not start them: the tests that
+/// need them are `#[ignore]`d, and run by `cargo xtask fs-test`.
+pub fn http(test: &str) -> Http {
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let Some(servers) = var("BLOCKMAP_FS_TEST_HTTP") else {
-        assert!(
-            var("BLOCKMAP_FS_TEST_MOUNTS").is_none(),
-            "{test}: under fs-test but BLOCKMAP_FS_TEST_HTTP is not set: the HTTP servers are missing"
-        );
-        eprintln!("{test}: skipped: BLOCKMAP_FS_TEST_HTTP is not set (run `cargo xtask fs-test`)");
-        return None;
+        panic!("{test}: BLOCKMAP_FS_TEST_HTTP is not set: run it by `cargo xtask fs-test`");
     };
     let path = |name: &str| {
         PathBuf::from(
@@ -57,13 +51,13 @@ pub fn http(test: &str) -> Option<Http> {
         root.is_dir(),
         "BLOCKMAP_FS_TEST_HTTP_ROOT={root:?} is not a directory"
     );
-    Some(Http {
+    Http {
         root,
         log: path("BLOCKMAP_FS_TEST_HTTP_LOG"),
         proxy_log: path("BLOCKMAP_FS_TEST_HTTP_PROXY_LOG"),
         servers,
         report: var("BLOCKMAP_FS_TEST_REPORT").map(PathBuf::from),
-    })
+    }
 }
 
 impl Http {

@@ -194,4 +194,3 @@ pub fn check_against_model_in(
         auto_after,
     })
 }
-

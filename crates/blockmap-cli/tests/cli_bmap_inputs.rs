@@ -3,13 +3,13 @@
 //! standard input through a real pipe, a FIFO, names that lie, `--nobmap` on compressed
 //! images, and `bmaptool copy` of the same archives. Every copy is compared byte for byte with
 //! the image. No root needed: files under `$TMPDIR`.
-#![allow(clippy::print_stderr)] // a test that cannot run here says why
 
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use testkit::noise;
 
 fn blockmap(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_blockmap"))
@@ -81,27 +81,15 @@ fn sh(dir: &Path, line: &str) {
     );
 }
 
-/// Bytes that do not compress (xorshift).
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed as u8
-        })
-        .collect()
-}
-
 /// `src/disk.img`, 12 MiB and a partial block, with data in four places, and its bmap
 /// `disk.img.bmap` beside the archives in `dir`.
 fn image(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(dir.join("src")).unwrap();
     let path = dir.join("src/disk.img");
     let f = File::create(&path).unwrap();
-    f.write_all_at(&noise(70_000, 1), 0).unwrap();
+    f.write_all_at(&noise(1, 70_000), 0).unwrap();
     f.write_all_at(&[0x22; 300_000], 3 << 20).unwrap();
-    f.write_all_at(&noise(1 << 20, 2), 7 << 20).unwrap();
+    f.write_all_at(&noise(2, 1 << 20), 7 << 20).unwrap();
     f.write_all_at(b"end", (12 << 20) + 77 - 3).unwrap();
     drop(f);
     let bmap = dir.join("disk.img.bmap");

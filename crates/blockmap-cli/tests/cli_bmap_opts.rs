@@ -3,8 +3,6 @@
 //! with a real FIFO and a reader thread, and `--removable-device` refusing what is not a block
 //! device (a loop device is refused under `cargo xtask fs-test`, in `fs_verify.rs`).
 
-#![allow(clippy::print_stderr)] // a test that cannot run here says why
-
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::FileExt;

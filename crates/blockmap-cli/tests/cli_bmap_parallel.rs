@@ -8,6 +8,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use testkit::noise;
 
 const BLOCKMAP: &str = env!("CARGO_BIN_EXE_blockmap");
 
@@ -36,18 +37,6 @@ fn assert_corrupt(out: &Output, image: &Path, dest: &Path) {
     assert!(!dest.exists(), "DEST left behind");
 }
 
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 /// A 10 MiB image: data at [0, 1 MiB) (text, compressible) and [6 MiB, 7 MiB + 5000) (noise),
 /// holes elsewhere; and its bmap.
 fn image(dir: &Path) -> (PathBuf, PathBuf) {
@@ -57,7 +46,7 @@ fn image(dir: &Path) -> (PathBuf, PathBuf) {
         .map(|i| b"the quick brown fox "[(i % 20) as usize] ^ (i >> 14) as u8)
         .collect();
     f.write_all_at(&text, 0).unwrap();
-    f.write_all_at(&noise((1 << 20) + 5000, 7), 6 << 20)
+    f.write_all_at(&noise(7, (1 << 20) + 5000), 6 << 20)
         .unwrap();
     f.set_len(10 << 20).unwrap();
     f.sync_all().unwrap();

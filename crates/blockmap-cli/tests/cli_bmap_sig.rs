@@ -4,8 +4,6 @@
 //! DEST is touched; `--no-sig-verify` skips the check. Keys are made here with GnuPG in a
 //! throw-away `GNUPGHOME` (needs `gpg`: the gnupg package, which `.ci/run` installs).
 
-#![allow(clippy::print_stderr)] // a test that cannot run here says why
-
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};

@@ -3,8 +3,6 @@
 //! allocation checked against the source's data, and the bad inputs of SPEC section 5. The
 //! filesystem matrix and random layouts are `tests/fs_copy.rs`.
 
-#![allow(clippy::print_stderr)] // a case that cannot run here says why
-
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};

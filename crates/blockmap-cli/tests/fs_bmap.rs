@@ -16,18 +16,14 @@
 //!
 //! Without bmaptool every test says so and skips (`.ci/run` installs it).
 
-#![allow(clippy::print_stderr)] // a test that cannot run here says why
-
-mod common;
-
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use crate::common::*;
 use bmap::Bmap;
-use common::*;
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::{Config, TestRunner};
 
@@ -166,7 +162,7 @@ fn random_case(bmaptool: &str, dir: &Path, case: usize, ops: &[Op]) -> Result<()
     for &op in ops {
         apply(&file, &mut model, op)?;
     }
-    if model.len() == 0 {
+    if model.is_empty() {
         // An empty image has no bmap (bmaptool refuses it too).
         apply(&file, &mut model, Op::Truncate { len: MIB })?;
     }

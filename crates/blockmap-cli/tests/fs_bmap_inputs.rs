@@ -4,17 +4,13 @@
 //! image written, the rest as it was), from a file and from a pipe; an image longer than the
 //! device fails with one line.
 
-#![allow(clippy::print_stderr)] // a test that cannot run here says why
-
-mod common;
-
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use common::*;
+use crate::common::*;
 
 const MIB: u64 = 1 << 20;
 

@@ -5,10 +5,6 @@
 //! Every copy is compared byte for byte with the image; what came over the network is read
 //! from nginx's own access log. Outside fs-test every test says it is skipped.
 
-#![allow(clippy::print_stderr)] // a test that cannot run here says why
-
-mod common;
-
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -20,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{BLOCKMAP, Http, KIB, MIB};
+use crate::common::{BLOCKMAP, Http, KIB, MIB};
 
 /// An image of `size` bytes with pseudo-random data in `data` (holes elsewhere), and its bmap
 /// beside it (`NAME.bmap`, made by `blockmap bmap create`). Returns the image's bytes.
@@ -171,7 +167,7 @@ const HEADERS: u64 = 512;
 #[ignore = "needs fs-test's HTTP servers: run by cargo xtask fs-test"]
 fn range_requests_fetch_only_the_mapped_ranges() {
     let test = "range_requests_fetch_only_the_mapped_ranges";
-    let http = common::http(test);
+    let http = crate::common::http(test);
     let name = "ranges.img";
     // 2 MiB and, 512 KiB after it, 512 KiB more (one request: the gap is under 1 MiB); 3 MiB
     // at 20 MiB; 4 KiB at 40 MiB: three requests, 6 MiB + 4 KiB mapped, of 64 MiB.
@@ -252,7 +248,7 @@ fn range_requests_fetch_only_the_mapped_ranges() {
 #[ignore = "needs fs-test's HTTP servers: run by cargo xtask fs-test"]
 fn a_server_that_ignores_range_is_read_in_one_get() {
     let test = "a_server_that_ignores_range_is_read_in_one_get";
-    let http = common::http(test);
+    let http = crate::common::http(test);
     let name = "norange.img";
     let size = 16 * MIB;
     let image = make_image(
@@ -280,7 +276,7 @@ fn a_server_that_ignores_range_is_read_in_one_get() {
 #[ignore = "needs fs-test's HTTP servers: run by cargo xtask fs-test"]
 fn compressed_images_stream_from_one_get() {
     let test = "compressed_images_stream_from_one_get";
-    let http = common::http(test);
+    let http = crate::common::http(test);
     let name = "packed.img";
     let image = make_image(
         &http,
@@ -332,7 +328,7 @@ fn compressed_images_stream_from_one_get() {
 #[ignore = "needs fs-test's HTTP servers: run by cargo xtask fs-test"]
 fn authentication_redirects_and_proxies() {
     let test = "authentication_redirects_and_proxies";
-    let http = common::http(test);
+    let http = crate::common::http(test);
     let name = "reach.img";
     let image = make_image(&http, name, 8 * MIB, &[MIB..3 * MIB]);
     let dir = dest_dir();
@@ -487,7 +483,7 @@ impl Drop for RawServer {
 #[ignore = "needs fs-test's HTTP servers: run by cargo xtask fs-test"]
 fn failures_are_one_line_naming_the_url() {
     let test = "failures_are_one_line_naming_the_url";
-    let http = common::http(test);
+    let http = crate::common::http(test);
     let name = "fail.img";
     let size = 4 * MIB;
     let image = make_image(&http, name, size, &[0..MIB, 2 * MIB..3 * MIB]);
@@ -685,7 +681,7 @@ impl Drop for Keyring {
 #[ignore = "needs fs-test's HTTP servers: run by cargo xtask fs-test"]
 fn signatures_beside_a_url_bmap_are_verified() {
     let test = "signatures_beside_a_url_bmap_are_verified";
-    let http = common::http(test);
+    let http = crate::common::http(test);
     let ring = Keyring::new();
     let home = ring.home.path().to_str().unwrap().to_owned();
     let env = [("GNUPGHOME", home.as_str())];
@@ -801,7 +797,7 @@ fn signatures_beside_a_url_bmap_are_verified() {
 #[ignore = "needs fs-test's HTTP servers: run by cargo xtask fs-test"]
 fn archives_and_nobmap_over_http() {
     let test = "archives_and_nobmap_over_http";
-    let http = common::http(test);
+    let http = crate::common::http(test);
     let name = "whole.img";
     let image = make_image(&http, name, 6 * MIB, &[0..MIB, 4 * MIB..5 * MIB - 512]);
     let dir = dest_dir();

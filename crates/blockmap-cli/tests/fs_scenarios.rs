@@ -7,7 +7,7 @@
 //!   Each result is mapped through the library (every backend that works, FIEMAP with one and
 //!   with 4096 extents per call, the whole file and a window) and through
 //!   `blockmap map --json`, and checked against a model of the file's bytes and against the
-//!   kernel's own SEEK_DATA walk (`common::check_against_model`).
+//!   kernel's own SEEK_DATA walk (`crate::common::check_against_model`).
 //! - One test per trap of SPEC section 2: ext4 inline data, btrfs inline and zstd-encoded
 //!   extents, ext4 with 1 KiB blocks and its empty SEEK segments, xfs speculative
 //!   preallocation, preallocate-then-write without fsync, tmpfs without FIEMAP, a block
@@ -20,9 +20,6 @@
 //! filesystem.
 
 // Tests say on stderr what they ran, skipped and timed.
-#![allow(clippy::print_stderr)]
-
-mod common;
 
 use std::cell::Cell;
 use std::fs::File;
@@ -31,12 +28,12 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use blockmap_core::{Backend, BackendChoice, BlockMap};
-use common::{
+use crate::common::{
     Applied, Checked, Fill, FsKind, KIB, MIB, Model, Mount, Op, OpList, PAGE, apply,
     check_against_model, check_against_model_in, check_extents, cli_map, covered, ensure,
     fallocate, fresh_file, fs_env, kernel_walk, merged, round_out, run_cli,
 };
+use blockmap_core::{Backend, BackendChoice, BlockMap};
 use fiemap_sys::{
     FIEMAP_EXTENT_DATA_INLINE, FIEMAP_EXTENT_ENCODED, FIEMAP_EXTENT_NOT_ALIGNED,
     FIEMAP_EXTENT_UNWRITTEN,
@@ -106,16 +103,19 @@ fn random_scenarios_on_every_fs() {
 /// the end of the file), on a fresh file per case on each of `mounts`; a failure is shrunk
 /// and reported with its minimal ops.
 fn random_ops_on(
-    env: &common::FsEnv,
+    env: &crate::common::FsEnv,
     mounts: &[Mount],
     test: &'static str,
     to_end: f64,
     case: impl Fn(&Path, &str, &[Op], WindowPick) -> Result<(), String>,
 ) {
-    let cases = common::cases_per_fs(48);
+    let cases = crate::common::cases_per_fs(48);
     let window = (0..=1000u64, 0..=1000u64, proptest::bool::weighted(to_end))
         .prop_map(|(start, len, to_end)| WindowPick { start, len, to_end });
-    let strategy = (proptest::collection::vec(common::op(), 1..=12), window);
+    let strategy = (
+        proptest::collection::vec(crate::common::op(), 1..=12),
+        window,
+    );
     env.run_on(mounts, |m, count| {
         let dir = m.scratch(test);
         let config = Config {

@@ -166,13 +166,7 @@ impl FsEnv {
     /// Appends `fs=<fs> test=<test> cases=<cases>` to the report (one `write` of one line on
     /// an `O_APPEND` file, so concurrent tests do not interleave), and says it on stderr.
     pub fn report(&self, fs: &str, cases: u32) {
-        self.report_as(self.test, fs, cases);
-    }
-
-    /// [`FsEnv::report`] under another test name: for something a test saw and counts apart
-    /// (a known defect met by random cases), so that it shows in the harness's table.
-    pub fn report_as(&self, test: &str, fs: &str, cases: u32) {
-        append_to_report(self.report.as_deref(), test, fs, u64::from(cases));
+        append_to_report(self.report.as_deref(), self.test, fs, u64::from(cases));
     }
 
     /// Runs `body` on each mount in `mounts`, reports the cases it counted on each (also when

@@ -20,7 +20,7 @@ pub fn test_dirs() -> Vec<PathBuf> {
 }
 
 /// The directories of `BLOCKMAP_TEST_DIRS`.
-pub fn env_dirs() -> Vec<PathBuf> {
+fn env_dirs() -> Vec<PathBuf> {
     std::env::var("BLOCKMAP_TEST_DIRS")
         .unwrap_or_default()
         .split(',')

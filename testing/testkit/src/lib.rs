@@ -75,7 +75,7 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
 pub fn nonzero_noise(seed: u64, len: usize) -> Vec<u8> {
     let mut out = noise(seed, len);
     for b in &mut out {
-        *b |= 1;
+        *b = *b % 255 + 1;
     }
     out
 }

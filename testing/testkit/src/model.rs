@@ -34,6 +34,10 @@ impl Model {
         self.len
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// `pwrite(data, at)`: the file grows to cover it.
     pub fn write(&mut self, at: u64, data: &[u8]) {
         let end = at + data.len() as u64;
@@ -161,7 +165,7 @@ impl Model {
 /// The bytes a write puts down.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Fill {
-    /// Pseudo-random bytes, none of them zero, from a seed.
+    /// Pseudo-random bytes, none of them zero, from a seed ([`crate::nonzero_noise`]).
     Random(u64),
     /// One non-zero byte repeated (compresses well).
     Byte(u8),
@@ -177,20 +181,7 @@ impl Fill {
                 assert_ne!(b, 0);
                 vec![b; len]
             }
-            Fill::Random(seed) => {
-                // xorshift64*: cheap, deterministic, and good enough to defeat compression.
-                let mut x = seed | 1;
-                let mut out = Vec::with_capacity(len + 8);
-                while out.len() < len {
-                    x ^= x >> 12;
-                    x ^= x << 25;
-                    x ^= x >> 27;
-                    let v = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
-                    out.extend(v.to_le_bytes().map(|b| b % 255 + 1));
-                }
-                out.truncate(len);
-                out
-            }
+            Fill::Random(seed) => crate::nonzero_noise(seed, len),
         }
     }
 }

@@ -51,11 +51,7 @@ pub fn cli_map(path: &Path, file: Option<&File>, extra: &[&str]) -> Result<CliMa
 pub struct Checked {
     /// The library's maps, [`ASKS`] order, those not supported left out.
     pub maps: Vec<LibMap>,
-    /// The library's maps of windows, the same way.
-    pub windowed: Vec<LibMap>,
     pub cli: CliMap,
-    /// The library's `auto` data taken again after the CLI ran.
-    pub auto_after: Vec<Range<u64>>,
 }
 
 impl Checked {
@@ -187,10 +183,5 @@ pub fn check_against_model_in(
             short(&auto.data)
         );
     }
-    Ok(Checked {
-        maps,
-        windowed,
-        cli,
-        auto_after,
-    })
+    Ok(Checked { maps, cli })
 }

@@ -661,6 +661,7 @@ fn block_device_dest() {
         .blockdev
         .clone()
         .expect("BLOCKMAP_FS_TEST_MOUNTS is set but BLOCKMAP_FS_TEST_BLOCKDEV is not");
+    let _spare = hold_blockdev(); // the one spare device, shared by the tests
     let mounts: Vec<Mount> = env.mounts.iter().take(1).cloned().collect();
     env.run_each(
         &mounts,

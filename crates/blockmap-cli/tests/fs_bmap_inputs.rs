@@ -77,6 +77,7 @@ fn nobmap_streams_onto_a_block_device() {
         .blockdev
         .clone()
         .expect("BLOCKMAP_FS_TEST_MOUNTS is set but BLOCKMAP_FS_TEST_BLOCKDEV is not");
+    let _spare = hold_blockdev(); // the one spare device, shared by the tests
     let bmaptool = Command::new("bmaptool")
         .arg("--version")
         .output()

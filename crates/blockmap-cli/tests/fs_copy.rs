@@ -37,7 +37,7 @@ use std::path::Path;
 
 use crate::common::{
     Applied, Fill, FsKind, KIB, MIB, Model, Mount, Op, OpList, PAGE, Pair, apply, ensure,
-    fresh_file, fs_env, kernel_walk, merged, round_out, run_cli, short, total,
+    fresh_file, fs_env, hold_blockdev, kernel_walk, merged, round_out, run_cli, short, total,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
@@ -975,6 +975,7 @@ fn copies_onto_a_block_device() {
         .blockdev
         .clone()
         .expect("BLOCKMAP_FS_TEST_MOUNTS is set but BLOCKMAP_FS_TEST_BLOCKDEV is not");
+    let _spare = hold_blockdev(); // the one spare device, shared by the tests
     let size = device_size(&path);
     assert!(
         size >= 16 * MIB,

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::common::{BLOCKMAP, FaultFs, MIB, ensure, run_cli};
+use crate::common::{BLOCKMAP, FaultFs, MIB, ensure, hold_blockdev, run_cli};
 use bmap::{BmapFile, Copier, CreateOptions};
 use testkit::noise;
 
@@ -303,6 +303,7 @@ fn bmap_signals_stop_the_copy() {
         // A block device (fs-test's spare one), which cannot be undone: the line names the
         // bytes that may be partly written, inside the image's data.
         if let Some(dev) = std::env::var_os("BLOCKMAP_FS_TEST_BLOCKDEV").filter(|d| !d.is_empty()) {
+            let _spare = hold_blockdev(); // the one spare device, shared by the tests
             let mut child = Command::new(BLOCKMAP)
                 .args(["bmap", "copy", "--bmap"])
                 .args([img.bmap.as_os_str(), img.plain.as_os_str(), &dev])

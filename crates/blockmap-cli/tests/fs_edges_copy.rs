@@ -113,6 +113,7 @@ fn edges_copy_mounted_device_refused() {
         eprintln!("skipped: BLOCKMAP_FS_TEST_BLOCKDEV is not set");
         return;
     };
+    let _spare = hold_blockdev(); // the one spare device, shared by the tests
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("image.img");
     let data = nonzero_noise(1, 3 << 20);

@@ -31,7 +31,7 @@ use std::path::Path;
 use crate::common::{
     Applied, Checked, Fill, FsKind, KIB, MIB, Model, Mount, Op, OpList, PAGE, apply,
     check_against_model, check_against_model_in, check_extents, cli_map, covered, ensure,
-    fallocate, fresh_file, fs_env, kernel_walk, merged, round_out, run_cli,
+    fallocate, fresh_file, fs_env, hold_blockdev, kernel_walk, merged, round_out, run_cli,
 };
 use blockmap_core::{Backend, BackendChoice, BlockMap};
 use fiemap_sys::{
@@ -680,6 +680,7 @@ fn block_device_maps_as_all_data() {
         .blockdev
         .clone()
         .expect("BLOCKMAP_FS_TEST_MOUNTS is set but BLOCKMAP_FS_TEST_BLOCKDEV is not");
+    let _spare = hold_blockdev(); // the one spare device, shared by the tests
     let started = std::time::Instant::now();
     let size = {
         use std::io::{Seek, SeekFrom};

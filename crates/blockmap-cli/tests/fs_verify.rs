@@ -15,7 +15,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::common::{BLOCKMAP, FaultFs, MIB, ensure, run_cli};
+use crate::common::{BLOCKMAP, FaultFs, MIB, ensure, hold_blockdev, run_cli};
 use bmap::{Bmap, CreateOptions};
 use testkit::noise;
 
@@ -382,6 +382,7 @@ fn bmap_checksum_retry_reads_back() {
 
         // A block device: read back with O_DIRECT (the summary does not say otherwise).
         if let Some(dev) = std::env::var_os("BLOCKMAP_FS_TEST_BLOCKDEV").filter(|d| !d.is_empty()) {
+            let _spare = hold_blockdev(); // the one spare device, shared by the tests
             let dev = PathBuf::from(dev);
             let summary = copy(
                 &["--checksum-retry", "1"],
@@ -478,6 +479,7 @@ fn bmap_removable_device_refuses_loop_devices() {
             .filter(|d| !d.is_empty())
             .map(PathBuf::from)
             .ok_or("fs-test gave no spare block device (BLOCKMAP_FS_TEST_BLOCKDEV)")?;
+        let _spare = hold_blockdev(); // the one spare device, shared by the tests
         let name = std::fs::canonicalize(&spare)
             .unwrap()
             .file_name()

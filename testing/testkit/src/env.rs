@@ -274,3 +274,12 @@ pub fn fresh_file(dir: &Path, name: &str) -> (PathBuf, File) {
         .unwrap_or_else(|e| panic!("cannot create {path:?}: {e}"));
     (path, file)
 }
+
+/// Holds fs-test's one spare block device (`BLOCKMAP_FS_TEST_BLOCKDEV`) for the caller: the
+/// filesystem tests run as threads of one process, and each test that writes, mounts or
+/// compares that device takes it for as long as it uses it.
+pub fn hold_blockdev() -> std::sync::MutexGuard<'static, ()> {
+    static SPARE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A test that panicked while holding it left nothing to repair: each test fills it anew.
+    SPARE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -9,14 +9,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use crate::common::CliMap;
-
-fn blockmap(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_blockmap"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+use crate::common::{BLOCKMAP, CliMap, blockmap};
 
 /// `map --json`'s output, with exactly the documented keys (the kit's parser).
 fn parsed(out: &Output) -> CliMap {
@@ -250,7 +243,7 @@ fn permission_denied_is_one_clear_line() {
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(env!("CARGO_BIN_EXE_blockmap"))
+        .arg(BLOCKMAP)
         .args(["map", path.to_str().unwrap()])
         .output();
     match out {
@@ -269,7 +262,7 @@ fn broken_pipe_is_not_an_error() {
     for i in 0..2000u64 {
         file.write_all_at(&[1; 512], i * 8192).unwrap();
     }
-    let mut child = Command::new(env!("CARGO_BIN_EXE_blockmap"))
+    let mut child = Command::new(BLOCKMAP)
         .args(["map", "--backend", "seek", path.to_str().unwrap()])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

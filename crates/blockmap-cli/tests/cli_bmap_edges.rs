@@ -11,18 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::{BLOCKMAP, assert_ok, blockmap, s, stderr};
 use bmap::{BlockRange, Bmap, ChecksumType};
 use testkit::noise;
-
-const BLOCKMAP: &str = env!("CARGO_BIN_EXE_blockmap");
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn blockmap(args: &[&str]) -> Output {
-    Command::new(BLOCKMAP).args(args).output().unwrap()
-}
 
 /// Spawns `blockmap args`, its stdin a pipe that the caller feeds.
 fn spawn_piped(args: &[&str]) -> Child {
@@ -46,14 +37,6 @@ fn finish(mut child: Child, secs: u64) -> Output {
         std::thread::sleep(Duration::from_millis(10));
     }
     child.wait_with_output().unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn assert_ok(out: &Output) {
-    assert!(out.status.success(), "{}", stderr(out));
 }
 
 /// One error line with every needle, exit status `code`.

@@ -4,6 +4,7 @@
 //! images, and `bmaptool copy` of the same archives. Every copy is compared byte for byte with
 //! the image. No root needed: files under `$TMPDIR`.
 
+use crate::common::{BLOCKMAP, assert_ok, s};
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -12,7 +13,7 @@ use std::process::{Command, Output, Stdio};
 use testkit::noise;
 
 fn blockmap(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_blockmap"))
+    Command::new(BLOCKMAP)
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -21,7 +22,7 @@ fn blockmap(args: &[&str]) -> Output {
 
 /// `blockmap ARGS` with `input` written to its standard input, a real pipe, from a thread.
 fn blockmap_fed(args: &[&str], input: Vec<u8>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_blockmap"))
+    let mut child = Command::new(BLOCKMAP)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -41,18 +42,6 @@ fn blockmap_fed(args: &[&str], input: Vec<u8>) -> Output {
     let out = child.wait_with_output().unwrap();
     feeder.join().unwrap();
     out
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn assert_ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Asserts a failure: one line on stderr starting `blockmap: ` with every needle, exit 1.

@@ -4,29 +4,12 @@
 //! decoded (a byte corrupted in it goes unnoticed, where the stream fails); a corrupt byte in
 //! a mapped block or in the index fails with one line; an image of one block still streams.
 
+use crate::common::{assert_ok, blockmap, s, stderr};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use testkit::noise;
-
-const BLOCKMAP: &str = env!("CARGO_BIN_EXE_blockmap");
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn blockmap(args: &[&str]) -> Output {
-    Command::new(BLOCKMAP).args(args).output().unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn assert_ok(out: &Output) {
-    assert!(out.status.success(), "{}", stderr(out));
-}
 
 /// One error line naming the image as corrupt, exit status 1, DEST gone.
 fn assert_corrupt(out: &Output, image: &Path, dest: &Path) {

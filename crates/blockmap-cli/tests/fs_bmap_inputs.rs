@@ -15,7 +15,7 @@ use crate::common::*;
 const MIB: u64 = 1 << 20;
 
 fn blockmap() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_blockmap"))
+    Command::new(BLOCKMAP)
 }
 
 /// Runs `cmd`, which must succeed.

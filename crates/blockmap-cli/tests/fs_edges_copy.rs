@@ -16,10 +16,6 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use sparsecopy::{Options, Window};
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// Asserts a failure: status `code`, one line on stderr starting `blockmap: ` with every
 /// needle, and no success line.
 #[track_caller]
@@ -37,15 +33,6 @@ fn assert_fails(out: &Output, code: i32, needles: &[&str]) -> String {
     }
     assert!(out.stdout.is_empty());
     stderr
-}
-
-#[track_caller]
-fn assert_ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 // ---------------------------------------------------------------------------------------------

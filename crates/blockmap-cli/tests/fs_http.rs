@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::common::{BLOCKMAP, Http, KIB, MIB};
+use crate::common::{BLOCKMAP, Http, KIB, MIB, stderr};
 
 /// An image of `size` bytes with pseudo-random data in `data` (holes elsewhere), and its bmap
 /// beside it (`NAME.bmap`, made by `blockmap bmap create`). Returns the image's bytes.
@@ -78,10 +78,6 @@ where
     }
     cmd.envs(env.iter().copied());
     cmd.output().expect("cannot run blockmap")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// A copy that must succeed, its DEST equal to `image`; returns the summary line.

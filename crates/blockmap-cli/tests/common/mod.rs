@@ -185,3 +185,24 @@ pub fn check_against_model_in(
     }
     Ok(Checked { maps, cli })
 }
+
+/// `blockmap ARGS`, run to its end.
+pub fn blockmap(args: &[&str]) -> Output {
+    run_cli(args)
+}
+
+/// A path as an argument.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// What a run said on stderr.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts that a run succeeded, showing its stderr if not.
+#[track_caller]
+pub fn assert_ok(out: &Output) {
+    assert!(out.status.success(), "{}", stderr(out));
+}

@@ -261,7 +261,11 @@ fn preallocated_zeros_read_into_the_cache_stay_holes() {
             dir.display(),
             allocated(&dst)
         );
-        assert!(r.zero_skipped_bytes >= 7 * MIB, "{r:?}");
+        // Found as zeros and left out, unless the window was cloned (xfs, btrfs): then the
+        // clone shared the preallocation as a hole, or it was punched out of DST afterwards.
+        if r.syscalls.ficlonerange == 0 {
+            assert!(r.zero_skipped_bytes >= 7 * MIB, "{r:?}");
+        }
     }
 }
 
@@ -359,12 +363,17 @@ fn reflink_policy_on_filesystems_that_share() {
         model[..big.len()].copy_from_slice(&big);
         let dst = tmp.path().join("dst");
 
-        // Auto: the big range is shared, the small ones copied by read/write (this
-        // filesystem's copy_file_range would share them too).
+        // Auto: on btrfs the whole window is reflinked; on xfs, which reflinks small extents
+        // slowly, the big range is shared and the small ones copied by read/write (its
+        // copy_file_range would share them too).
         let r = sparsecopy::copy(&src, &dst, Window::new(), &Options::new()).unwrap();
         assert_same(&read(&dst), &model, "auto");
-        assert_eq!(r.reflinked_bytes, 256 * KIB, "{}: {r:?}", dir.display());
-        assert_eq!(r.read_write_bytes, 64 * 4 * KIB);
+        if m.kind == FsKind::Btrfs {
+            assert_eq!(r.reflinked_bytes, r.data_bytes, "{}: {r:?}", dir.display());
+        } else {
+            assert_eq!(r.reflinked_bytes, 256 * KIB, "{}: {r:?}", dir.display());
+            assert_eq!(r.read_write_bytes, 64 * 4 * KIB);
+        }
         eprintln!("{}: {r}", dir.display());
 
         // Always: everything whole is shared.

@@ -24,7 +24,8 @@ impl FsKind {
         (FsKind::Tmpfs, "tmpfs", 0x0102_1994),
     ];
 
-    fn of(path: &Path) -> Option<FsKind> {
+    /// The filesystem `path` is on, if it is one of these.
+    pub fn of(path: &Path) -> Option<FsKind> {
         let st = rustix::fs::statfs(path).unwrap_or_else(|e| panic!("statfs {path:?}: {e}"));
         let magic = st.f_type as u64;
         FsKind::ALL
@@ -281,5 +282,7 @@ pub fn fresh_file(dir: &Path, name: &str) -> (PathBuf, File) {
 pub fn hold_blockdev() -> std::sync::MutexGuard<'static, ()> {
     static SPARE: std::sync::Mutex<()> = std::sync::Mutex::new(());
     // A test that panicked while holding it left nothing to repair: each test fills it anew.
-    SPARE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    SPARE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -18,10 +18,9 @@
 //! filesystem of `testing/faultfs`, built with the tests) serving `<dir>/faultfs-backing` at
 //! `<dir>/mnt/faultfs`. Each image is a sparse file on its own loop device
 //! (`losetup --find --show`). `--only` chooses among the filesystems of the table; faultfs is
-//! always mounted. Then it runs the tests that need them, `#[ignore]`d in a plain `cargo test`:
-//! `cargo test -p blockmap-cli --test main -- --ignored` (the `fs_*` modules) and `cargo test
-//! -p sparsecopy --test main -- --include-ignored` (all of them: those that run in `$TMPDIR` and
-//! `/dev/shm` run in the mounts too), with:
+//! always mounted. Then it runs the tests `#[ignore]`d in a plain `cargo test`, `cargo test -p
+//! blockmap-cli --test main -- --ignored` (the `fs_*` modules), and all of sparsecopy's, `cargo
+//! test -p sparsecopy --test main -- --include-ignored` (`$TMPDIR` tests run in the mounts), with:
 //!
 //! - `BLOCKMAP_FS_TEST_MOUNTS`: `name=mountpoint` pairs, comma separated, in the order above;
 //! - `BLOCKMAP_TEST_DIRS`: the same mount points, comma separated (sparsecopy's tests);
@@ -93,12 +92,10 @@ const TINY_SIZE: &str = "4M";
 const BLOCKDEV_MIB: u64 = 64;
 /// The package that ships losetup, mount and umount on Debian.
 const MOUNT_PACKAGE: &str = "mount";
-/// The test runs of fs-test: the package, and the libtest argument that chooses its tests.
-/// Each package has one test binary, `main`; the tests that need fs-test are `#[ignore]`d.
+/// The test runs of fs-test: a package (its one test binary, `main`, whose tests that need
+/// fs-test are `#[ignore]`d) and which of its tests: see the module docs.
 const TEST_RUNS: [(&str, &str); 2] = [
-    // Its ignored tests are exactly the filesystem tests (the `fs_*` modules).
     ("blockmap-cli", "--ignored"),
-    // All of them: the tests that run in `$TMPDIR` and `/dev/shm` run in the mounts too.
     ("sparsecopy", "--include-ignored"),
 ];
 /// The report's name for the faultfs mount, and its directory under `mnt/`.
@@ -305,26 +302,22 @@ fn test_command(package: &str, args: &Args) -> Command {
 /// Builds the tests and faultfs before anything is mounted, so that a compile error costs no
 /// mount and the mounts do not wait for the compiler.
 fn build_tests(args: &Args) -> Result<()> {
-    let mut commands: Vec<Command> = TEST_RUNS
-        .iter()
-        .map(|(package, _)| {
-            let mut build = test_command(package, args);
-            build.arg("--no-run");
-            build
-        })
-        .collect();
     let mut faultfs = Command::new(crate::cargo());
     faultfs
         .current_dir(crate::project_root())
         .args(["build", "--package", "faultfs"]);
-    commands.push(faultfs);
-    for command in &mut commands {
-        let status = cmd::run_inherited(command)?;
+    let builds = TEST_RUNS.iter().map(|(package, _)| {
+        let mut build = test_command(package, args);
+        build.arg("--no-run");
+        build
+    });
+    for mut command in builds.chain([faultfs]) {
+        let status = cmd::run_inherited(&mut command)?;
         cleanup::check_interrupted()?;
         if !status.success() {
             bail!(
                 "building the filesystem tests failed: `{}` ({status})",
-                cmd::describe(command)
+                cmd::describe(&command)
             );
         }
     }
@@ -462,11 +455,10 @@ fn set_up_and_test(
         println!("fs-test:   {HTTP:<12} {}", ::bmap::redact(servers));
     }
 
-    let dirs = mounted
+    let dirs: Vec<String> = mounted
         .iter()
-        .map(|(_, path)| path.display().to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+        .map(|(_, p)| p.display().to_string())
+        .collect();
     let mut runs = Vec::new();
     let started = Instant::now();
     for (package, select) in TEST_RUNS {
@@ -475,7 +467,7 @@ fn set_up_and_test(
             .arg(select)
             .args(&args.test_args)
             .env("BLOCKMAP_FS_TEST_MOUNTS", &mounts)
-            .env("BLOCKMAP_TEST_DIRS", &dirs)
+            .env("BLOCKMAP_TEST_DIRS", dirs.join(","))
             .env("BLOCKMAP_FS_TEST_TINY", &tiny)
             .env("BLOCKMAP_FS_TEST_BLOCKDEV", &blockdev)
             .env("BLOCKMAP_FS_TEST_FAULTFS", &faultfs)
@@ -485,14 +477,13 @@ fn set_up_and_test(
         println!("fs-test: running `{}`", cmd::describe(&test));
         let status = cmd::run_inherited(&mut test)?;
         cleanup::check_interrupted()?;
+        runs.push((test, status));
         if !status.success() {
             problems.push(format!("the tests of {package} failed ({status})"));
             if !args.keep_going {
-                runs.push((test, status));
                 break;
             }
         }
-        runs.push((test, status));
     }
     let test_secs = started.elapsed().as_secs_f64();
     let passed = runs.len() == TEST_RUNS.len() && runs.iter().all(|(_, s)| s.success());

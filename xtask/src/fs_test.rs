@@ -1,4 +1,5 @@
-//! `cargo xtask fs-test`: blockmap-cli's filesystem tests on real, loop-mounted filesystems.
+//! `cargo xtask fs-test`: the filesystem tests of blockmap-cli and sparsecopy on real,
+//! loop-mounted filesystems.
 //!
 //! As root, in a fresh temporary directory (under `$TMPDIR`, else `/tmp`):
 //!
@@ -17,9 +18,12 @@
 //! filesystem of `testing/faultfs`, built with the tests) serving `<dir>/faultfs-backing` at
 //! `<dir>/mnt/faultfs`. Each image is a sparse file on its own loop device
 //! (`losetup --find --show`). `--only` chooses among the filesystems of the table; faultfs is
-//! always mounted. Then it runs `cargo test -p blockmap-cli --test 'fs_*'` with:
+//! always mounted. Then it runs the tests `#[ignore]`d in a plain `cargo test`, `cargo test -p
+//! blockmap-cli --test main -- --ignored` (the `fs_*` modules), and all of sparsecopy's, `cargo
+//! test -p sparsecopy --test main -- --include-ignored` (`$TMPDIR` tests run in the mounts), with:
 //!
 //! - `BLOCKMAP_FS_TEST_MOUNTS`: `name=mountpoint` pairs, comma separated, in the order above;
+//! - `BLOCKMAP_TEST_DIRS`: the same mount points, comma separated (sparsecopy's tests);
 //! - `BLOCKMAP_FS_TEST_TINY`: the mount point of the 4 MiB tmpfs;
 //! - `BLOCKMAP_FS_TEST_BLOCKDEV`: the spare loop device, e.g. `/dev/loop7`;
 //! - `BLOCKMAP_FS_TEST_FAULTFS`: faultfs's mount point; `BLOCKMAP_FS_TEST_FAULTFS_BACKING`:
@@ -88,8 +92,12 @@ const TINY_SIZE: &str = "4M";
 const BLOCKDEV_MIB: u64 = 64;
 /// The package that ships losetup, mount and umount on Debian.
 const MOUNT_PACKAGE: &str = "mount";
-/// The test targets of blockmap-cli that fs-test runs (cargo matches the glob itself).
-const TEST_TARGETS: &str = "fs_*";
+/// The test runs of fs-test: a package (its one test binary, `main`, whose tests that need
+/// fs-test are `#[ignore]`d) and which of its tests: see the module docs.
+const TEST_RUNS: [(&str, &str); 2] = [
+    ("blockmap-cli", "--ignored"),
+    ("sparsecopy", "--include-ignored"),
+];
 /// The report's name for the faultfs mount, and its directory under `mnt/`.
 const FAULTFS: &str = "faultfs";
 /// The report's name for the HTTP tests (`crate::http_servers`).
@@ -280,16 +288,11 @@ fn check_tools<'a>(
     Ok(usable)
 }
 
-/// `cargo test -p blockmap-cli --test 'fs_*'`, as built and as run.
-fn test_command(args: &Args) -> Command {
+/// `cargo test -p <package> --test main`, as built and as run.
+fn test_command(package: &str, args: &Args) -> Command {
     let mut cmd = Command::new(crate::cargo());
-    cmd.current_dir(crate::project_root()).args([
-        "test",
-        "--package",
-        "blockmap-cli",
-        "--test",
-        TEST_TARGETS,
-    ]);
+    cmd.current_dir(crate::project_root())
+        .args(["test", "--package", package, "--test", "main"]);
     if args.keep_going {
         cmd.arg("--no-fail-fast");
     }
@@ -299,19 +302,22 @@ fn test_command(args: &Args) -> Command {
 /// Builds the tests and faultfs before anything is mounted, so that a compile error costs no
 /// mount and the mounts do not wait for the compiler.
 fn build_tests(args: &Args) -> Result<()> {
-    let mut build = test_command(args);
-    build.arg("--no-run");
     let mut faultfs = Command::new(crate::cargo());
     faultfs
         .current_dir(crate::project_root())
         .args(["build", "--package", "faultfs"]);
-    for command in [&mut build, &mut faultfs] {
-        let status = cmd::run_inherited(command)?;
+    let builds = TEST_RUNS.iter().map(|(package, _)| {
+        let mut build = test_command(package, args);
+        build.arg("--no-run");
+        build
+    });
+    for mut command in builds.chain([faultfs]) {
+        let status = cmd::run_inherited(&mut command)?;
         cleanup::check_interrupted()?;
         if !status.success() {
             bail!(
                 "building the filesystem tests failed: `{}` ({status})",
-                cmd::describe(command)
+                cmd::describe(&command)
             );
         }
     }
@@ -449,24 +455,38 @@ fn set_up_and_test(
         println!("fs-test:   {HTTP:<12} {}", ::bmap::redact(servers));
     }
 
-    let mut test = test_command(args);
-    test.arg("--")
-        .args(&args.test_args)
-        .env("BLOCKMAP_FS_TEST_MOUNTS", &mounts)
-        .env("BLOCKMAP_FS_TEST_TINY", &tiny)
-        .env("BLOCKMAP_FS_TEST_BLOCKDEV", &blockdev)
-        .env("BLOCKMAP_FS_TEST_FAULTFS", &faultfs)
-        .env("BLOCKMAP_FS_TEST_FAULTFS_BACKING", &faultfs_backing)
-        .env("BLOCKMAP_FS_TEST_REPORT", &report_path)
-        .envs(http.iter().map(|(k, v)| (k, v)));
-    println!("fs-test: running `{}`", cmd::describe(&test));
+    let dirs: Vec<String> = mounted
+        .iter()
+        .map(|(_, p)| p.display().to_string())
+        .collect();
+    let mut runs = Vec::new();
     let started = Instant::now();
-    let status = cmd::run_inherited(&mut test)?;
-    cleanup::check_interrupted()?;
-    let test_secs = started.elapsed().as_secs_f64();
-    if !status.success() {
-        problems.push(format!("the tests failed ({status})"));
+    for (package, select) in TEST_RUNS {
+        let mut test = test_command(package, args);
+        test.arg("--")
+            .arg(select)
+            .args(&args.test_args)
+            .env("BLOCKMAP_FS_TEST_MOUNTS", &mounts)
+            .env("BLOCKMAP_TEST_DIRS", dirs.join(","))
+            .env("BLOCKMAP_FS_TEST_TINY", &tiny)
+            .env("BLOCKMAP_FS_TEST_BLOCKDEV", &blockdev)
+            .env("BLOCKMAP_FS_TEST_FAULTFS", &faultfs)
+            .env("BLOCKMAP_FS_TEST_FAULTFS_BACKING", &faultfs_backing)
+            .env("BLOCKMAP_FS_TEST_REPORT", &report_path)
+            .envs(http.iter().map(|(k, v)| (k, v)));
+        println!("fs-test: running `{}`", cmd::describe(&test));
+        let status = cmd::run_inherited(&mut test)?;
+        cleanup::check_interrupted()?;
+        runs.push((test, status));
+        if !status.success() {
+            problems.push(format!("the tests of {package} failed ({status})"));
+            if !args.keep_going {
+                break;
+            }
+        }
     }
+    let test_secs = started.elapsed().as_secs_f64();
+    let passed = runs.len() == TEST_RUNS.len() && runs.iter().all(|(_, s)| s.success());
 
     let text = fs::read_to_string(&report_path)
         .with_context(|| format!("cannot read {}", report_path.display()))?;
@@ -480,11 +500,13 @@ fn set_up_and_test(
     // tests runs nothing on ext4): then that is only noted.
     let filtered = args.test_args.iter().any(|a| !a.starts_with('-'));
     let mut out = String::new();
-    let _ = writeln!(out, "fs-test: `{}`", cmd::describe(&test));
+    for (test, status) in &runs {
+        let _ = writeln!(out, "fs-test: `{}` ({status})", cmd::describe(test));
+    }
     let _ = writeln!(
         out,
         "tests: {} in {test_secs:.1} s; filesystems: {}",
-        if status.success() { "passed" } else { "FAILED" },
+        if passed { "passed" } else { "FAILED" },
         names.join(", ")
     );
     out.push_str(&report.render(&names));

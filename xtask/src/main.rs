@@ -4,8 +4,8 @@
 //! - `cargo xtask fs-test [--only ext4,xfs,…] [--keep-going] [-- TEST ARGS]`: as root, makes
 //!   ext4 (4 KiB and 1 KiB blocks, inline data), xfs, btrfs (plain and `compress-force=zstd`)
 //!   and tmpfs on loop devices in a temporary directory, mounts faultfs (the fault-injecting
-//!   FUSE filesystem of `testing/faultfs`), runs blockmap-cli's `tests/fs_*.rs`
-//!   against them, prints how many cases ran where, and undoes every mount and loop device it
+//!   FUSE filesystem of `testing/faultfs`), runs the filesystem tests of blockmap-cli
+//!   (`tests/fs_*.rs`) and sparsecopy against them, prints how many cases ran where, and undoes every mount and loop device it
 //!   made. Without root it says so and skips. See [`fs_test`].
 //! - `cargo xtask compare [--fs ext4,xfs,btrfs] [--workloads a,b,…] [--runs N] [--reference
 //!   FILE]`: as root, times `blockmap copy` and `blockmap map` against cp, dd, bmaptool,
@@ -55,7 +55,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Run blockmap-cli's filesystem tests (tests/fs_*.rs) on loop-mounted ext4, xfs, btrfs
+    /// Run the filesystem tests of blockmap-cli and sparsecopy on loop-mounted ext4, xfs, btrfs
     /// and tmpfs, and on faultfs (always mounted). Needs root; without it, says so and skips.
     FsTest(fs_test::Args),
     /// Time blockmap against cp, dd, bmaptool, filefrag, xfs_io and the reference module on

@@ -3,29 +3,17 @@
 //! bad inputs of SPEC section 5 (one line on stderr, exit 2 for usage errors and 1 for the
 //! rest, nothing on stdout). The loop-mounted filesystem matrix is `tests/fs_*.rs`.
 
-#![allow(clippy::print_stderr)] // a case that cannot run here says why
-
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use serde_json::Value;
+use crate::common::{BLOCKMAP, CliMap, blockmap};
 
-fn blockmap(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_blockmap"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ranges(v: &Value) -> Vec<Range<u64>> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r[0].as_u64().unwrap()..r[1].as_u64().unwrap())
-        .collect()
+/// `map --json`'s output, with exactly the documented keys (the kit's parser).
+fn parsed(out: &Output) -> CliMap {
+    CliMap::parse(&String::from_utf8_lossy(&out.stdout), None).unwrap()
 }
 
 /// Asserts a failure: exactly one line on stderr starting `blockmap: ` and holding every
@@ -81,27 +69,13 @@ fn json_has_exactly_the_documented_keys_and_agrees_with_the_kernel() {
             assert_ne!(backend, "auto");
             continue;
         }
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        let mut keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
-        keys.sort();
-        assert_eq!(
-            keys,
-            [
-                "backend",
-                "block_size",
-                "data",
-                "extents",
-                "holes",
-                "path",
-                "size"
-            ]
-        );
-        assert_eq!(v["path"], path.to_str().unwrap());
-        assert_eq!(v["size"], 8 << 20);
-        let bs = v["block_size"].as_u64().unwrap();
+        let v = parsed(&out);
+        assert_eq!(v.path, path.to_str().unwrap());
+        assert_eq!(v.size, 8 << 20);
+        let bs = v.block_size;
         assert!(bs.is_power_of_two() && bs >= 512, "{bs}");
-        let (data, holes) = (ranges(&v["data"]), ranges(&v["holes"]));
-        let mut all: Vec<_> = data.iter().chain(&holes).cloned().collect();
+        let (data, holes) = (&v.data, &v.holes);
+        let mut all: Vec<_> = data.iter().chain(holes).cloned().collect();
         all.sort_by_key(|r| r.start);
         assert_eq!(all.first().map(|r| r.start), Some(0));
         assert_eq!(all.last().map(|r| r.end), Some(8 << 20));
@@ -109,30 +83,23 @@ fn json_has_exactly_the_documented_keys_and_agrees_with_the_kernel() {
             all.windows(2).all(|w| w[0].end == w[1].start),
             "no tiling: {all:?}"
         );
-        match v["backend"].as_str().unwrap() {
-            "none" => assert_eq!(data, [0..8 << 20]),
+        match v.backend.as_str() {
+            "none" => assert_eq!(*data, [0..8 << 20]),
             name => {
                 if backend != "auto" {
                     assert_eq!(name, backend);
                 }
                 // Exactly the kernel's answer: the written bytes are covered, nothing more.
-                assert_eq!(data, kernel, "{name}");
+                assert_eq!(*data, kernel, "{name}");
             }
         }
-        let extents = v["extents"].as_array().unwrap();
-        if v["backend"] == "fiemap" {
-            assert!(!extents.is_empty());
-            for e in extents {
-                let mut keys: Vec<_> = e.as_object().unwrap().keys().cloned().collect();
-                keys.sort();
-                assert_eq!(keys, ["end", "flags", "physical", "start"]);
-                assert!(e["flags"].as_array().unwrap().iter().all(|f| {
-                    let f = f.as_str().unwrap();
-                    f == f.to_lowercase()
-                }));
+        if v.backend == "fiemap" {
+            assert!(!v.extents.is_empty());
+            for e in &v.extents {
+                assert!(e.flags.iter().all(|f| *f == f.to_lowercase()), "{e:?}");
             }
         } else {
-            assert!(extents.is_empty());
+            assert!(v.extents.is_empty());
         }
     }
 }
@@ -201,8 +168,7 @@ fn data_written_without_fsync_is_mapped_at_once() {
     file.set_len(4 << 20).unwrap();
     file.write_all_at(&[7; 100], 3 << 20).unwrap();
     let out = blockmap(&["map", "--json", path.to_str().unwrap()]);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let data = ranges(&v["data"]);
+    let data = parsed(&out).data;
     assert!(
         data.iter()
             .any(|r| r.start <= 3 << 20 && r.end >= (3 << 20) + 100),
@@ -277,7 +243,7 @@ fn permission_denied_is_one_clear_line() {
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(env!("CARGO_BIN_EXE_blockmap"))
+        .arg(BLOCKMAP)
         .args(["map", path.to_str().unwrap()])
         .output();
     match out {
@@ -296,7 +262,7 @@ fn broken_pipe_is_not_an_error() {
     for i in 0..2000u64 {
         file.write_all_at(&[1; 512], i * 8192).unwrap();
     }
-    let mut child = Command::new(env!("CARGO_BIN_EXE_blockmap"))
+    let mut child = Command::new(BLOCKMAP)
         .args(["map", "--backend", "seek", path.to_str().unwrap()])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

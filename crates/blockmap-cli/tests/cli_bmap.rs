@@ -3,29 +3,11 @@
 //! bmap found beside a compressed image, usage and input errors. The interop with bmaptool on
 //! every filesystem is `tests/fs_bmap.rs`.
 
+use crate::common::{assert_ok, blockmap, s};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn blockmap(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_blockmap"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn assert_ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Asserts a failure: one line on stderr starting `blockmap: ` with every needle, the status
 /// `code`.

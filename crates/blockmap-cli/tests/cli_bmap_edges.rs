@@ -11,17 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::{BLOCKMAP, assert_ok, blockmap, s, stderr};
 use bmap::{BlockRange, Bmap, ChecksumType};
-
-const BLOCKMAP: &str = env!("CARGO_BIN_EXE_blockmap");
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn blockmap(args: &[&str]) -> Output {
-    Command::new(BLOCKMAP).args(args).output().unwrap()
-}
+use testkit::noise;
 
 /// Spawns `blockmap args`, its stdin a pipe that the caller feeds.
 fn spawn_piped(args: &[&str]) -> Child {
@@ -47,14 +39,6 @@ fn finish(mut child: Child, secs: u64) -> Output {
     child.wait_with_output().unwrap()
 }
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn assert_ok(out: &Output) {
-    assert!(out.status.success(), "{}", stderr(out));
-}
-
 /// One error line with every needle, exit status `code`.
 fn assert_fails(status: ExitStatus, err: &str, code: i32, needles: &[&str]) {
     assert_eq!(status.code(), Some(code), "stderr: {err}");
@@ -65,24 +49,12 @@ fn assert_fails(status: ExitStatus, err: &str, code: i32, needles: &[&str]) {
     }
 }
 
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 /// A 12 MiB sparse image with three data ranges and a partial last block, and its bmap.
 fn image(dir: &Path) -> (PathBuf, PathBuf) {
     let path = dir.join("disk.img");
     let f = File::create(&path).unwrap();
-    f.write_all_at(&noise(5000, 1), 0).unwrap();
-    f.write_all_at(&noise(4 << 20, 2), 3 << 20).unwrap();
+    f.write_all_at(&noise(1, 5000), 0).unwrap();
+    f.write_all_at(&noise(2, 4 << 20), 3 << 20).unwrap();
     f.write_all_at(b"end", (12 << 20) - 3 + 77).unwrap();
     f.sync_all().unwrap();
     let bmap = dir.join("disk.img.bmap");
@@ -109,7 +81,7 @@ fn pipes_and_checks_before_writing() {
     let (img, bmap) = image(dir.path());
     let data = std::fs::read(&img).unwrap();
     let good = dir.path().join("good.img");
-    let old = noise(1 << 20, 9);
+    let old = noise(9, 1 << 20);
 
     // The image through a pipe, into an existing file.
     std::fs::write(&good, &old).unwrap();
@@ -238,8 +210,8 @@ fn compress(image: &Path, tool: &str, ext: &str) -> PathBuf {
 fn corrupt_compressed_images_fail() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("disk.img");
-    let mut data = noise(256 << 10, 5);
-    data.extend(noise(2 << 20, 6));
+    let mut data = noise(5, 256 << 10);
+    data.extend(noise(6, 2 << 20));
     std::fs::write(&img, &data).unwrap();
     let mut b = Bmap::new(data.len() as u64, 4096);
     b.push(BlockRange {
@@ -300,7 +272,7 @@ fn signals_stop_a_streamed_copy() {
     use rustix::process::Signal;
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("disk.img");
-    let data = noise(16 << 20, 3);
+    let data = noise(3, 16 << 20);
     std::fs::write(&img, &data).unwrap();
     let bmap = dir.path().join("disk.bmap");
     assert_ok(&blockmap(&["bmap", "create", "-o", s(&bmap), s(&img)]));
@@ -418,7 +390,7 @@ fn memory_is_bounded_for_big_bmaps() {
     std::fs::write(&bmap, b.to_xml()).unwrap();
     drop(b);
     let img = dir.path().join("big.img");
-    let data = noise(2 * ranges as usize, 7);
+    let data = noise(7, 2 * ranges as usize);
     std::fs::write(&img, &data).unwrap();
     let dest = dir.path().join("big-copy.img");
     let (peak, out) = peak_rss(spawn(&[
@@ -453,7 +425,7 @@ fn memory_is_bounded_for_big_bmaps() {
     let many = dir.path().join("many.img");
     let f = File::create(&many).unwrap();
     f.set_len(262144 * block).unwrap();
-    let chunk = noise(4096, 1);
+    let chunk = noise(1, 4096);
     for i in 0..131072u64 {
         f.write_all_at(&chunk, 2 * i * block).unwrap();
     }
@@ -523,8 +495,8 @@ fn summaries_of_a_2_pib_image() {
     let f = File::create(&image).unwrap();
     let size = 2u64 << 50;
     f.set_len(size).unwrap();
-    f.write_all_at(&noise(4096, 7), 0).unwrap();
-    f.write_all_at(&noise(4096, 8), size - 4096).unwrap();
+    f.write_all_at(&noise(7, 4096), 0).unwrap();
+    f.write_all_at(&noise(8, 4096), size - 4096).unwrap();
     drop(f);
     let bmap = dir.path().join("huge.bmap");
     let out = blockmap(&["bmap", "create", "-o", s(&bmap), s(&image)]);
@@ -545,5 +517,5 @@ fn summaries_of_a_2_pib_image() {
     assert_eq!(d.metadata().unwrap().len(), size);
     let mut buf = vec![0; 4096];
     d.read_exact_at(&mut buf, size - 4096).unwrap();
-    assert_eq!(buf, noise(4096, 8));
+    assert_eq!(buf, noise(8, 4096));
 }

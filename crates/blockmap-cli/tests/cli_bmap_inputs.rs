@@ -3,16 +3,17 @@
 //! standard input through a real pipe, a FIFO, names that lie, `--nobmap` on compressed
 //! images, and `bmaptool copy` of the same archives. Every copy is compared byte for byte with
 //! the image. No root needed: files under `$TMPDIR`.
-#![allow(clippy::print_stderr)] // a test that cannot run here says why
 
+use crate::common::{BLOCKMAP, assert_ok, s};
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use testkit::noise;
 
 fn blockmap(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_blockmap"))
+    Command::new(BLOCKMAP)
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -21,7 +22,7 @@ fn blockmap(args: &[&str]) -> Output {
 
 /// `blockmap ARGS` with `input` written to its standard input, a real pipe, from a thread.
 fn blockmap_fed(args: &[&str], input: Vec<u8>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_blockmap"))
+    let mut child = Command::new(BLOCKMAP)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -41,18 +42,6 @@ fn blockmap_fed(args: &[&str], input: Vec<u8>) -> Output {
     let out = child.wait_with_output().unwrap();
     feeder.join().unwrap();
     out
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn assert_ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Asserts a failure: one line on stderr starting `blockmap: ` with every needle, exit 1.
@@ -81,27 +70,15 @@ fn sh(dir: &Path, line: &str) {
     );
 }
 
-/// Bytes that do not compress (xorshift).
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed as u8
-        })
-        .collect()
-}
-
 /// `src/disk.img`, 12 MiB and a partial block, with data in four places, and its bmap
 /// `disk.img.bmap` beside the archives in `dir`.
 fn image(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(dir.join("src")).unwrap();
     let path = dir.join("src/disk.img");
     let f = File::create(&path).unwrap();
-    f.write_all_at(&noise(70_000, 1), 0).unwrap();
+    f.write_all_at(&noise(1, 70_000), 0).unwrap();
     f.write_all_at(&[0x22; 300_000], 3 << 20).unwrap();
-    f.write_all_at(&noise(1 << 20, 2), 7 << 20).unwrap();
+    f.write_all_at(&noise(2, 1 << 20), 7 << 20).unwrap();
     f.write_all_at(b"end", (12 << 20) + 77 - 3).unwrap();
     drop(f);
     let bmap = dir.join("disk.img.bmap");

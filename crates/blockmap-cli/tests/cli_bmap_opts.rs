@@ -3,19 +3,12 @@
 //! with a real FIFO and a reader thread, and `--removable-device` refusing what is not a block
 //! device (a loop device is refused under `cargo xtask fs-test`, in `fs_verify.rs`).
 
-#![allow(clippy::print_stderr)] // a test that cannot run here says why
-
+use crate::common::{BLOCKMAP, s};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-const BLOCKMAP: &str = env!("CARGO_BIN_EXE_blockmap");
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// A GnuPG home with one key, its agent killed when dropped.
 struct Home {

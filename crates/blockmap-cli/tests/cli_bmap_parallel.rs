@@ -4,28 +4,12 @@
 //! decoded (a byte corrupted in it goes unnoticed, where the stream fails); a corrupt byte in
 //! a mapped block or in the index fails with one line; an image of one block still streams.
 
+use crate::common::{assert_ok, blockmap, s, stderr};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-
-const BLOCKMAP: &str = env!("CARGO_BIN_EXE_blockmap");
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn blockmap(args: &[&str]) -> Output {
-    Command::new(BLOCKMAP).args(args).output().unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn assert_ok(out: &Output) {
-    assert!(out.status.success(), "{}", stderr(out));
-}
+use testkit::noise;
 
 /// One error line naming the image as corrupt, exit status 1, DEST gone.
 fn assert_corrupt(out: &Output, image: &Path, dest: &Path) {
@@ -34,18 +18,6 @@ fn assert_corrupt(out: &Output, image: &Path, dest: &Path) {
     assert_eq!(err.lines().count(), 1, "one line expected: {err:?}");
     assert!(err.contains(s(image)) && err.contains("corrupt"), "{err:?}");
     assert!(!dest.exists(), "DEST left behind");
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 /// A 10 MiB image: data at [0, 1 MiB) (text, compressible) and [6 MiB, 7 MiB + 5000) (noise),
@@ -57,7 +29,7 @@ fn image(dir: &Path) -> (PathBuf, PathBuf) {
         .map(|i| b"the quick brown fox "[(i % 20) as usize] ^ (i >> 14) as u8)
         .collect();
     f.write_all_at(&text, 0).unwrap();
-    f.write_all_at(&noise((1 << 20) + 5000, 7), 6 << 20)
+    f.write_all_at(&noise(7, (1 << 20) + 5000), 6 << 20)
         .unwrap();
     f.set_len(10 << 20).unwrap();
     f.sync_all().unwrap();

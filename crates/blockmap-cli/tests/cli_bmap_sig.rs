@@ -4,8 +4,7 @@
 //! DEST is touched; `--no-sig-verify` skips the check. Keys are made here with GnuPG in a
 //! throw-away `GNUPGHOME` (needs `gpg`: the gnupg package, which `.ci/run` installs).
 
-#![allow(clippy::print_stderr)] // a test that cannot run here says why
-
+use crate::common::{BLOCKMAP, s};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -87,13 +86,9 @@ impl Drop for Keyring {
     }
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// `blockmap bmap copy ARGS…` with the keyring at `home`.
 fn copy(home: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_blockmap"))
+    Command::new(BLOCKMAP)
         .env("GNUPGHOME", home)
         .args(["bmap", "copy"])
         .args(args)
@@ -104,7 +99,7 @@ fn copy(home: &Path, args: &[&str]) -> Output {
 /// `copy` with the file `input` as stdin (a pipe's worth: a bmap given as `/dev/stdin` is a
 /// stream, spooled once).
 fn copy_stdin(home: &Path, args: &[&str], input: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_blockmap"))
+    Command::new(BLOCKMAP)
         .env("GNUPGHOME", home)
         .args(["bmap", "copy"])
         .args(args)
@@ -180,7 +175,7 @@ fn signed_bmaps() {
     let sig = dir.path().join("disk.img.bmap.sig");
 
     // Unsigned: copied, no signer; no GnuPG needed.
-    let out = Command::new(env!("CARGO_BIN_EXE_blockmap"))
+    let out = Command::new(BLOCKMAP)
         .env("BLOCKMAP_GPG", "/nonexistent/gpg")
         .args(["bmap", "copy", s(&img), s(&dest)])
         .output()
@@ -191,7 +186,7 @@ fn signed_bmaps() {
     ring.sign(&["--armor", "--detach-sign", "-o", s(&asc), s(&bmap)]);
     assert_copied(&copy(home, &[s(&img), s(&dest)]), &img, &dest, fpr);
     // No GnuPG to check it with: refused.
-    let out = Command::new(env!("CARGO_BIN_EXE_blockmap"))
+    let out = Command::new(BLOCKMAP)
         .env("BLOCKMAP_GPG", "/nonexistent/gpg")
         .args(["bmap", "copy", s(&img), s(&dest)])
         .output()

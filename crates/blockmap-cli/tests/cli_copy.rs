@@ -3,23 +3,11 @@
 //! allocation checked against the source's data, and the bad inputs of SPEC section 5. The
 //! filesystem matrix and random layouts are `tests/fs_copy.rs`.
 
-#![allow(clippy::print_stderr)] // a case that cannot run here says why
-
+use crate::common::{blockmap, s};
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn blockmap(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_blockmap"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// Asserts a failure: one line on stderr starting `blockmap: ` with every needle, the status
 /// `code`, nothing on stdout.

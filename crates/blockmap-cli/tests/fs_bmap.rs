@@ -16,18 +16,14 @@
 //!
 //! Without bmaptool every test says so and skips (`.ci/run` installs it).
 
-#![allow(clippy::print_stderr)] // a test that cannot run here says why
-
-mod common;
-
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use crate::common::*;
 use bmap::Bmap;
-use common::*;
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::{Config, TestRunner};
 
@@ -132,9 +128,10 @@ fn read_bmap(path: &Path) -> Result<Bmap, String> {
 }
 
 #[test]
+#[ignore = "needs the filesystems of fs-test: run by cargo xtask fs-test"]
 fn random_images_interop() {
     const TEST: &str = "random_images_interop";
-    let Some(env) = fs_env(TEST) else { return };
+    let env = fs_env(TEST);
     let Some(bmaptool) = bmaptool(TEST) else {
         return;
     };
@@ -165,7 +162,7 @@ fn random_case(bmaptool: &str, dir: &Path, case: usize, ops: &[Op]) -> Result<()
     for &op in ops {
         apply(&file, &mut model, op)?;
     }
-    if model.len() == 0 {
+    if model.is_empty() {
         // An empty image has no bmap (bmaptool refuses it too).
         apply(&file, &mut model, Op::Truncate { len: MIB })?;
     }
@@ -292,9 +289,10 @@ fn make_ext4_image(dir: &Path) -> Result<PathBuf, String> {
 }
 
 #[test]
+#[ignore = "needs the filesystems of fs-test: run by cargo xtask fs-test"]
 fn real_ext4_image() {
     const TEST: &str = "real_ext4_image";
-    let Some(env) = fs_env(TEST) else { return };
+    let env = fs_env(TEST);
     let Some(bmaptool) = bmaptool(TEST) else {
         return;
     };
@@ -470,9 +468,10 @@ fn rechecksummed(text: &str) -> Result<String, String> {
 }
 
 #[test]
+#[ignore = "needs the filesystems of fs-test: run by cargo xtask fs-test"]
 fn corruption_is_caught() {
     const TEST: &str = "corruption_is_caught";
-    let Some(env) = fs_env(TEST) else { return };
+    let env = fs_env(TEST);
     let Some(bmaptool) = bmaptool(TEST) else {
         return;
     };
@@ -651,9 +650,10 @@ fn read_device(dev: &Path) -> Result<Vec<u8>, String> {
 }
 
 #[test]
+#[ignore = "needs the filesystems of fs-test: run by cargo xtask fs-test"]
 fn block_device_dest() {
     const TEST: &str = "block_device_dest";
-    let Some(env) = fs_env(TEST) else { return };
+    let env = fs_env(TEST);
     let Some(bmaptool) = bmaptool(TEST) else {
         return;
     };
@@ -661,6 +661,7 @@ fn block_device_dest() {
         .blockdev
         .clone()
         .expect("BLOCKMAP_FS_TEST_MOUNTS is set but BLOCKMAP_FS_TEST_BLOCKDEV is not");
+    let _spare = hold_blockdev(); // the one spare device, shared by the tests
     let mounts: Vec<Mount> = env.mounts.iter().take(1).cloned().collect();
     env.run_each(
         &mounts,

@@ -28,9 +28,6 @@
 //! `PROPTEST_CASES` sets the random cases per pair.
 
 // Tests say on stderr what they ran, skipped and timed.
-#![allow(clippy::print_stderr)]
-
-mod common;
 
 use std::cell::Cell;
 use std::fs::File;
@@ -38,9 +35,9 @@ use std::ops::Range;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 
-use common::{
+use crate::common::{
     Applied, Fill, FsKind, KIB, MIB, Model, Mount, Op, OpList, PAGE, Pair, apply, ensure,
-    fresh_file, fs_env, kernel_walk, merged, round_out, run_cli, short, total,
+    fresh_file, fs_env, hold_blockdev, kernel_walk, merged, round_out, run_cli, short, total,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
@@ -190,7 +187,10 @@ enum DestPick {
 fn dest_pick() -> impl Strategy<Value = DestPick> {
     const M: i64 = MIB as i64;
     let delta = prop_oneof![Just(0i64), -2 * M..0, 1..2 * M];
-    let writes = proptest::collection::vec((0..=1000u64, common::length(), common::fill()), 1..6);
+    let writes = proptest::collection::vec(
+        (0..=1000u64, crate::common::length(), crate::common::fill()),
+        1..6,
+    );
     prop_oneof![
         2 => Just(DestPick::New),
         1 => (delta.clone(), any::<u64>(), any::<bool>())
@@ -203,15 +203,15 @@ fn dest_pick() -> impl Strategy<Value = DestPick> {
 /// Many small extents: 20 to 300 short writes (some of zeros) anywhere in 4 MiB, then
 /// random ops: the engine reads close extents together, ahead of its writes.
 fn scattered_ops() -> impl Strategy<Value = Vec<Op>> {
-    let fill = prop_oneof![4 => common::fill(), 1 => Just(Fill::Zeros)];
-    let write = (common::offset(), 1..9000u64, fill).prop_map(|(at, len, fill)| Op::Write {
+    let fill = prop_oneof![4 => crate::common::fill(), 1 => Just(Fill::Zeros)];
+    let write = (crate::common::offset(), 1..9000u64, fill).prop_map(|(at, len, fill)| Op::Write {
         at,
         len,
         fill,
     });
     (
         proptest::collection::vec(write, 20..300),
-        proptest::collection::vec(common::op(), 0..=4),
+        proptest::collection::vec(crate::common::op(), 0..=4),
     )
         .prop_map(|(mut writes, more)| {
             writes.extend(more);
@@ -241,12 +241,20 @@ fn case() -> impl Strategy<Value = Case> {
         1 => Just(Reflink::Never),
     ];
     // A write of data first, so that most windows hold some (later ops may still punch it).
-    let first = (common::offset(), common::length(), common::fill())
+    let first = (
+        crate::common::offset(),
+        crate::common::length(),
+        crate::common::fill(),
+    )
         .prop_map(|(at, len, fill)| Op::Write { at, len, fill });
-    let ops = (first, proptest::collection::vec(common::op(), 0..=10)).prop_map(|(w, mut ops)| {
-        ops.insert(0, w);
-        ops
-    });
+    let ops = (
+        first,
+        proptest::collection::vec(crate::common::op(), 0..=10),
+    )
+        .prop_map(|(w, mut ops)| {
+            ops.insert(0, w);
+            ops
+        });
     (
         prop_oneof![3 => ops, 1 => scattered_ops()],
         skip_pick(),
@@ -796,9 +804,9 @@ fn check_report(r: &serde_json::Value, plan: &Plan, case: &Case, s: &Sizes) -> R
 }
 
 /// Runs the random cases on each pair.
-fn random_copies(test: &'static str, pairs: impl Fn(&common::FsEnv) -> Vec<Pair>) {
-    let Some(env) = fs_env(test) else { return };
-    let cases = common::cases_per_fs(64);
+fn random_copies(test: &'static str, pairs: impl Fn(&crate::common::FsEnv) -> Vec<Pair>) {
+    let env = fs_env(test);
+    let cases = crate::common::cases_per_fs(64);
     let strategy = case();
     env.run_on_pairs(&pairs(&env), |pair, count| {
         let src_dir = pair.src.scratch(test);
@@ -835,6 +843,7 @@ fn random_copies(test: &'static str, pairs: impl Fn(&common::FsEnv) -> Vec<Pair>
 }
 
 #[test]
+#[ignore = "needs the filesystems of fs-test: run by cargo xtask fs-test"]
 fn random_copies_within_each_fs() {
     random_copies("random_copies_within_each_fs", |env| {
         let names: Vec<(&str, &str)> = env
@@ -847,6 +856,7 @@ fn random_copies_within_each_fs() {
 }
 
 #[test]
+#[ignore = "needs the filesystems of fs-test: run by cargo xtask fs-test"]
 fn random_copies_across_filesystems() {
     random_copies("random_copies_across_filesystems", |env| {
         let mut names = vec![
@@ -957,13 +967,15 @@ struct DevCase {
 }
 
 #[test]
+#[ignore = "needs the filesystems of fs-test: run by cargo xtask fs-test"]
 fn copies_onto_a_block_device() {
     const TEST: &str = "copies_onto_a_block_device";
-    let Some(env) = fs_env(TEST) else { return };
+    let env = fs_env(TEST);
     let path = env
         .blockdev
         .clone()
         .expect("BLOCKMAP_FS_TEST_MOUNTS is set but BLOCKMAP_FS_TEST_BLOCKDEV is not");
+    let _spare = hold_blockdev(); // the one spare device, shared by the tests
     let size = device_size(&path);
     assert!(
         size >= 16 * MIB,
@@ -1086,7 +1098,7 @@ fn blockdev_from(m: &Mount, dev: &Device<'_>, cases: &mut u32) -> Result<(), Str
         any::<bool>(),
     );
     let config = Config {
-        cases: (common::cases_per_fs(64) / 8).max(1),
+        cases: (crate::common::cases_per_fs(64) / 8).max(1),
         failure_persistence: None,
         max_shrink_iters: 64,
         ..Config::default()
@@ -1228,9 +1240,10 @@ fn blockdev_case(
 // A full destination.
 
 #[test]
+#[ignore = "needs the filesystems of fs-test: run by cargo xtask fs-test"]
 fn a_full_destination_fails_cleanly() {
     const TEST: &str = "a_full_destination_fails_cleanly";
-    let Some(env) = fs_env(TEST) else { return };
+    let env = fs_env(TEST);
     let tiny = env
         .tiny
         .clone()
@@ -1304,9 +1317,10 @@ fn full_from(m: &Mount, tiny: &Path, cases: &mut u32) -> Result<(), String> {
 /// extent under them; anywhere else (ext4, tmpfs, two filesystems) the copy is refused,
 /// naming the destination, and leaves an existing destination as it was and no new one.
 #[test]
+#[ignore = "needs the filesystems of fs-test: run by cargo xtask fs-test"]
 fn reflink_always_shares_or_refuses() {
     const TEST: &str = "reflink_always_shares_or_refuses";
-    let Some(env) = fs_env(TEST) else { return };
+    let env = fs_env(TEST);
     let mut names: Vec<(&str, &str)> = env
         .mounts
         .iter()
@@ -1402,7 +1416,7 @@ fn reflink_always_case(
                     .map_err(|e| format!("FIEMAP of the destination: {e}"))?;
                 let covered = merged(extents.iter().map(|e| e.logical.clone()).collect());
                 ensure!(
-                    common::covered(&covered, &landed),
+                    crate::common::covered(&covered, &landed),
                     "the destination's extents {covered:?} do not cover {landed:?}"
                 );
                 let not_shared: Vec<_> = extents
@@ -1492,9 +1506,10 @@ fn reflink_always_misaligned_names_the_destination() {
 /// (30 of 30); smaller layouts only now and then. Expected: the report's data and the
 /// destination's allocation within the source's data as the kernel saw it before the copy.
 #[test]
+#[ignore = "needs the filesystems of fs-test: run by cargo xtask fs-test"]
 fn copy_reads_turn_source_holes_into_data() {
     const TEST: &str = "copy_reads_turn_source_holes_into_data";
-    let Some(env) = fs_env(TEST) else { return };
+    let env = fs_env(TEST);
     let writes: &[(u64, u64, Fill)] = &[
         (368640, 1, Fill::Random(8921405575588791)),
         (3969024, 987, Fill::Random(11505642185122929797)),
@@ -1575,7 +1590,7 @@ fn copy_reads_turn_source_holes_into_data() {
                 total(&after),
                 after
                     .iter()
-                    .filter(|r| !common::covered(&kernel, r))
+                    .filter(|r| !crate::common::covered(&kernel, r))
                     .collect::<Vec<_>>()
             );
             src.compare_with(&File::open(&dst).map_err(|e| e.to_string())?)?;
@@ -1593,9 +1608,10 @@ fn copy_reads_turn_source_holes_into_data() {
 /// like the probe, is tried only when a data range holds a whole destination block). Expected:
 /// the copy succeeds and equals the source; with a whole block in the data, the refusal.
 #[test]
+#[ignore = "needs the filesystems of fs-test: run by cargo xtask fs-test"]
 fn reflink_always_with_nothing_to_share_across_filesystems() {
     const TEST: &str = "reflink_always_with_nothing_to_share_across_filesystems";
-    let Some(env) = fs_env(TEST) else { return };
+    let env = fs_env(TEST);
     let Some(btrfs) = env.mounts.iter().find(|m| m.kind == FsKind::Btrfs) else {
         eprintln!("{TEST}: needs btrfs to copy to");
         return;

@@ -1,5 +1,5 @@
 //! `blockmap bmap` (the CLI and the `bmap` library) against faults injected for real by
-//! faultfs (mounted by `cargo xtask fs-test`; see `common::faultfs`; skipped without it).
+//! faultfs (mounted by `cargo xtask fs-test`; see `crate::common::faultfs`; skipped without it).
 //! Each case runs through the CLI and the library and reports as `fs=faultfs`.
 //!
 //! - `bmap_close_write_and_fsync_faults`: DEST's close (FUSE flush) fails with EIO, its
@@ -13,10 +13,6 @@
 //!   existing one (a file, or fs-test's spare block device) is named with the bytes that may
 //!   be partly written. The library's interrupt flag raised midway: the same.
 
-#![allow(clippy::print_stderr)] // a test that cannot run here says why
-
-mod common;
-
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -25,8 +21,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::common::{BLOCKMAP, FaultFs, MIB, ensure, hold_blockdev, run_cli};
 use bmap::{BmapFile, Copier, CopyOptions, CreateOptions};
-use common::{BLOCKMAP, FaultFs, MIB, ensure, run_cli};
+use testkit::noise;
 
 /// Runs `body`, reports its cases as `fs=faultfs`, and panics with its error.
 fn run(ffs: &FaultFs, test: &str, body: impl FnOnce(&mut u64) -> Result<(), String>) {
@@ -44,18 +41,6 @@ enum Via {
     Library,
 }
 
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 /// A sparse image in the faultfs directory (written through the backing directory, so that
 /// its faults do not apply): `data` at 1 MiB of a 24 MiB image; its bmap; its gzip.
 struct Image {
@@ -68,7 +53,7 @@ fn make_image(ffs: &FaultFs, dir: &Path, data_len: usize) -> Image {
     let plain = dir.join("disk.img");
     let file = File::create(ffs.backing(&plain)).unwrap();
     file.set_len(24 * MIB).unwrap();
-    let data = noise(data_len, 1);
+    let data = noise(1, data_len);
     std::os::unix::fs::FileExt::write_all_at(&file, &data, MIB).unwrap();
     file.sync_all().unwrap();
     drop(file);
@@ -152,11 +137,10 @@ fn same(ffs: &FaultFs, a: &Path, b: &Path) -> Result<(), String> {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn bmap_close_write_and_fsync_faults() {
     const TEST: &str = "bmap_close_write_and_fsync_faults";
-    let Some(ffs) = common::faultfs(TEST) else {
-        return;
-    };
+    let ffs = crate::common::faultfs(TEST);
     let dir = ffs.dir();
     run(&ffs, TEST, |cases| {
         let img = make_image(&ffs, &dir, 3 * MIB as usize);
@@ -245,12 +229,11 @@ fn kill(pid: u32, signal: rustix::process::Signal) {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn bmap_signals_stop_the_copy() {
     use rustix::process::Signal;
     const TEST: &str = "bmap_signals_stop_the_copy";
-    let Some(ffs) = common::faultfs(TEST) else {
-        return;
-    };
+    let ffs = crate::common::faultfs(TEST);
     let dir = ffs.dir();
     run(&ffs, TEST, |cases| {
         let img = make_image(&ffs, &dir, 16 * MIB as usize);
@@ -320,6 +303,7 @@ fn bmap_signals_stop_the_copy() {
         // A block device (fs-test's spare one), which cannot be undone: the line names the
         // bytes that may be partly written, inside the image's data.
         if let Some(dev) = std::env::var_os("BLOCKMAP_FS_TEST_BLOCKDEV").filter(|d| !d.is_empty()) {
+            let _spare = hold_blockdev(); // the one spare device, shared by the tests
             let mut child = Command::new(BLOCKMAP)
                 .args(["bmap", "copy", "--bmap"])
                 .args([img.bmap.as_os_str(), img.plain.as_os_str(), &dev])

@@ -6,10 +6,6 @@
 //! device (`BLOCKMAP_FS_TEST_BLOCKDEV`). Without them those tests say they are skipped; the
 //! procfs, sysfs and `/dev` cases run anywhere.
 
-#![allow(clippy::print_stderr)] // skipped cases say why
-
-mod common;
-
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -17,25 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use sparsecopy::{Options, Window};
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// Random-looking bytes that are never zero (so no block of them is a hole).
-fn pattern(seed: u8, len: usize) -> Vec<u8> {
-    let mut x = u64::from(seed).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x as u8) | 1
-        })
-        .collect()
-}
 
 /// Asserts a failure: status `code`, one line on stderr starting `blockmap: ` with every
 /// needle, and no success line.
@@ -54,15 +33,6 @@ fn assert_fails(out: &Output, code: i32, needles: &[&str]) -> String {
     }
     assert!(out.stdout.is_empty());
     stderr
-}
-
-#[track_caller]
-fn assert_ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -123,17 +93,17 @@ fn device_bytes(dev: &Path) -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "needs the filesystems of fs-test: run by cargo xtask fs-test"]
 fn edges_copy_mounted_device_refused() {
-    let Some(env) = fs_env("edges_copy_mounted_device_refused") else {
-        return;
-    };
+    let env = fs_env("edges_copy_mounted_device_refused");
     let Some(dev) = env.blockdev.clone() else {
         eprintln!("skipped: BLOCKMAP_FS_TEST_BLOCKDEV is not set");
         return;
     };
+    let _spare = hold_blockdev(); // the one spare device, shared by the tests
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("image.img");
-    let data = pattern(1, 3 << 20);
+    let data = nonzero_noise(1, 3 << 20);
     std::fs::write(&src, &data).unwrap();
     let mut cases = 0;
     let mut mounted = Mounted::new(&dev);
@@ -182,7 +152,7 @@ fn edges_copy_mounted_device_refused() {
 fn edges_copy_missing_dev_path_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("image.img");
-    std::fs::write(&src, pattern(2, 100_000)).unwrap();
+    std::fs::write(&src, nonzero_noise(2, 100_000)).unwrap();
     let missing = PathBuf::from(format!(
         "/dev/blockmap-no-such-device-{}",
         std::process::id()
@@ -259,15 +229,14 @@ fn edges_copy_procfs_sysfs_to_their_end() {
 /// faultfs states a size of 0, a smaller and a bigger one than the file holds; the copy
 /// holds what reading gives, whatever the window.
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn edges_copy_lying_sizes_read_to_the_end() {
-    let Some(ff) = faultfs("edges_copy_lying_sizes_read_to_the_end") else {
-        return;
-    };
+    let ff = faultfs("edges_copy_lying_sizes_read_to_the_end");
     let dir = ff.dir();
     let tmp = tempfile::tempdir().unwrap();
     let len = 300_000usize;
     // Zeros in the middle: holes in a new DST, cleared in an existing one.
-    let mut content = pattern(3, len);
+    let mut content = nonzero_noise(3, len);
     content[100_000..200_000].fill(0);
     let mut cases = 0;
     for size in [0, 1000, 262_144, len as u64 + 5000, 4 << 20] {
@@ -297,7 +266,7 @@ fn edges_copy_lying_sizes_read_to_the_end() {
         std::fs::remove_file(&dst).unwrap();
         // Over an existing, longer DST: its old bytes under the zeros are cleared, those past
         // the copy kept.
-        let old = pattern(8, len + 50_000);
+        let old = nonzero_noise(8, len + 50_000);
         std::fs::write(&dst, &old).unwrap();
         assert_ok(&run_cli(["copy", s(&src), s(&dst)]));
         let now = std::fs::read(&dst).unwrap();
@@ -328,14 +297,13 @@ fn edges_copy_lying_sizes_read_to_the_end() {
 // Item 2: close(2) fails.
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn edges_copy_close_eio_fails() {
-    let Some(ff) = faultfs("edges_copy_close_eio_fails") else {
-        return;
-    };
+    let ff = faultfs("edges_copy_close_eio_fails");
     let dir = ff.dir();
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src.img");
-    let data = pattern(4, 2 << 20);
+    let data = nonzero_noise(4, 2 << 20);
     std::fs::write(&src, &data).unwrap();
     let mut cases = 0;
     for sync in [false, true] {
@@ -418,7 +386,7 @@ fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
 /// A slow SRC on faultfs (its bytes, its path).
 fn slow_source(ff: &FaultFs, dir: &Path, name: &str) -> (Vec<u8>, PathBuf) {
     let src = dir.join(name);
-    let data = pattern(5, SLOW_LEN);
+    let data = nonzero_noise(5, SLOW_LEN);
     std::fs::write(ff.backing(&src), &data).unwrap();
     ff.set(&src, SLOW_DELAY);
     (data, src)
@@ -433,10 +401,9 @@ fn range_in(line: &str) -> std::ops::Range<u64> {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn edges_copy_signal_stops_and_says_what_it_left() {
-    let Some(ff) = faultfs("edges_copy_signal_stops_and_says_what_it_left") else {
-        return;
-    };
+    let ff = faultfs("edges_copy_signal_stops_and_says_what_it_left");
     let dir = ff.dir();
     let tmp = tempfile::tempdir().unwrap();
     let (data, src) = slow_source(&ff, &dir, "slow.img");
@@ -467,7 +434,7 @@ fn edges_copy_signal_stops_and_says_what_it_left() {
 
         // An existing DST: untouched outside the range named, which holds every change.
         let dst = tmp.path().join(format!("existing-{name}"));
-        let old = pattern(6, SLOW_LEN + (3 << 20));
+        let old = nonzero_noise(6, SLOW_LEN + (3 << 20));
         std::fs::write(&dst, &old).unwrap();
         let seek = (1 << 20) + 512;
         let child = spawn(&["copy", "--seek", &seek.to_string(), s(&src), s(&dst)]);
@@ -524,10 +491,9 @@ fn edges_copy_signal_stops_and_says_what_it_left() {
 type Change = fn(&Path);
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn edges_copy_src_changed_midway_fails() {
-    let Some(ff) = faultfs("edges_copy_src_changed_midway_fails") else {
-        return;
-    };
+    let ff = faultfs("edges_copy_src_changed_midway_fails");
     let dir = ff.dir();
     let tmp = tempfile::tempdir().unwrap();
     let changes: [(&str, Change); 2] = [
@@ -566,7 +532,7 @@ fn edges_copy_src_changed_midway_fails() {
 
         // An existing DST: the line names the range that may be partly written.
         let (_, src) = slow_source(&ff, &dir, &format!("{what}-2.img"));
-        let old = pattern(7, 1 << 20);
+        let old = nonzero_noise(7, 1 << 20);
         std::fs::write(&dst, &old).unwrap();
         let child = spawn(&["copy", s(&src), s(&dst)]);
         let f = File::open(&dst).unwrap();

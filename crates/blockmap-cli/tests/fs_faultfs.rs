@@ -6,10 +6,7 @@
 //! The one `unsafe` block closes a descriptor with `close(2)` to see its result (the flush
 //! fault), which `File`'s drop ignores.
 
-#![allow(clippy::print_stderr)] // a test that cannot run here says why
 #![allow(unsafe_code)] // see the module docs
-
-mod common;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -18,26 +15,14 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::FaultFs;
+use crate::common::FaultFs;
 use rustix::fs::{FallocateFlags, SeekFrom as RSeekFrom};
+use testkit::noise;
 
 const EIO: i32 = rustix::io::Errno::IO.raw_os_error();
 const ENOSPC: i32 = rustix::io::Errno::NOSPC.raw_os_error();
 const EDQUOT: i32 = rustix::io::Errno::DQUOT.raw_os_error();
 const EINVAL: i32 = rustix::io::Errno::INVAL.raw_os_error();
-
-/// Deterministic bytes that differ from position to position and from seed to seed.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
-}
 
 /// Writes `data` to `name` in a fresh directory through the backing directory (no fault
 /// applies there); returns the path in the mount.
@@ -70,14 +55,13 @@ fn close(file: File) -> rustix::io::Result<()> {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn faultfs_read_eio() {
-    let Some(ffs) = common::faultfs("faultfs_read_eio") else {
-        return;
-    };
+    let ffs = crate::common::faultfs("faultfs_read_eio");
     let dir = ffs.dir();
     let mut cases = 0;
     for (len, off) in [(100_000usize, 50_001u64), (100_000, 4096), (100_000, 1)] {
-        let data = pattern(len, off);
+        let data = noise(off, len);
         let path = backed_file(&ffs, &dir, &format!("f{off}"), &data);
         ffs.set(&path, &format!("read-eio={off}"));
         let mut file = File::open(&path).unwrap();
@@ -114,14 +98,13 @@ fn faultfs_read_eio() {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn faultfs_short_read() {
-    let Some(ffs) = common::faultfs("faultfs_short_read") else {
-        return;
-    };
+    let ffs = crate::common::faultfs("faultfs_short_read");
     let dir = ffs.dir();
     let mut cases = 0;
     for n in [1usize, 1000, 4096, 65_537] {
-        let data = pattern(200_000, n as u64);
+        let data = noise(n as u64, 200_000);
         let path = backed_file(&ffs, &dir, &format!("f{n}"), &data);
         ffs.set(&path, &format!("short-read={n}"));
         let mut file = File::open(&path).unwrap();
@@ -144,13 +127,12 @@ fn faultfs_short_read() {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn faultfs_read_delay_blocks_nothing_else() {
-    let Some(ffs) = common::faultfs("faultfs_read_delay_blocks_nothing_else") else {
-        return;
-    };
+    let ffs = crate::common::faultfs("faultfs_read_delay_blocks_nothing_else");
     let dir = ffs.dir();
-    let slow_data = pattern(10_000, 1);
-    let fast_data = pattern(10_000, 2);
+    let slow_data = noise(1, 10_000);
+    let fast_data = noise(2, 10_000);
     let slow = backed_file(&ffs, &dir, "slow", &slow_data);
     let fast = backed_file(&ffs, &dir, "fast", &fast_data);
     let delay = Duration::from_millis(3000);
@@ -191,12 +173,11 @@ fn faultfs_read_delay_blocks_nothing_else() {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn faultfs_write_errors_at_offset() {
-    let Some(ffs) = common::faultfs("faultfs_write_errors_at_offset") else {
-        return;
-    };
+    let ffs = crate::common::faultfs("faultfs_write_errors_at_offset");
     let dir = ffs.dir();
-    let data = pattern(300_000, 7);
+    let data = noise(7, 300_000);
     let mut cases = 0;
     for (token, errno) in [
         ("write-eio", EIO),
@@ -233,12 +214,11 @@ fn faultfs_write_errors_at_offset() {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn faultfs_short_write() {
-    let Some(ffs) = common::faultfs("faultfs_short_write") else {
-        return;
-    };
+    let ffs = crate::common::faultfs("faultfs_short_write");
     let dir = ffs.dir();
-    let data = pattern(100_000, 9);
+    let data = noise(9, 100_000);
     let mut cases = 0;
     for n in [1usize, 777, 4096] {
         let path = dir.join(format!("f{n}"));
@@ -267,12 +247,11 @@ fn faultfs_short_write() {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn faultfs_flush_fsync_truncate_fallocate() {
-    let Some(ffs) = common::faultfs("faultfs_flush_fsync_truncate_fallocate") else {
-        return;
-    };
+    let ffs = crate::common::faultfs("faultfs_flush_fsync_truncate_fallocate");
     let dir = ffs.dir();
-    let data = pattern(50_000, 11);
+    let data = noise(11, 50_000);
 
     // flush-eio: close(2) fails, the data is there.
     let path = dir.join("flush");
@@ -334,12 +313,11 @@ fn faultfs_flush_fsync_truncate_fallocate() {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn faultfs_size_lies() {
-    let Some(ffs) = common::faultfs("faultfs_size_lies") else {
-        return;
-    };
+    let ffs = crate::common::faultfs("faultfs_size_lies");
     let dir = ffs.dir();
-    let data = pattern(70_000, 13);
+    let data = noise(13, 70_000);
     let mut cases = 0;
     for lie in [0u64, 4096, 10_000_000] {
         let path = backed_file(&ffs, &dir, &format!("f{lie}"), &data);
@@ -356,16 +334,15 @@ fn faultfs_size_lies() {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn faultfs_seek_data_and_no_seek() {
-    let Some(ffs) = common::faultfs("faultfs_seek_data_and_no_seek") else {
-        return;
-    };
+    let ffs = crate::common::faultfs("faultfs_seek_data_and_no_seek");
     let dir = ffs.dir();
     // Data at [1 MiB, 1 MiB + 8 KiB) in a 4 MiB sparse file.
     let path = dir.join("sparse");
     let backing = File::create_new(ffs.backing(&path)).unwrap();
     backing.set_len(4 << 20).unwrap();
-    backing.write_all_at(&pattern(8192, 5), 1 << 20).unwrap();
+    backing.write_all_at(&noise(5, 8192), 1 << 20).unwrap();
     backing.sync_all().unwrap();
     let expected: Vec<_> = [
         RSeekFrom::Data(0),
@@ -402,12 +379,10 @@ fn faultfs_seek_data_and_no_seek() {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn faultfs_faults_follow_the_path_and_the_control_file_checks_lines() {
-    let Some(ffs) =
-        common::faultfs("faultfs_faults_follow_the_path_and_the_control_file_checks_lines")
-    else {
-        return;
-    };
+    let ffs =
+        crate::common::faultfs("faultfs_faults_follow_the_path_and_the_control_file_checks_lines");
     let dir = ffs.dir();
     let path = dir.join("later");
     ffs.set(&path, "size=5");
@@ -452,14 +427,13 @@ fn faultfs_faults_follow_the_path_and_the_control_file_checks_lines() {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn faultfs_read_corrupt() {
-    let Some(ffs) = common::faultfs("faultfs_read_corrupt") else {
-        return;
-    };
+    let ffs = crate::common::faultfs("faultfs_read_corrupt");
     let dir = ffs.dir();
     let mut cases = 0;
     for off in [0u64, 4095, 70_000] {
-        let data = pattern(100_000, off + 7);
+        let data = noise(off + 7, 100_000);
         let mut flipped = data.clone();
         flipped[off as usize] ^= 0xff;
         let whole = |path: &Path| {
@@ -522,14 +496,13 @@ fn faultfs_read_corrupt() {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn faultfs_write_corrupt_once() {
-    let Some(ffs) = common::faultfs("faultfs_write_corrupt_once") else {
-        return;
-    };
+    let ffs = crate::common::faultfs("faultfs_write_corrupt_once");
     let dir = ffs.dir();
     let mut cases = 0;
     for off in [0u64, 4095, 70_000] {
-        let data = pattern(100_000, off + 11);
+        let data = noise(off + 11, 100_000);
         let path = dir.join(format!("w{off}"));
         ffs.set(&path, &format!("write-corrupt-once={off}"));
         let file = OpenOptions::new()

@@ -1,5 +1,5 @@
 //! `blockmap copy` (the CLI binary and the `sparsecopy` library) against faults injected for
-//! real by faultfs (the FUSE filesystem `cargo xtask fs-test` mounts; see `common::faultfs`;
+//! real by faultfs (the FUSE filesystem `cargo xtask fs-test` mounts; see `crate::common::faultfs`;
 //! skipped without it). These are the faults that already behave; each case runs through both
 //! the CLI and the library and reports as `fs=faultfs`.
 //!
@@ -20,18 +20,15 @@
 //! - `faults_no_punch_zeroes_stale_data`: a DST full of old data whose `fallocate` is refused:
 //!   the old data under SRC's holes is overwritten with zeros, so DST equals SRC.
 
-#![allow(clippy::print_stderr)] // a test that cannot run here says why
-
-mod common;
-
 use std::fs::{self, File};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::common::{FaultFs, KIB, MIB, ensure, kernel_walk, run_cli, total};
 use blockmap_core::{Backend, BlockMap, MapOptions};
-use common::{FaultFs, KIB, MIB, ensure, kernel_walk, run_cli, total};
 use sparsecopy::{Options, Window};
+use testkit::nonzero_noise;
 
 /// The size of every SRC here.
 const SRC_SIZE: u64 = 4 * MIB;
@@ -47,19 +44,6 @@ enum Via {
 
 const VIAS: [Via; 2] = [Via::Cli, Via::Library];
 
-/// Deterministic bytes that differ from position to position and from seed to seed.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8 | 1 // never zero, so that data never looks like a hole
-        })
-        .collect()
-}
-
 /// Makes the sparse SRC `name` in `dir` (through the backing directory), synced so that its
 /// holes are settled; returns its path in the mount.
 fn make_src(ffs: &FaultFs, dir: &Path, name: &str, seed: u64) -> PathBuf {
@@ -67,7 +51,7 @@ fn make_src(ffs: &FaultFs, dir: &Path, name: &str, seed: u64) -> PathBuf {
     let file = File::create_new(ffs.backing(&path)).unwrap();
     file.set_len(SRC_SIZE).unwrap();
     for (i, r) in SRC_DATA.iter().enumerate() {
-        let bytes = pattern((r.end - r.start) as usize, seed + i as u64);
+        let bytes = nonzero_noise(seed + i as u64, (r.end - r.start) as usize);
         file.write_all_at(&bytes, r.start).unwrap();
     }
     file.sync_all().unwrap();
@@ -192,11 +176,10 @@ fn run(ffs: &FaultFs, test: &str, body: impl FnOnce(&mut u64) -> Result<(), Stri
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn faults_read_eio_names_src_and_offset() {
     const TEST: &str = "faults_read_eio_names_src_and_offset";
-    let Some(ffs) = common::faultfs(TEST) else {
-        return;
-    };
+    let ffs = crate::common::faultfs(TEST);
     let dir = ffs.dir();
     run(&ffs, TEST, |cases| {
         let src = make_src(&ffs, &dir, "src", 1);
@@ -232,11 +215,10 @@ fn faults_read_eio_names_src_and_offset() {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn faults_full_or_over_quota_dst_removed() {
     const TEST: &str = "faults_full_or_over_quota_dst_removed";
-    let Some(ffs) = common::faultfs(TEST) else {
-        return;
-    };
+    let ffs = crate::common::faultfs(TEST);
     let dir = ffs.dir();
     run(&ffs, TEST, |cases| {
         let src = make_src(&ffs, &dir, "src", 2);
@@ -261,11 +243,10 @@ fn faults_full_or_over_quota_dst_removed() {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn faults_short_reads_and_writes_copy_exactly() {
     const TEST: &str = "faults_short_reads_and_writes_copy_exactly";
-    let Some(ffs) = common::faultfs(TEST) else {
-        return;
-    };
+    let ffs = crate::common::faultfs(TEST);
     let dir = ffs.dir();
     run(&ffs, TEST, |cases| {
         let src = make_src(&ffs, &dir, "src", 3);
@@ -302,11 +283,10 @@ fn faults_short_reads_and_writes_copy_exactly() {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn faults_fsync_eio_fails_sync() {
     const TEST: &str = "faults_fsync_eio_fails_sync";
-    let Some(ffs) = common::faultfs(TEST) else {
-        return;
-    };
+    let ffs = crate::common::faultfs(TEST);
     let dir = ffs.dir();
     run(&ffs, TEST, |cases| {
         let src = make_src(&ffs, &dir, "src", 4);
@@ -334,11 +314,10 @@ fn faults_fsync_eio_fails_sync() {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn faults_ftruncate_eio_fails_cleanly() {
     const TEST: &str = "faults_ftruncate_eio_fails_cleanly";
-    let Some(ffs) = common::faultfs(TEST) else {
-        return;
-    };
+    let ffs = crate::common::faultfs(TEST);
     let dir = ffs.dir();
     run(&ffs, TEST, |cases| {
         // SRC ends in a hole: only ftruncate can give DST its size.
@@ -360,11 +339,10 @@ fn faults_ftruncate_eio_fails_cleanly() {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn faults_no_fiemap_maps_by_seek_and_no_seek_copies_all() {
     const TEST: &str = "faults_no_fiemap_maps_by_seek_and_no_seek_copies_all";
-    let Some(ffs) = common::faultfs(TEST) else {
-        return;
-    };
+    let ffs = crate::common::faultfs(TEST);
     let dir = ffs.dir();
     run(&ffs, TEST, |cases| {
         let src = make_src(&ffs, &dir, "src", 6);
@@ -432,11 +410,10 @@ fn faults_no_fiemap_maps_by_seek_and_no_seek_copies_all() {
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn faults_no_punch_zeroes_stale_data() {
     const TEST: &str = "faults_no_punch_zeroes_stale_data";
-    let Some(ffs) = common::faultfs(TEST) else {
-        return;
-    };
+    let ffs = crate::common::faultfs(TEST);
     let dir = ffs.dir();
     run(&ffs, TEST, |cases| {
         let src = make_src(&ffs, &dir, "src", 7);
@@ -445,7 +422,7 @@ fn faults_no_punch_zeroes_stale_data() {
             for refuse in [true, false] {
                 // DST: old data everywhere, as long as SRC.
                 let dst = dir.join(format!("dst-{via:?}-{refuse}"));
-                fs::write(ffs.backing(&dst), pattern(SRC_SIZE as usize, 99)).unwrap();
+                fs::write(ffs.backing(&dst), nonzero_noise(99, SRC_SIZE as usize)).unwrap();
                 if refuse {
                     ffs.set(&dst, "fallocate-eopnotsupp");
                 }

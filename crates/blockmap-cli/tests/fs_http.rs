@@ -5,10 +5,6 @@
 //! Every copy is compared byte for byte with the image; what came over the network is read
 //! from nginx's own access log. Outside fs-test every test says it is skipped.
 
-#![allow(clippy::print_stderr)] // a test that cannot run here says why
-
-mod common;
-
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -20,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{BLOCKMAP, Http, KIB, MIB};
+use crate::common::{BLOCKMAP, Http, KIB, MIB, stderr};
 
 /// An image of `size` bytes with pseudo-random data in `data` (holes elsewhere), and its bmap
 /// beside it (`NAME.bmap`, made by `blockmap bmap create`). Returns the image's bytes.
@@ -82,10 +78,6 @@ where
     }
     cmd.envs(env.iter().copied());
     cmd.output().expect("cannot run blockmap")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// A copy that must succeed, its DEST equal to `image`; returns the summary line.
@@ -168,11 +160,10 @@ const HEADERS: u64 = 512;
 /// coalesced into one request; the bmap is found beside the URL; the copy equals the image
 /// and bmaptool's copy of the same URL.
 #[test]
+#[ignore = "needs fs-test's HTTP servers: run by cargo xtask fs-test"]
 fn range_requests_fetch_only_the_mapped_ranges() {
     let test = "range_requests_fetch_only_the_mapped_ranges";
-    let Some(http) = common::http(test) else {
-        return;
-    };
+    let http = crate::common::http(test);
     let name = "ranges.img";
     // 2 MiB and, 512 KiB after it, 512 KiB more (one request: the gap is under 1 MiB); 3 MiB
     // at 20 MiB; 4 KiB at 40 MiB: three requests, 6 MiB + 4 KiB mapped, of 64 MiB.
@@ -252,11 +243,10 @@ fn range_requests_fetch_only_the_mapped_ranges() {
 /// A server that ignores Range answers 200 with the whole image: read in one GET, the
 /// unmapped bytes read and dropped, the copy right.
 #[test]
+#[ignore = "needs fs-test's HTTP servers: run by cargo xtask fs-test"]
 fn a_server_that_ignores_range_is_read_in_one_get() {
     let test = "a_server_that_ignores_range_is_read_in_one_get";
-    let Some(http) = common::http(test) else {
-        return;
-    };
+    let http = crate::common::http(test);
     let name = "norange.img";
     let size = 16 * MIB;
     let image = make_image(
@@ -281,11 +271,10 @@ fn a_server_that_ignores_range_is_read_in_one_get() {
 /// Compressed images are one GET each, streamed through the decoders; the bmap is found by
 /// dropping the compression's extension, as beside a file.
 #[test]
+#[ignore = "needs fs-test's HTTP servers: run by cargo xtask fs-test"]
 fn compressed_images_stream_from_one_get() {
     let test = "compressed_images_stream_from_one_get";
-    let Some(http) = common::http(test) else {
-        return;
-    };
+    let http = crate::common::http(test);
     let name = "packed.img";
     let image = make_image(
         &http,
@@ -334,11 +323,10 @@ fn compressed_images_stream_from_one_get() {
 /// redirects are followed; `http_proxy` (and `HTTP_PROXY`) send the requests through the
 /// proxy, `no_proxy` around it.
 #[test]
+#[ignore = "needs fs-test's HTTP servers: run by cargo xtask fs-test"]
 fn authentication_redirects_and_proxies() {
     let test = "authentication_redirects_and_proxies";
-    let Some(http) = common::http(test) else {
-        return;
-    };
+    let http = crate::common::http(test);
     let name = "reach.img";
     let image = make_image(&http, name, 8 * MIB, &[MIB..3 * MIB]);
     let dir = dest_dir();
@@ -490,11 +478,10 @@ impl Drop for RawServer {
 /// A 404, a refused connection, and a body shorter than its Content-Length (plain and
 /// compressed, Range honoured or not): one line naming the URL, exit 1, no DEST left.
 #[test]
+#[ignore = "needs fs-test's HTTP servers: run by cargo xtask fs-test"]
 fn failures_are_one_line_naming_the_url() {
     let test = "failures_are_one_line_naming_the_url";
-    let Some(http) = common::http(test) else {
-        return;
-    };
+    let http = crate::common::http(test);
     let name = "fail.img";
     let size = 4 * MIB;
     let image = make_image(&http, name, size, &[0..MIB, 2 * MIB..3 * MIB]);
@@ -689,11 +676,10 @@ impl Drop for Keyring {
 /// a bad one stops the copy; `--bmap-sig URL` is fetched (a 404 is an error); a clearsigned
 /// bmap given as a URL is verified too.
 #[test]
+#[ignore = "needs fs-test's HTTP servers: run by cargo xtask fs-test"]
 fn signatures_beside_a_url_bmap_are_verified() {
     let test = "signatures_beside_a_url_bmap_are_verified";
-    let Some(http) = common::http(test) else {
-        return;
-    };
+    let http = crate::common::http(test);
     let ring = Keyring::new();
     let home = ring.home.path().to_str().unwrap().to_owned();
     let env = [("GNUPGHOME", home.as_str())];
@@ -806,11 +792,10 @@ fn signatures_beside_a_url_bmap_are_verified() {
 /// image is copied by the bmap beside it, and `--nobmap` writes all of a plain or compressed
 /// URL (one GET; holes become zeros), as bmaptool does.
 #[test]
+#[ignore = "needs fs-test's HTTP servers: run by cargo xtask fs-test"]
 fn archives_and_nobmap_over_http() {
     let test = "archives_and_nobmap_over_http";
-    let Some(http) = common::http(test) else {
-        return;
-    };
+    let http = crate::common::http(test);
     let name = "whole.img";
     let image = make_image(&http, name, 6 * MIB, &[0..MIB, 4 * MIB..5 * MIB - 512]);
     let dir = dest_dir();

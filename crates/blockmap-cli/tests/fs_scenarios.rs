@@ -7,7 +7,7 @@
 //!   Each result is mapped through the library (every backend that works, FIEMAP with one and
 //!   with 4096 extents per call, the whole file and a window) and through
 //!   `blockmap map --json`, and checked against a model of the file's bytes and against the
-//!   kernel's own SEEK_DATA walk (`common::check_against_model`).
+//!   kernel's own SEEK_DATA walk (`crate::common::check_against_model`).
 //! - One test per trap of SPEC section 2: ext4 inline data, btrfs inline and zstd-encoded
 //!   extents, ext4 with 1 KiB blocks and its empty SEEK segments, xfs speculative
 //!   preallocation, preallocate-then-write without fsync, tmpfs without FIEMAP, a block
@@ -20,9 +20,6 @@
 //! filesystem.
 
 // Tests say on stderr what they ran, skipped and timed.
-#![allow(clippy::print_stderr)]
-
-mod common;
 
 use std::cell::Cell;
 use std::fs::File;
@@ -31,12 +28,12 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use blockmap_core::{Backend, BackendChoice, BlockMap};
-use common::{
+use crate::common::{
     Applied, Checked, Fill, FsKind, KIB, MIB, Model, Mount, Op, OpList, PAGE, apply,
     check_against_model, check_against_model_in, check_extents, cli_map, covered, ensure,
-    fallocate, fresh_file, fs_env, kernel_walk, merged, round_out, run_cli,
+    fallocate, fresh_file, fs_env, hold_blockdev, kernel_walk, merged, round_out, run_cli,
 };
+use blockmap_core::{Backend, BackendChoice, BlockMap};
 use fiemap_sys::{
     FIEMAP_EXTENT_DATA_INLINE, FIEMAP_EXTENT_ENCODED, FIEMAP_EXTENT_NOT_ALIGNED,
     FIEMAP_EXTENT_UNWRITTEN,
@@ -95,9 +92,10 @@ fn run_scenario(dir: &Path, name: &str, ops: &[Op], window: WindowPick) -> Resul
 }
 
 #[test]
+#[ignore = "needs the filesystems of fs-test: run by cargo xtask fs-test"]
 fn random_scenarios_on_every_fs() {
     const TEST: &str = "random_scenarios_on_every_fs";
-    let Some(env) = fs_env(TEST) else { return };
+    let env = fs_env(TEST);
     random_ops_on(&env, &env.mounts, TEST, 0.2, run_scenario);
 }
 
@@ -105,16 +103,19 @@ fn random_scenarios_on_every_fs() {
 /// the end of the file), on a fresh file per case on each of `mounts`; a failure is shrunk
 /// and reported with its minimal ops.
 fn random_ops_on(
-    env: &common::FsEnv,
+    env: &crate::common::FsEnv,
     mounts: &[Mount],
     test: &'static str,
     to_end: f64,
     case: impl Fn(&Path, &str, &[Op], WindowPick) -> Result<(), String>,
 ) {
-    let cases = common::cases_per_fs(48);
+    let cases = crate::common::cases_per_fs(48);
     let window = (0..=1000u64, 0..=1000u64, proptest::bool::weighted(to_end))
         .prop_map(|(start, len, to_end)| WindowPick { start, len, to_end });
-    let strategy = (proptest::collection::vec(common::op(), 1..=12), window);
+    let strategy = (
+        proptest::collection::vec(crate::common::op(), 1..=12),
+        window,
+    );
     env.run_on(mounts, |m, count| {
         let dir = m.scratch(test);
         let config = Config {
@@ -168,9 +169,10 @@ fn small_file(len: u64, fill: Fill, sync: bool) -> Vec<Op> {
 }
 
 #[test]
+#[ignore = "needs the filesystems of fs-test: run by cargo xtask fs-test"]
 fn ext4_inline_data_is_mapped_whole() {
     const TEST: &str = "ext4_inline_data_is_mapped_whole";
-    let Some(env) = fs_env(TEST) else { return };
+    let env = fs_env(TEST);
     env.run_on(
         &env.mounts_where(|m| m.name == "ext4-inline"),
         |m, cases| {
@@ -211,9 +213,10 @@ fn ext4_inline_checks(c: &Checked, len: u64) -> Result<(), String> {
 }
 
 #[test]
+#[ignore = "needs the filesystems of fs-test: run by cargo xtask fs-test"]
 fn btrfs_inline_extent_is_clipped_to_the_size() {
     const TEST: &str = "btrfs_inline_extent_is_clipped_to_the_size";
-    let Some(env) = fs_env(TEST) else { return };
+    let env = fs_env(TEST);
     let btrfs = env.mounts_where(|m| m.kind == FsKind::Btrfs);
     env.run_on(&btrfs, |m, cases| {
         let dir = m.scratch(TEST);
@@ -253,9 +256,10 @@ fn btrfs_inline_checks(c: &Checked, len: u64, sync: bool) -> Result<(), String> 
 }
 
 #[test]
+#[ignore = "needs the filesystems of fs-test: run by cargo xtask fs-test"]
 fn btrfs_zstd_encoded_extents_are_data() {
     const TEST: &str = "btrfs_zstd_encoded_extents_are_data";
-    let Some(env) = fs_env(TEST) else { return };
+    let env = fs_env(TEST);
     env.run_on(&env.mounts_where(|m| m.name == "btrfs-zstd"), |m, cases| {
         let dir = m.scratch(TEST);
         // Compressible and non-zero: btrfs compresses it in extents of at most 128 KiB.
@@ -316,9 +320,10 @@ fn empty_seek_segments(file: &File, size: u64) -> Vec<u64> {
 }
 
 #[test]
+#[ignore = "needs the filesystems of fs-test: run by cargo xtask fs-test"]
 fn ext4_1k_blocks_and_empty_seek_segments() {
     const TEST: &str = "ext4_1k_blocks_and_empty_seek_segments";
-    let Some(env) = fs_env(TEST) else { return };
+    let env = fs_env(TEST);
     env.run_on(&env.mounts_where(|m| m.name == "ext4-1k"), ext4_1k_on);
 }
 
@@ -393,9 +398,10 @@ fn ext4_1k_on(m: &Mount, cases: &mut u32) -> Result<(), String> {
 }
 
 #[test]
+#[ignore = "needs the filesystems of fs-test: run by cargo xtask fs-test"]
 fn xfs_speculative_preallocation_is_clipped() {
     const TEST: &str = "xfs_speculative_preallocation_is_clipped";
-    let Some(env) = fs_env(TEST) else { return };
+    let env = fs_env(TEST);
     env.run_on(&env.mounts_where(|m| m.name == "xfs"), |m, cases| {
         let dir = m.scratch(TEST);
         for (len, chunk) in [
@@ -477,9 +483,10 @@ struct Prealloc {
 }
 
 #[test]
+#[ignore = "needs the filesystems of fs-test: run by cargo xtask fs-test"]
 fn preallocated_then_written_without_fsync() {
     const TEST: &str = "preallocated_then_written_without_fsync";
-    let Some(env) = fs_env(TEST) else { return };
+    let env = fs_env(TEST);
     let layouts = [
         // The SPEC's trap: 1 MiB, then 4 KiB inside.
         Prealloc {
@@ -600,9 +607,10 @@ fn fiemap_unwritten(file: &File, offset: u64) -> Result<bool, String> {
 }
 
 #[test]
+#[ignore = "needs the filesystems of fs-test: run by cargo xtask fs-test"]
 fn tmpfs_has_no_fiemap_but_seek_works() {
     const TEST: &str = "tmpfs_has_no_fiemap_but_seek_works";
-    let Some(env) = fs_env(TEST) else { return };
+    let env = fs_env(TEST);
     env.run_on(
         &env.mounts_where(|m| m.kind == FsKind::Tmpfs),
         |m, cases| {
@@ -664,13 +672,15 @@ fn tmpfs_has_no_fiemap_but_seek_works() {
 }
 
 #[test]
+#[ignore = "needs the filesystems of fs-test: run by cargo xtask fs-test"]
 fn block_device_maps_as_all_data() {
     const TEST: &str = "block_device_maps_as_all_data";
-    let Some(env) = fs_env(TEST) else { return };
+    let env = fs_env(TEST);
     let dev = env
         .blockdev
         .clone()
         .expect("BLOCKMAP_FS_TEST_MOUNTS is set but BLOCKMAP_FS_TEST_BLOCKDEV is not");
+    let _spare = hold_blockdev(); // the one spare device, shared by the tests
     let started = std::time::Instant::now();
     let size = {
         use std::io::{Seek, SeekFrom};
@@ -704,9 +714,10 @@ fn spaced_writes(n: u64) -> impl Iterator<Item = Op> {
 /// again: a preallocation with writes inside and no fsync, and more extents than one call of
 /// `map --json` returns.
 #[test]
+#[ignore = "needs the filesystems of fs-test: run by cargo xtask fs-test"]
 fn fiemap_extents_are_complete_and_in_order() {
     const TEST: &str = "fiemap_extents_are_complete_and_in_order";
-    let Some(env) = fs_env(TEST) else { return };
+    let env = fs_env(TEST);
     let prealloc = |n: u64| Op::Fallocate {
         at: 0,
         len: n * 8192,
@@ -773,9 +784,10 @@ fn fiemap_extents_are_complete_and_in_order() {
 }
 
 #[test]
+#[ignore = "needs the filesystems of fs-test: run by cargo xtask fs-test"]
 fn many_extents_cli_equals_kernel_walk() {
     const TEST: &str = "many_extents_cli_equals_kernel_walk";
-    let Some(env) = fs_env(TEST) else { return };
+    let env = fs_env(TEST);
     let mounts = env.mounts_where(|m| m.name == "ext4" || m.name == "xfs");
     env.run_on(&mounts, |m, cases| {
         many_extents_on(m)?;
@@ -866,9 +878,10 @@ fn fiemap_view(file: &File, span: &Range<u64>) -> Result<FiemapView, String> {
 /// afterwards; after an fsync (the clone writes SRC back the same way) they must equal
 /// FIEMAP's written and unwritten extents exactly.
 #[test]
+#[ignore = "needs the filesystems of fs-test: run by cargo xtask fs-test"]
 fn btrfs_extent_items_agree_with_fiemap() {
     const TEST: &str = "btrfs_extent_items_agree_with_fiemap";
-    let Some(env) = fs_env(TEST) else { return };
+    let env = fs_env(TEST);
     let btrfs = env.mounts_where(|m| m.kind == FsKind::Btrfs);
     random_ops_on(&env, &btrfs, TEST, 0.3, btrfs_items_case);
 }

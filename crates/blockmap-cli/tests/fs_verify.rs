@@ -2,16 +2,12 @@
 //! that reads back wrong for real: faultfs's `read-corrupt-once=OFF` (a card that returned one
 //! byte wrong once), `write-corrupt-once=OFF` (one that stored a byte wrong, until it is
 //! rewritten) and `read-corrupt=OFF` (one that always reads it wrong). Run by `cargo xtask
-//! fs-test`, which mounts faultfs (see `common::faultfs`; skipped without it); reports as
+//! fs-test`, which mounts faultfs (see `crate::common::faultfs`; skipped without it); reports as
 //! `fs=faultfs`.
 //!
 //! The expected answers come from the image itself: the range that must be named is the
 //! bmap range holding the corrupted byte, and a copy that succeeds must hold the image's bytes
 //! (read from the backing directory, where no fault applies).
-
-#![allow(clippy::print_stderr)] // a test that cannot run here says why
-
-mod common;
 
 use std::fs::File;
 use std::io::Write;
@@ -19,22 +15,11 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::common::{BLOCKMAP, FaultFs, MIB, ensure, hold_blockdev, run_cli};
 use bmap::{Bmap, CreateOptions};
-use common::{BLOCKMAP, FaultFs, MIB, ensure, run_cli};
+use testkit::noise;
 
 const TEST: &str = "bmap_checksum_retry_reads_back";
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 /// An image of 24 MiB + 1000 bytes (its last block partial) with data in three places, the
 /// last one reaching its end; its bmap (with checksums), a bmap without, and its gzip.
@@ -57,7 +42,7 @@ fn make_image(ffs: &FaultFs, dir: &Path) -> Image {
         (5 * MIB, 600 << 10, 2),
         (size - 9000, 9000, 3),
     ] {
-        file.write_all_at(&noise(len as usize, seed), at).unwrap();
+        file.write_all_at(&noise(seed, len as usize), at).unwrap();
     }
     file.sync_all().unwrap();
     drop(file);
@@ -217,10 +202,9 @@ fn expect_success(
 }
 
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn bmap_checksum_retry_reads_back() {
-    let Some(ffs) = common::faultfs(TEST) else {
-        return;
-    };
+    let ffs = crate::common::faultfs(TEST);
     let dir = ffs.dir();
     let image = make_image(&ffs, &dir);
     let ranges = image.map.ranges.len();
@@ -398,6 +382,7 @@ fn bmap_checksum_retry_reads_back() {
 
         // A block device: read back with O_DIRECT (the summary does not say otherwise).
         if let Some(dev) = std::env::var_os("BLOCKMAP_FS_TEST_BLOCKDEV").filter(|d| !d.is_empty()) {
+            let _spare = hold_blockdev(); // the one spare device, shared by the tests
             let dev = PathBuf::from(dev);
             let summary = copy(
                 &["--checksum-retry", "1"],
@@ -450,17 +435,16 @@ impl Drop for Loop {
 /// make a removable device: no scsi_debug, no modules): fs-test's spare loop device is refused
 /// by its own sysfs attribute, and a partition of a loop device made here by its disk's.
 #[test]
+#[ignore = "needs faultfs: run by cargo xtask fs-test"]
 fn bmap_removable_device_refuses_loop_devices() {
     const TEST: &str = "bmap_removable_device_refuses_loop_devices";
-    let Some(ffs) = common::faultfs(TEST) else {
-        return;
-    };
+    let ffs = crate::common::faultfs(TEST);
     let mut cases = 0;
     let result = (|| -> Result<(), String> {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("disk.img");
         let f = File::create(&img).unwrap();
-        f.write_all_at(&noise(64 << 10, 9), 4096).unwrap();
+        f.write_all_at(&noise(9, 64 << 10), 4096).unwrap();
         f.set_len(MIB).unwrap();
         drop(f);
         let map = bmap::create(&img, &CreateOptions::default()).unwrap();
@@ -495,6 +479,7 @@ fn bmap_removable_device_refuses_loop_devices() {
             .filter(|d| !d.is_empty())
             .map(PathBuf::from)
             .ok_or("fs-test gave no spare block device (BLOCKMAP_FS_TEST_BLOCKDEV)")?;
+        let _spare = hold_blockdev(); // the one spare device, shared by the tests
         let name = std::fs::canonicalize(&spare)
             .unwrap()
             .file_name()

@@ -1,18 +1,14 @@
 //! What a copy does beyond the bytes: holes kept and punched, zeros detected, many small
 //! extents batched, the reflink policy, progress and the report.
 
-#![allow(clippy::print_stderr)] // skipped cases say why on the test output
-
-mod common;
-
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use common::*;
 use rustix::fs::FallocateFlags;
 use sparsecopy::{Copier, Method, Options, Progress, Reflink, Transfer, Window};
+use testkit::*;
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1 << 20;
@@ -37,7 +33,7 @@ fn many_extents(path: &Path, n: u64) -> Vec<u8> {
     f.set_len(model.len() as u64).unwrap();
     for i in 0..n {
         let at = MIB + i * 8 * KIB;
-        let b = bytes(i, 4096);
+        let b = noise(i, 4096);
         f.write_all_at(&b, at).unwrap();
         model[at as usize..at as usize + 4096].copy_from_slice(&b);
     }
@@ -101,7 +97,7 @@ fn large_ranges_read_a_buffer_at_a_time_count_once() {
     let mut model = vec![0u8; (20 * MIB) as usize];
     f.set_len(model.len() as u64).unwrap();
     for (i, &(at, len)) in layout.iter().enumerate() {
-        let b = bytes(i as u64, len as usize);
+        let b = noise(i as u64, len as usize);
         f.write_all_at(&b, at).unwrap();
         model[at as usize..(at + len) as usize].copy_from_slice(&b);
     }
@@ -133,7 +129,7 @@ fn writes_are_at_most_128_kib() {
     let tmp = tempdir_in(&std::env::temp_dir());
     let src = tmp.path().join("src");
     let dst = tmp.path().join("dst");
-    let model = bytes(9, (3 * MIB + 5000) as usize);
+    let model = noise(9, (3 * MIB + 5000) as usize);
     std::fs::write(&src, &model).unwrap();
     for method in [Method::Auto, Method::ReadWrite] {
         let _ = std::fs::remove_file(&dst);
@@ -161,7 +157,7 @@ fn existing_data_under_source_holes_is_punched() {
     let f = File::create(&src).unwrap();
     f.write_all_at(b"data", 2 * MIB).unwrap();
     f.set_len(4 * MIB).unwrap();
-    let old = bytes(7, 5 * MIB as usize);
+    let old = noise(7, 5 * MIB as usize);
     std::fs::write(&dst, &old).unwrap();
     let before = allocated(&dst);
     let seek = 4096 + 17; // unaligned: partial blocks at the edges of every punch
@@ -180,8 +176,8 @@ fn only_destination_data_is_punched() {
     let dst = tmp.path().join("dst");
     File::create(&src).unwrap().set_len(64 * MIB).unwrap();
     let f = File::create(&dst).unwrap();
-    f.write_all_at(&bytes(1, 4096), 10 * MIB).unwrap();
-    f.write_all_at(&bytes(2, 4096), 50 * MIB).unwrap();
+    f.write_all_at(&noise(1, 4096), 10 * MIB).unwrap();
+    f.write_all_at(&noise(2, 4096), 50 * MIB).unwrap();
     f.set_len(64 * MIB).unwrap();
     let r = sparsecopy::copy(&src, &dst, Window::new(), &Options::new()).unwrap();
     assert_eq!(
@@ -197,7 +193,7 @@ fn detected_zeros_stay_holes_and_are_punched_over_old_data() {
     let tmp = tempdir_in(&std::env::temp_dir());
     let src = tmp.path().join("src");
     let mut model = vec![0u8; 4 * MIB as usize];
-    let b = bytes(3, 5000);
+    let b = noise(3, 5000);
     model[MIB as usize..MIB as usize + 5000].copy_from_slice(&b);
     std::fs::write(&src, &model).unwrap(); // dense: 4 MiB of written zeros and a little data
     let opts = Options::new().detect_zeros(true);
@@ -210,7 +206,7 @@ fn detected_zeros_stay_holes_and_are_punched_over_old_data() {
     assert!(allocated(&new) <= 3 * 4096, "{} allocated", allocated(&new));
 
     let old = tmp.path().join("old");
-    std::fs::write(&old, bytes(4, 4 * MIB as usize)).unwrap();
+    std::fs::write(&old, noise(4, 4 * MIB as usize)).unwrap();
     let r = sparsecopy::copy(&src, &old, Window::new(), &opts).unwrap();
     assert_same(&read(&old), &model, "old");
     assert_eq!(r.punched_bytes, 4 * MIB - 8192);
@@ -226,7 +222,7 @@ fn written_but_unflushed_preallocated_data_is_copied() {
             eprintln!("{}: no fallocate", dir.display());
             continue;
         }
-        f.write_all_at(&bytes(8, 4096), 300 * KIB).unwrap(); // no fsync
+        f.write_all_at(&noise(8, 4096), 300 * KIB).unwrap(); // no fsync
         let dst = tmp.path().join("dst");
         sparsecopy::copy(&src, &dst, Window::new(), &Options::new()).unwrap();
         assert_same(&read(&dst), &read(&src), &dir.display().to_string());
@@ -251,7 +247,7 @@ fn preallocated_zeros_read_into_the_cache_stay_holes() {
             .unwrap()
             .read_exact_at(&mut whole, 0)
             .unwrap();
-        f.write_all_at(&bytes(9, 4096), 5 * MIB).unwrap(); // no fsync
+        f.write_all_at(&noise(9, 4096), 5 * MIB).unwrap(); // no fsync
         let dst = tmp.path().join("dst");
         let r = sparsecopy::copy(&src, &dst, Window::new(), &Options::new()).unwrap();
         assert_same(&read(&dst), &read(&src), &dir.display().to_string());
@@ -265,7 +261,11 @@ fn preallocated_zeros_read_into_the_cache_stay_holes() {
             dir.display(),
             allocated(&dst)
         );
-        assert!(r.zero_skipped_bytes >= 7 * MIB, "{r:?}");
+        // Found as zeros and left out, unless the window was cloned (xfs, btrfs): then the
+        // clone shared the preallocation as a hole, or it was punched out of DST afterwards.
+        if r.syscalls.ficlonerange == 0 {
+            assert!(r.zero_skipped_bytes >= 7 * MIB, "{r:?}");
+        }
     }
 }
 
@@ -339,20 +339,21 @@ fn the_report_serializes_to_json() {
 }
 
 #[test]
+#[ignore = "needs xfs or btrfs: run by cargo xtask fs-test"]
 fn reflink_policy_on_filesystems_that_share() {
-    let dirs: Vec<_> = test_dirs()
-        .into_iter()
-        .filter(|d| reflink_works(d))
-        .collect();
-    if dirs.is_empty() {
-        eprintln!("no directory shares extents (set BLOCKMAP_TEST_DIRS to xfs or btrfs)");
-    }
-    for dir in dirs {
-        let tmp = tempdir_in(&dir);
+    let env = fs_env("reflink_policy_on_filesystems_that_share");
+    let mounts = env.mounts_where(|m| reflink_works(&m.path));
+    assert!(
+        !mounts.is_empty(),
+        "no mounted filesystem shares extents (fs-test mounts xfs and btrfs)"
+    );
+    env.run_on(&mounts, |m, n| {
+        let dir = &m.path;
+        let tmp = tempdir_in(dir);
         let src = tmp.path().join("src");
         // One big range (256 KiB) at 0, then 64 small ones (4 KiB) after 1 MiB.
         let mut model = many_extents(&src, 64);
-        let big = bytes(1, 256 * 1024);
+        let big = noise(1, 256 * 1024);
         File::options()
             .write(true)
             .open(&src)
@@ -362,12 +363,17 @@ fn reflink_policy_on_filesystems_that_share() {
         model[..big.len()].copy_from_slice(&big);
         let dst = tmp.path().join("dst");
 
-        // Auto: the big range is shared, the small ones copied by read/write (this
-        // filesystem's copy_file_range would share them too).
+        // Auto: on btrfs the whole window is reflinked; on xfs, which reflinks small extents
+        // slowly, the big range is shared and the small ones copied by read/write (its
+        // copy_file_range would share them too).
         let r = sparsecopy::copy(&src, &dst, Window::new(), &Options::new()).unwrap();
         assert_same(&read(&dst), &model, "auto");
-        assert_eq!(r.reflinked_bytes, 256 * KIB, "{}: {r:?}", dir.display());
-        assert_eq!(r.read_write_bytes, 64 * 4 * KIB);
+        if m.kind == FsKind::Btrfs {
+            assert_eq!(r.reflinked_bytes, r.data_bytes, "{}: {r:?}", dir.display());
+        } else {
+            assert_eq!(r.reflinked_bytes, 256 * KIB, "{}: {r:?}", dir.display());
+            assert_eq!(r.read_write_bytes, 64 * 4 * KIB);
+        }
         eprintln!("{}: {r}", dir.display());
 
         // Always: everything whole is shared.
@@ -389,5 +395,7 @@ fn reflink_policy_on_filesystems_that_share() {
         assert_eq!(r.syscalls.ficlonerange, 0);
         let opts = Options::new().reflink(Reflink::Always);
         assert!(sparsecopy::copy(&src, &dst, Window::new().seek(512), &opts).is_err());
-    }
+        *n += 1;
+        Ok(())
+    });
 }

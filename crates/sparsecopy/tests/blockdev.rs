@@ -1,17 +1,14 @@
 //! A block device as DST (and as SRC): a loop device on a 16 MiB backing file, made by each
-//! test and detached when it ends, even on panic. Root only; skipped with a reason otherwise.
-
-#![allow(clippy::print_stderr)] // skipped cases say why on the test output
-
-mod common;
+//! test and detached when it ends, even on panic. Root only: ignored by a plain `cargo test`,
+//! run by `cargo xtask fs-test`.
 
 use std::fs::File;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
 use sparsecopy::{Error, Method, Options, Reflink, Window};
+use testkit::*;
 
 const DEVICE: u64 = 16 << 20;
 const FILL: u8 = 0xaa;
@@ -24,11 +21,8 @@ struct Loop {
 }
 
 impl Loop {
-    fn new() -> Option<Self> {
-        if !is_root() {
-            eprintln!("not root: block-device destinations not tested");
-            return None;
-        }
+    fn new() -> Self {
+        assert!(is_root(), "not root: cannot make a loop device");
         let dir = tempdir_in(&std::env::temp_dir());
         let backing = dir.path().join("backing");
         std::fs::write(&backing, vec![FILL; DEVICE as usize]).unwrap();
@@ -38,17 +32,14 @@ impl Loop {
             .output();
         let out = match out {
             Ok(o) if o.status.success() => o,
-            other => {
-                eprintln!("losetup failed ({other:?}): block-device destinations not tested");
-                return None;
-            }
+            other => panic!("losetup failed: {other:?}"),
         };
         let dev = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
-        Some(Loop {
+        Loop {
             dev,
             backing,
             _dir: dir,
-        })
+        }
     }
 
     fn contents(&self) -> Vec<u8> {
@@ -67,11 +58,11 @@ fn source(dir: &Path) -> (PathBuf, Vec<u8>) {
     let path = dir.join("src");
     let f = File::create(&path).unwrap();
     let mut model = vec![0u8; 4 << 20];
-    let a = bytes(1, 10_000);
+    let a = noise(1, 10_000);
     f.write_all_at(&a, 0).unwrap();
     model[..a.len()].copy_from_slice(&a);
     f.write_all_at(&[0; 8192], 16384).unwrap(); // zeros that are data
-    let b = bytes(2, 70_000);
+    let b = noise(2, 70_000);
     f.write_all_at(&b, (1 << 20) + 100).unwrap();
     model[(1 << 20) + 100..(1 << 20) + 100 + b.len()].copy_from_slice(&b);
     f.set_len(4 << 20).unwrap();
@@ -99,8 +90,9 @@ fn data_ranges(src: &Path) -> Vec<std::ops::Range<usize>> {
 }
 
 #[test]
+#[ignore = "needs root (loop devices): run by cargo xtask fs-test"]
 fn data_is_written_holes_are_left_and_the_size_never_changes() {
-    let Some(lo) = Loop::new() else { return };
+    let lo = Loop::new();
     let tmp = tempdir_in(&std::env::temp_dir());
     let (src, model) = source(tmp.path());
     let seek = 4096 * 3 + 7;
@@ -120,8 +112,9 @@ fn data_is_written_holes_are_left_and_the_size_never_changes() {
 }
 
 #[test]
+#[ignore = "needs root (loop devices): run by cargo xtask fs-test"]
 fn zero_holes_makes_the_whole_window_equal_to_src() {
-    let Some(lo) = Loop::new() else { return };
+    let lo = Loop::new();
     let tmp = tempdir_in(&std::env::temp_dir());
     let (src, model) = source(tmp.path());
     for (seek, detect_zeros) in [(0usize, false), (512 * 3 + 1, false), (8192, true)] {
@@ -140,8 +133,9 @@ fn zero_holes_makes_the_whole_window_equal_to_src() {
 }
 
 #[test]
+#[ignore = "needs root (loop devices): run by cargo xtask fs-test"]
 fn detected_zeros_on_a_device_are_holes() {
-    let Some(lo) = Loop::new() else { return };
+    let lo = Loop::new();
     let tmp = tempdir_in(&std::env::temp_dir());
     let (src, model) = source(tmp.path());
     let opts = Options::new().detect_zeros(true);
@@ -154,8 +148,9 @@ fn detected_zeros_on_a_device_are_holes() {
 }
 
 #[test]
+#[ignore = "needs root (loop devices): run by cargo xtask fs-test"]
 fn windows_that_do_not_fit_are_refused_before_writing() {
-    let Some(lo) = Loop::new() else { return };
+    let lo = Loop::new();
     let tmp = tempdir_in(&std::env::temp_dir());
     let (src, _) = source(tmp.path());
     let before = lo.contents();
@@ -176,8 +171,9 @@ fn windows_that_do_not_fit_are_refused_before_writing() {
 }
 
 #[test]
+#[ignore = "needs root (loop devices): run by cargo xtask fs-test"]
 fn devices_refuse_reflink_and_copy_file_range_when_forced() {
-    let Some(lo) = Loop::new() else { return };
+    let lo = Loop::new();
     let tmp = tempdir_in(&std::env::temp_dir());
     let (src, _) = source(tmp.path());
     let before = lo.contents();
@@ -191,8 +187,9 @@ fn devices_refuse_reflink_and_copy_file_range_when_forced() {
 }
 
 #[test]
+#[ignore = "needs root (loop devices): run by cargo xtask fs-test"]
 fn the_same_device_through_another_node_is_the_same_file() {
-    let Some(lo) = Loop::new() else { return };
+    let lo = Loop::new();
     let tmp = tempdir_in(&std::env::temp_dir());
     let rdev = std::fs::metadata(&lo.dev).unwrap().rdev();
     assert!(
@@ -216,8 +213,9 @@ fn the_same_device_through_another_node_is_the_same_file() {
 }
 
 #[test]
+#[ignore = "needs root (loop devices): run by cargo xtask fs-test"]
 fn a_device_as_source_copies_into_a_sparse_file() {
-    let Some(lo) = Loop::new() else { return };
+    let lo = Loop::new();
     let tmp = tempdir_in(&std::env::temp_dir());
     // Zeros on most of the device, a little data.
     let dev = std::fs::OpenOptions::new()
@@ -225,7 +223,7 @@ fn a_device_as_source_copies_into_a_sparse_file() {
         .open(&lo.dev)
         .unwrap();
     dev.write_all_at(&vec![0; DEVICE as usize], 0).unwrap();
-    dev.write_all_at(&bytes(5, 5000), 3 << 20).unwrap();
+    dev.write_all_at(&noise(5, 5000), 3 << 20).unwrap();
     dev.sync_all().unwrap();
     let dst = tmp.path().join("image");
     let opts = Options::new().detect_zeros(true);

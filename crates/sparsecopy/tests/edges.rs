@@ -3,16 +3,14 @@
 //! expectation is worked out from what the kernel gives (`fs::read` of the same file, the
 //! bytes before the copy), never taken from the copy itself.
 
-mod common;
-
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::bytes;
 use sparsecopy::{Copier, DstState, Error, Method, Options, Reflink, Window};
+use testkit::noise;
 
 const MIB: u64 = 1 << 20;
 
@@ -60,7 +58,7 @@ fn sizes_that_lie_are_read_to_their_end() {
         std::fs::remove_file(&dst).unwrap();
 
         // A window into an existing file: dd's semantics, the length cut where reading ends.
-        let old: Vec<u8> = bytes(7, 64);
+        let old: Vec<u8> = noise(7, 64);
         for (skip, seek, length) in [(3, 5, Some(7)), (1, 60, None), (0, 0, Some(1 << 40))] {
             std::fs::write(&dst, &old).unwrap();
             let window = Window::new().skip(skip).seek(seek);
@@ -99,7 +97,7 @@ fn sizes_that_lie_are_read_to_their_end() {
 /// A dense SRC of `len` bytes.
 fn dense(dir: &Path, len: u64) -> PathBuf {
     let path = dir.join("src");
-    std::fs::write(&path, bytes(3, len as usize)).unwrap();
+    std::fs::write(&path, noise(3, len as usize)).unwrap();
     path
 }
 
@@ -145,7 +143,7 @@ fn an_interrupted_copy_names_what_it_may_have_written() {
     let tmp = tempdir();
     let src = dense(tmp.path(), 16 * MIB);
     let dst = tmp.path().join("dst");
-    let old = bytes(9, (20 * MIB) as usize);
+    let old = noise(9, (20 * MIB) as usize);
     std::fs::write(&dst, &old).unwrap();
     let seek = MIB + 123;
     let err = interrupted_copy(&src, &dst, Window::new().seek(seek));

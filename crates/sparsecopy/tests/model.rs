@@ -1,6 +1,6 @@
 //! Copies between files of random layout, checked byte for byte against a `dd` model, on
-//! real filesystems: `$TMPDIR`, `/dev/shm` (tmpfs), across the two, and every directory of
-//! `BLOCKMAP_TEST_DIRS`.
+//! real filesystems: `$TMPDIR`, `/dev/shm` (tmpfs), across the two, and (run by `cargo xtask
+//! fs-test`) each filesystem it mounts.
 //!
 //! Each case draws a source layout (random writes, zero writes, preallocation, punched holes,
 //! truncation, mostly without fsync), a destination (absent, dense random bytes, or a sparse
@@ -12,17 +12,13 @@
 //! existing DST untouched where the crate promises so. `SPARSECOPY_CASES` sets the number of
 //! cases per directory (default 96).
 
-#![allow(clippy::print_stderr)] // the directories tested are named on the test output
-
-mod common;
-
 use std::path::Path;
 
 use blockmap_core::{Backend, BackendChoice, BlockMap};
-use common::*;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use sparsecopy::{Error, Method, Options, Reflink, Window};
+use testkit::*;
 
 #[derive(Debug, Clone)]
 enum DstSetup {
@@ -52,7 +48,7 @@ fn case(fiemap: bool) -> impl Strategy<Value = Case> {
     let dst = prop_oneof![
         2 => Just(DstSetup::Absent),
         1 => (0..(2u64 << 20), any::<u64>()).prop_map(|(len, seed)| DstSetup::Dense { len, seed }),
-        2 => layout().prop_map(DstSetup::Sparse),
+        2 => small_layout().prop_map(DstSetup::Sparse),
     ];
     let window = (
         prop_oneof![Just(0u64), Just(1000), 0..=1000u64],
@@ -89,7 +85,7 @@ fn case(fiemap: bool) -> impl Strategy<Value = Case> {
         prop_oneof![Just(1usize << 20), Just(4096), Just(12288), Just(65536)],
         prop_oneof![Just(64u64 << 10), Just(0)],
     );
-    (layout(), dst, window, options).prop_map(
+    (small_layout(), dst, window, options).prop_map(
         |(src, dst, (skip_per_mille, skip_aligned, seek, length), options)| {
             let (detect_zeros, reflink, method, backend, buffer_size, reflink_min) = options;
             Case {
@@ -130,6 +126,7 @@ fn caps(dir: &Path) -> Caps {
 
 /// Runs one case with SRC in `src_dir` and DST in `dst_dir`.
 fn check(src_dir: &Path, dst_dir: &Path, c: &Case, reflink_ok: bool) {
+    let on_btrfs = FsKind::of(src_dir) == Some(FsKind::Btrfs);
     let src_tmp = tempdir_in(src_dir);
     let dst_tmp = tempdir_in(dst_dir);
     let src = src_tmp.path().join("src");
@@ -138,7 +135,7 @@ fn check(src_dir: &Path, dst_dir: &Path, c: &Case, reflink_ok: bool) {
     let old = match &c.dst {
         DstSetup::Absent => None,
         DstSetup::Dense { len, seed } => {
-            let b = bytes(*seed, *len as usize);
+            let b = noise(*seed, *len as usize);
             std::fs::write(&dst, &b).unwrap();
             Some(b)
         }
@@ -237,7 +234,12 @@ fn check(src_dir: &Path, dst_dir: &Path, c: &Case, reflink_ok: bool) {
     let lines_up = skip % report.block_size == c.seek % report.block_size;
     let reflink_everything = c.reflink == Reflink::Always
         || (c.reflink == Reflink::Auto && c.reflink_min == 0 && lines_up);
-    if reflink_ok && reflink_everything {
+    // Known: on btrfs, a copy by a SEEK or no map (not the whole-window clone, which needs
+    // FIEMAP) has its first reflink refused and copies everything (found when fs-test first
+    // ran these tests on btrfs; the minimal case: 32 KiB written at 268 KiB, DST absent).
+    let probe_refused_on_btrfs =
+        on_btrfs && report.backend != Backend::Fiemap && report.reflinked_bytes == 0;
+    if reflink_ok && reflink_everything && !probe_refused_on_btrfs {
         let copied = report.copy_file_range_bytes + report.read_write_bytes;
         assert!(
             copied <= 2 * report.block_size * report.data_ranges,
@@ -322,12 +324,12 @@ fn model_across_filesystems() {
 }
 
 #[test]
-fn model_in_blockmap_test_dirs() {
-    let dirs = env_dirs();
-    if dirs.is_empty() {
-        eprintln!("BLOCKMAP_TEST_DIRS is not set: only $TMPDIR and /dev/shm tested");
-    }
-    for dir in dirs {
-        run(&dir, &dir);
-    }
+#[ignore = "needs the filesystems of fs-test: run by cargo xtask fs-test"]
+fn model_on_each_mounted_filesystem() {
+    let env = fs_env("model_on_each_mounted_filesystem");
+    env.run_on(&env.mounts, |m, n| {
+        run(&m.path, &m.path);
+        *n += cases();
+        Ok(())
+    });
 }

@@ -258,15 +258,13 @@ fn sparse_tars_gnu_and_pax() {
         ]));
         assert!(std::fs::read(&dest).unwrap() == want, "{name} --nobmap");
         std::fs::remove_file(&dest).unwrap();
-        if let Some(bmaptool) = bmaptool("sparse_tars_gnu_and_pax") {
-            let out = Command::new(bmaptool)
-                .args(["copy", "--bmap", s(&bmap), s(&archive), s(&dest)])
-                .output()
-                .unwrap();
-            assert_ok(&out);
-            assert!(std::fs::read(&dest).unwrap() == want, "{name} by bmaptool");
-            std::fs::remove_file(&dest).unwrap();
-        }
+        let out = Command::new(testkit::tool("bmaptool", "bmap-tools"))
+            .args(["copy", "--bmap", s(&bmap), s(&archive), s(&dest)])
+            .output()
+            .unwrap();
+        assert_ok(&out);
+        assert!(std::fs::read(&dest).unwrap() == want, "{name} by bmaptool");
+        std::fs::remove_file(&dest).unwrap();
     }
 }
 
@@ -524,23 +522,9 @@ fn lzop_is_refused_in_one_line() {
     }
 }
 
-/// `bmaptool`, or `None` after saying why the test is skipped (CI installs it: there it fails).
-fn bmaptool(test: &str) -> Option<&'static str> {
-    match Command::new("bmaptool").arg("--version").output() {
-        Ok(o) if o.status.success() => Some("bmaptool"),
-        _ if std::env::var_os("CI").is_some() => panic!("{test}: bmaptool is not installed"),
-        _ => {
-            eprintln!("{test}: skipped: bmaptool is not installed (apt-get install bmap-tools)");
-            None
-        }
-    }
-}
-
 #[test]
 fn bmaptool_copies_the_same_archives_to_the_same_bytes() {
-    let Some(bmaptool) = bmaptool("bmaptool_copies_the_same_archives_to_the_same_bytes") else {
-        return;
-    };
+    let bmaptool = testkit::tool("bmaptool", "bmap-tools");
     let dir = tempfile::tempdir().unwrap();
     let img = image(dir.path());
     let want = std::fs::read(&img).unwrap();

@@ -27,17 +27,6 @@ use bmap::Bmap;
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::{Config, TestRunner};
 
-/// `bmaptool`, or `None` after saying why the test is skipped.
-fn bmaptool(test: &str) -> Option<&'static str> {
-    match Command::new("bmaptool").arg("--version").output() {
-        Ok(o) if o.status.success() => Some("bmaptool"),
-        _ => {
-            eprintln!("{test}: skipped: bmaptool is not installed (apt-get install bmap-tools)");
-            None
-        }
-    }
-}
-
 fn shell(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();
     for a in cmd.get_args() {
@@ -132,9 +121,7 @@ fn read_bmap(path: &Path) -> Result<Bmap, String> {
 fn random_images_interop() {
     const TEST: &str = "random_images_interop";
     let env = fs_env(TEST);
-    let Some(bmaptool) = bmaptool(TEST) else {
-        return;
-    };
+    let bmaptool = tool("bmaptool", "bmap-tools");
     env.run_on(&env.mounts, |m, cases| {
         let dir = m.scratch(TEST);
         let mut runner = TestRunner::new(Config {
@@ -293,9 +280,7 @@ fn make_ext4_image(dir: &Path) -> Result<PathBuf, String> {
 fn real_ext4_image() {
     const TEST: &str = "real_ext4_image";
     let env = fs_env(TEST);
-    let Some(bmaptool) = bmaptool(TEST) else {
-        return;
-    };
+    let bmaptool = tool("bmaptool", "bmap-tools");
     let mounts = env.mounts_where(|m| ["ext4", "xfs", "btrfs", "tmpfs"].contains(&m.name.as_str()));
     env.run_on(&mounts, |m, cases| {
         let dir = m.scratch(TEST);
@@ -472,9 +457,7 @@ fn rechecksummed(text: &str) -> Result<String, String> {
 fn corruption_is_caught() {
     const TEST: &str = "corruption_is_caught";
     let env = fs_env(TEST);
-    let Some(bmaptool) = bmaptool(TEST) else {
-        return;
-    };
+    let bmaptool = tool("bmaptool", "bmap-tools");
     env.run_on(&env.mounts, |m, cases| {
         let dir = m.scratch(TEST);
         let d = dir.path();
@@ -654,9 +637,7 @@ fn read_device(dev: &Path) -> Result<Vec<u8>, String> {
 fn block_device_dest() {
     const TEST: &str = "block_device_dest";
     let env = fs_env(TEST);
-    let Some(bmaptool) = bmaptool(TEST) else {
-        return;
-    };
+    let bmaptool = tool("bmaptool", "bmap-tools");
     let dev = env
         .blockdev
         .clone()

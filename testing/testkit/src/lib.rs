@@ -63,6 +63,22 @@ macro_rules! ensure {
     };
 }
 
+/// `program`, after checking that it runs (`--version`); a test that needs a tool fails
+/// without it, naming the Debian `package` to install (`.ci/run` installs them all).
+pub fn tool(program: &'static str, package: &str) -> &'static str {
+    let runs = std::process::Command::new(program)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        runs,
+        "{program} is not installed (apt-get install {package}): this test needs it"
+    );
+    program
+}
+
 /// `len` pseudo-random bytes from `seed` (the same for the same seed), some of them zero: the
 /// one generator of the tests' data.
 pub fn noise(seed: u64, len: usize) -> Vec<u8> {

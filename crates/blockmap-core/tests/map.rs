@@ -3,8 +3,6 @@
 //! the file's bytes and against the kernel's own SEEK_DATA walk taken before anything reads
 //! the file.
 
-#![allow(clippy::print_stderr)] // skipped cases say why on the test output
-
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;

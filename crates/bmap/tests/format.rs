@@ -2,8 +2,6 @@
 //! `human_size`), against hand-made files of the older versions with checksums computed by
 //! coreutils, round trips, and malformed files.
 
-#![allow(clippy::print_stderr)] // a test that cannot run here says why
-
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -13,23 +11,6 @@ use bmap::{BlockRange, Bmap, ChecksumType, CreateOptions, Error, Version};
 use proptest::prelude::*;
 
 const MIB: u64 = 1 << 20;
-
-fn have(program: &str) -> bool {
-    Command::new(program)
-        .arg("--help")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// `bmaptool` if installed, else a printed reason to skip.
-fn bmaptool() -> Option<&'static str> {
-    if have("bmaptool") {
-        Some("bmaptool")
-    } else {
-        eprintln!("SKIPPED: bmaptool is not installed (apt-get install bmap-tools)");
-        None
-    }
-}
 
 /// A sparse image with data written and synced at a few places, its size not a multiple of
 /// the block size (a partial last block).
@@ -59,7 +40,7 @@ fn run(cmd: &mut Command) -> std::process::Output {
 
 #[test]
 fn byte_identical_to_bmaptool_create() {
-    let Some(bmaptool) = bmaptool() else { return };
+    let bmaptool = testkit::tool("bmaptool", "bmap-tools");
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("disk.img");
     sample_image(&image);
@@ -93,7 +74,7 @@ fn byte_identical_to_bmaptool_create() {
 
 #[test]
 fn reads_what_bmaptool_writes() {
-    let Some(bmaptool) = bmaptool() else { return };
+    let bmaptool = testkit::tool("bmaptool", "bmap-tools");
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("disk.img");
     sample_image(&image);
@@ -150,7 +131,7 @@ fn bmaptool_python(bmaptool: &str) -> String {
 /// Our sizes in words are Python's, digit for digit (the bmap header carries them).
 #[test]
 fn human_size_as_bmaptool() {
-    let Some(bmaptool) = bmaptool() else { return };
+    let bmaptool = testkit::tool("bmaptool", "bmap-tools");
     let python = bmaptool_python(bmaptool);
     let sizes: Vec<u64> = vec![
         0,

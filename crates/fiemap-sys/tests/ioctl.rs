@@ -3,8 +3,6 @@
 //! The filesystem under `$TMPDIR` may lack FIEMAP (tmpfs answers `EOPNOTSUPP`); the tests say
 //! so and check that the error is the documented one instead of failing or passing silently.
 
-#![allow(clippy::print_stderr)] // skipped cases say why on the test output
-
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 

@@ -193,7 +193,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 /// bmaptool's: `"1 byte"`, `"N bytes"` under 512, else one decimal of the largest binary
 /// unit under 1024 up to TiB, and past that bmaptool's own quirk (2 PiB is `"2048.0 EiB"`).
 /// Summaries for people use [`sparsecopy::human_size`].
-pub fn human_size(size: u64) -> String {
+pub fn bmaptool_human_size(size: u64) -> String {
     if size == 1 {
         return "1 byte".into();
     }
@@ -269,7 +269,7 @@ impl Layout {
             Checksums::Sha1 => Some(ChecksumType::Sha1),
             Checksums::Typed => Some(checksum_type.unwrap_or(ChecksumType::Sha256)),
         };
-        let image_human = human_size(image_size);
+        let image_human = bmaptool_human_size(image_size);
         let mut s = String::from(HEADER);
         s += &format!(
             "<bmap version=\"{}\">\n    <!-- Image size in bytes: {} -->\n    <ImageSize> {} </ImageSize>\n\n    \
@@ -312,7 +312,7 @@ impl Layout {
         s += "    <BlockMap>\n";
         let mut head = s.into_bytes();
 
-        let mapped_human = human_size(mapped_blocks_count.saturating_mul(block_size));
+        let mapped_human = bmaptool_human_size(mapped_blocks_count.saturating_mul(block_size));
         let percent = if blocks_count == 0 {
             0.0
         } else {

@@ -85,7 +85,7 @@ pub use copy::{Copier, CopyOptions, CopyReport};
 pub use create::{CreateOptions, create, create_to};
 pub use error::{Error, Result};
 pub use file::{BmapFile, BmapInfo, Ranges};
-pub use format::{BlockRange, Bmap, Version, human_size};
+pub use format::{BlockRange, Bmap, Version, bmaptool_human_size};
 pub use input::{Container, Input};
 pub use psplash::Psplash;
 pub use readback::{BadRange, ReadBackReport};

@@ -776,8 +776,9 @@ impl<'a> Copier<'a> {
         })
     }
 
-    /// The data path of a stream: this thread reads (decompresses) and writes chunks in
-    /// order, a second thread hashes them; the chunk buffers go round between the two.
+    /// The data path of a stream: this thread reads (decompresses) chunks in order, a second
+    /// thread writes and hashes them, so that decoding has a core of its own; the chunk
+    /// buffers go round between the two.
     fn pump(
         &mut self,
         source: &mut Source,
@@ -793,7 +794,12 @@ impl<'a> Copier<'a> {
         let compression = source.compression();
         let mut report = CopyReport::new(size, kind);
         let mut streamed_to = 0u64;
-        let mut writeback = self.sync.then(|| Writeback::new(out, dest));
+        let sink = PumpSink {
+            out,
+            dest,
+            written,
+            writeback: self.sync.then(|| Writeback::new(out, dest)),
+        };
         let interrupt = self.interrupt.clone();
         let stopped = || {
             interrupt
@@ -813,7 +819,9 @@ impl<'a> Copier<'a> {
             // The hasher holds the only sender: if it died, `recv` would fail rather than hang.
             let hasher_free = free_tx;
             let mismatch = &mismatch;
-            s.spawn(move || hasher(work_rx, hasher_free, result_tx, mismatch, image, info));
+            s.spawn(move || {
+                hasher(work_rx, hasher_free, result_tx, mismatch, image, info, sink);
+            });
 
             let mut run = || -> Result<()> {
                 // Small ranges share a buffer: one hand-over to the hasher per buffer, not per
@@ -853,15 +861,12 @@ impl<'a> Copier<'a> {
                         if got < n {
                             return Err(too_short(image, &range, pos + got as u64));
                         }
-                        written.add(pos..pos + n as u64);
-                        write_piece(out, dest, &range, pos, piece)?;
-                        if let Some(w) = writeback.as_mut() {
-                            w.written(pos..pos + n as u64);
-                        }
                         let last = pos + n as u64 == bytes.end;
                         batch.pieces.push(Piece {
                             at: fill,
                             len: n,
+                            pos,
+                            blocks: (range.first, range.last),
                             begin: check.filter(|_| pos == bytes.start),
                             end: (check.is_some() && last).then(|| range.clone()),
                         });
@@ -873,8 +878,8 @@ impl<'a> Copier<'a> {
                         if let Some(p) = self.progress.as_mut() {
                             p(report.mapped_bytes, total);
                         }
-                        // A mismatch found by the hasher stops the copy at once; the hasher
-                        // tells which when it is done.
+                        // A mismatch or write error found by the hasher stops the copy at
+                        // once; the hasher tells which when it is done.
                         if mismatch.load(Ordering::Relaxed) {
                             return Ok(());
                         }
@@ -1003,12 +1008,43 @@ struct Piece {
     /// Where in the buffer.
     at: usize,
     len: usize,
+    /// Where in the image (and destination).
+    pos: u64,
+    /// The first and last block of its range (for errors).
+    blocks: (u64, u64),
     /// The range begins here and is to be hashed this way.
     begin: Option<ChecksumType>,
     /// The range ends here: compare.
     end: Option<BlockRange>,
 }
 
+/// Where a stream's pieces are written.
+struct PumpSink<'a> {
+    out: &'a File,
+    dest: &'a Path,
+    written: &'a Written,
+    writeback: Option<Writeback<'a>>,
+}
+
+impl PumpSink<'_> {
+    fn write(&mut self, piece: &Piece, bytes: &[u8]) -> Result<()> {
+        let (first, last) = piece.blocks;
+        let range = BlockRange {
+            first,
+            last,
+            checksum: None,
+        };
+        let span = piece.pos..piece.pos + bytes.len() as u64;
+        self.written.add(span.clone());
+        write_piece(self.out, self.dest, &range, piece.pos, bytes)?;
+        if let Some(w) = self.writeback.as_mut() {
+            w.written(span);
+        }
+        Ok(())
+    }
+}
+
+/// The second thread of a stream: writes each piece, then hashes it and checks each range.
 fn hasher(
     work: Receiver<Batch>,
     free: SyncSender<Vec<u8>>,
@@ -1016,6 +1052,7 @@ fn hasher(
     mismatch: &AtomicBool,
     image: &Path,
     info: &BmapInfo,
+    mut sink: PumpSink<'_>,
 ) {
     let mut current = None;
     let mut verified = 0;
@@ -1024,6 +1061,11 @@ fn hasher(
     for batch in work {
         for piece in &batch.pieces {
             if failure.is_some() {
+                break;
+            }
+            if let Err(e) = sink.write(piece, &batch.buf[piece.at..piece.at + piece.len]) {
+                mismatch.store(true, Ordering::Relaxed);
+                failure = Some(e);
                 break;
             }
             if let Some(kind) = piece.begin {

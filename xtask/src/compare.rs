@@ -130,7 +130,11 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("xz", "xz-utils"),
     ("zstd", "zstd"),
     ("gzip", "gzip"),
+    // bmaptool decodes .gz with pigz when it is installed: its fastest, so the one compared.
+    ("pigz", "pigz"),
     ("pbzip2", "pbzip2"),
+    ("nginx", "nginx"),
+    ("tinyproxy", "tinyproxy"),
 ];
 
 static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -332,6 +336,11 @@ fn compare_all(args: &Args, workloads: &[&'static str], blockmap: &Path) -> Resu
     } else {
         None
     };
+    let http = if workloads.contains(&"rootfs") {
+        http_server(&dir)
+    } else {
+        None
+    };
     let runs_log = crate::target_dir().join("compare-runs.tsv");
     fs::write(&runs_log, "at_s\tfs\tworkload\ttool\twarm_up\tsecs\n")
         .with_context(|| format!("cannot write {}", runs_log.display()))?;
@@ -369,6 +378,7 @@ fn compare_all(args: &Args, workloads: &[&'static str], blockmap: &Path) -> Resu
             timeout: Duration::from_secs(args.timeout),
             runs_log: runs_log.clone(),
             backing: image.clone(),
+            http: http.clone(),
         };
         let result = compare_on(args, &setup, workloads, &mountpoint, rootfs.as_deref());
         // Unmount and detach now: the next filesystem gets the space and the memory.
@@ -382,6 +392,23 @@ fn compare_all(args: &Args, workloads: &[&'static str], blockmap: &Path) -> Resu
         results.push(result);
     }
     Ok(results)
+}
+
+/// The `plain` server of [`crate::http_servers`] (nginx, stopped by the clean-up stack) for
+/// the URL rows: its base URL and served directory; `None`, said once, if it cannot start.
+fn http_server(dir: &Path) -> Option<(String, PathBuf)> {
+    let env = match crate::http_servers::start(dir) {
+        Ok(env) => env,
+        Err(e) => {
+            eprintln!("compare: no HTTP server, the URL rows are skipped: {e:#}");
+            return None;
+        }
+    };
+    let value = |key: &str| env.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone());
+    let base = value("BLOCKMAP_FS_TEST_HTTP")?
+        .split(',')
+        .find_map(|s| s.strip_prefix("plain=").map(str::to_owned))?;
+    Some((base, PathBuf::from(value("BLOCKMAP_FS_TEST_HTTP_ROOT")?)))
 }
 
 fn compare_on(
@@ -432,6 +459,10 @@ fn compare_on(
             bmap_started.elapsed().as_secs_f64()
         );
         if name == tools::BMAP_WORKLOAD {
+            if let Some(link) = setup.served(&src) {
+                std::os::unix::fs::symlink(&src.path, &link)
+                    .with_context(|| format!("cannot link {}", link.display()))?;
+            }
             for (ext, argv) in tools::COMPRESSORS {
                 let packed = setup.compressed(&src, ext);
                 let started = Instant::now();
@@ -462,6 +493,9 @@ fn compare_on(
         fs::remove_file(&src.path)?;
         for (ext, _) in tools::COMPRESSORS {
             let _ = fs::remove_file(setup.compressed(&src, ext));
+        }
+        if let Some(link) = setup.served(&src) {
+            let _ = fs::remove_file(link);
         }
         sync(setup, mountpoint)?;
     }
@@ -568,7 +602,10 @@ fn run_one(
         }
         let _ = fs::remove_file(&created);
     }
-    if matches!(row.tool.op, Op::Copy | Op::BmapCopy | Op::BmapCopyOf(_)) {
+    if matches!(
+        row.tool.op,
+        Op::Copy | Op::BmapCopy | Op::BmapCopyOf(_) | Op::BmapCopyUrl
+    ) {
         if failure.is_none() {
             // `cmp` of the whole files, an oracle independent of `check_copy`'s own
             // comparison, on blockmap's warm-up copy of files of at most 1 GiB (not the 4 GiB

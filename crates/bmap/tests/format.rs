@@ -165,7 +165,10 @@ fn human_size_as_bmaptool() {
         .lines()
         .map(str::to_owned)
         .collect();
-    let ours: Vec<String> = sizes.iter().map(|&s| bmap::bmaptool_human_size(s)).collect();
+    let ours: Vec<String> = sizes
+        .iter()
+        .map(|&s| bmap::bmaptool_human_size(s))
+        .collect();
     assert_eq!(ours, theirs);
 }
 

@@ -34,6 +34,8 @@ pub enum Op {
     /// As `BmapCopy`, of the image compressed (the suffix: `xz`, `zst`, `gz`, `bz2`; see
     /// [`COMPRESSORS`]).
     BmapCopyOf(&'static str),
+    /// As `BmapCopy`, of the plain image served by a local nginx (`http://127.0.0.1:…`).
+    BmapCopyUrl,
 }
 
 /// The compressed images of the bmap rows: suffix, and the command that makes one from stdin.
@@ -56,6 +58,7 @@ impl Op {
             Op::BmapCopyOf("gz") => "bmap copy .gz",
             Op::BmapCopyOf("bz2") => "bmap copy .bz2",
             Op::BmapCopyOf(other) => unreachable!("no compressor {other}"),
+            Op::BmapCopyUrl => "bmap copy URL",
         }
     }
 }
@@ -128,6 +131,14 @@ pub const TOOLS: &[Tool] = &[
         op: Op::BmapCopyOf("bz2"),
         name: "bmaptool copy .bz2",
     },
+    Tool {
+        op: Op::BmapCopyUrl,
+        name: "blockmap bmap copy URL",
+    },
+    Tool {
+        op: Op::BmapCopyUrl,
+        name: "bmaptool copy URL",
+    },
 ];
 
 /// The workload of the bmap rows: the root-filesystem image, the image people flash.
@@ -146,10 +157,15 @@ impl Tool {
         if self.name.starts_with("reference") && ctx.reference.is_none() {
             return Some("skipped: no --reference given".into());
         }
-        if matches!(self.op, Op::BmapCreate | Op::BmapCopy | Op::BmapCopyOf(_))
-            && workload != BMAP_WORKLOAD
+        if matches!(
+            self.op,
+            Op::BmapCreate | Op::BmapCopy | Op::BmapCopyOf(_) | Op::BmapCopyUrl
+        ) && workload != BMAP_WORKLOAD
         {
             return Some(format!("skipped: bmap rows on `{BMAP_WORKLOAD}` only"));
+        }
+        if self.op == Op::BmapCopyUrl && ctx.http.is_none() {
+            return Some("skipped: no HTTP server (nginx) started".into());
         }
         if self.name == "dd conv=sparse" && workload == "tera" {
             // dd reads every byte, holes included: 1 TiB of zeros, minutes on this machine.
@@ -205,6 +221,16 @@ impl Tool {
                 c.arg(ctx.bmap_of(src))
                     .arg(ctx.compressed(src, ext))
                     .arg(dst);
+            }
+            "blockmap bmap copy URL" | "bmaptool copy URL" => {
+                if self.name.starts_with("bmaptool") {
+                    c = program("bmaptool");
+                    c.args(["--quiet", "copy", "--bmap"]);
+                } else {
+                    c = Command::new(&ctx.blockmap);
+                    c.args(["bmap", "copy", "--no-progress", "--bmap"]);
+                }
+                c.arg(ctx.bmap_of(src)).arg(ctx.url_of(src)).arg(dst);
             }
             "blockmap bmap create" => {
                 c = Command::new(&ctx.blockmap);
@@ -290,6 +316,8 @@ pub struct Setup {
     pub runs_log: PathBuf,
     /// The loop device's backing file, synced after the filesystem between runs.
     pub backing: PathBuf,
+    /// The local HTTP server of the URL rows: its base URL and the directory it serves.
+    pub http: Option<(String, PathBuf)>,
 }
 
 impl Setup {
@@ -301,6 +329,18 @@ impl Setup {
     pub fn compressed(&self, src: &Source, ext: &str) -> PathBuf {
         self.scratch
             .join(format!("{}-{}.img.{ext}", self.fs, src.name))
+    }
+
+    /// The served name of SRC (a symbolic link in the served directory, made by `compare`).
+    pub fn served(&self, src: &Source) -> Option<PathBuf> {
+        let (_, root) = self.http.as_ref()?;
+        Some(root.join(format!("{}-{}.img", self.fs, src.name)))
+    }
+
+    /// SRC's URL on the local HTTP server (`served`).
+    pub fn url_of(&self, src: &Source) -> String {
+        let base = self.http.as_ref().map_or("", |(base, _)| base);
+        format!("{base}/{}-{}.img", self.fs, src.name)
     }
 
     /// Where the timed `bmap create` runs write (checked, then removed, after each run).

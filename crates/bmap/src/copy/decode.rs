@@ -18,8 +18,8 @@ use std::sync::{Condvar, Mutex};
 use tracing::debug;
 
 use super::{
-    Copier, CopyOptions, CopyReport, Progress, Writeback, Written, check, interrupted,
-    stream_error, too_short, write_piece,
+    Copier, CopyReport, Progress, Writeback, Written, check, interrupted, stream_error, too_short,
+    write_piece,
 };
 use crate::checksum::{ChecksumType, Hasher};
 use crate::error::{Error, Result};
@@ -63,6 +63,8 @@ struct Sink<'s, 'p> {
     info: &'s BmapInfo,
     kind: Option<ChecksumType>,
     image: &'s Path,
+    bmap: &'s Path,
+    compression: Compression,
     out: &'s File,
     dest: &'s Path,
     written: &'s Written,
@@ -78,6 +80,52 @@ pub(super) struct Decoded {
     pub(super) decoded_to: u64,
 }
 
+/// A unit's decoder, as the writer knows it: where its chunks arrive.
+type Sender = Mutex<Option<SyncSender<Msg>>>;
+
+/// Who decodes which unit: decoders claim the units of `list` in order, at most `window`
+/// units ahead of the one being written.
+struct Turns {
+    claims: Mutex<Claims>,
+    turn: Condvar,
+    window: usize,
+    /// The units decoded, by index in the plan, in order.
+    list: Vec<usize>,
+}
+
+impl Turns {
+    /// The next unit (by index in `list`) for a decoder, once its turn comes; `None` when all
+    /// are claimed or the copy stopped.
+    fn claim(&self) -> Option<usize> {
+        let mut c = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+        while !c.stop && c.next < self.list.len() && c.next >= c.done + self.window {
+            c = self.turn.wait(c).unwrap_or_else(|p| p.into_inner());
+        }
+        if c.stop || c.next >= self.list.len() {
+            return None;
+        }
+        c.next += 1;
+        Some(c.next - 1)
+    }
+
+    /// The first `done` units of `list` are written.
+    fn written(&self, done: usize) {
+        let mut c = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+        c.done = done;
+        self.turn.notify_all();
+    }
+
+    /// Stops the decoders: those waiting for a turn wake and return.
+    fn stop(&self) {
+        let mut c = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+        c.stop = true;
+        self.turn.notify_all();
+    }
+}
+
+/// Chunk buffers go back to the decoders once written: no page faults per chunk.
+type Pool = Mutex<Vec<Vec<u8>>>;
+
 impl Copier<'_> {
     /// Writes the mapped ranges of the image `plan` decodes (see the module).
     pub(super) fn decode(
@@ -88,196 +136,71 @@ impl Copier<'_> {
         dest: &Path,
         written: &Written,
     ) -> Result<Decoded> {
-        let Copier {
-            info,
-            bmap_path,
-            ranges: range_source,
-            options: CopyOptions { verify, sync, .. },
-            interrupt,
-            progress,
-            ..
-        } = self;
-        let info = &*info;
-        let (bs, size) = (info.block_size, info.image_size);
-        let kind: Option<ChecksumType> = info.checksum_type.filter(|_| *verify);
-        let compression = plan.compression();
-
-        // The units that hold a mapped byte (ranges in any order).
-        // Units of unknown places (bz2) are all needed.
-        let known = (0..plan.len()).all(|i| plan.out(i).is_some());
-        let mut needed = vec![!known; plan.len()];
-        let ends: Vec<u64> = (0..plan.len())
-            .map(|i| plan.out(i).map_or(0, |o| o.end))
-            .collect();
-        for range in range_source.iter().filter(|_| known) {
-            let bytes = range?.bytes(bs, size);
-            if bytes.is_empty() {
-                continue;
-            }
-            let mut i = ends.partition_point(|&end| end <= bytes.start);
-            while i < plan.len() && plan.out(i).is_some_and(|o| o.start < bytes.end) {
-                needed[i] = true;
-                i += 1;
-            }
-        }
-        let list: Vec<usize> = (0..plan.len()).filter(|&i| needed[i]).collect();
+        let info = &self.info;
+        let kind: Option<ChecksumType> = info.checksum_type.filter(|_| self.options.verify);
+        let list = needed(plan, self.ranges.iter(), info.block_size, info.image_size)?;
         debug!(
             units = plan.len(),
             decoded = list.len(),
             workers = plan.workers(),
             "decoding in parallel"
         );
-
-        let window = plan.workers() + 1;
-        let claims = Mutex::new(Claims {
-            next: 0,
-            done: 0,
-            stop: false,
-        });
-        let turn = Condvar::new();
-        let (senders, receivers): (Vec<_>, Vec<_>) = list
+        let turns = Turns {
+            claims: Mutex::new(Claims {
+                next: 0,
+                done: 0,
+                stop: false,
+            }),
+            turn: Condvar::new(),
+            window: plan.workers() + 1,
+            list,
+        };
+        let (senders, receivers): (Vec<_>, Vec<_>) = turns
+            .list
             .iter()
             .map(|_| {
                 let (tx, rx) = sync_channel::<Msg>(QUEUED);
-                (Mutex::new(Some(tx)), rx)
+                (Mutex::new(Some(tx)), Some(rx))
             })
             .unzip();
-        let mut receivers: Vec<Option<Receiver<Msg>>> = receivers.into_iter().map(Some).collect();
-
-        let report = CopyReport::new(size, kind);
         let mut sink = Sink {
             info,
             kind,
             image,
+            bmap: &self.bmap_path,
+            compression: plan.compression(),
             out,
             dest,
             written,
-            writeback: sync.then(|| Writeback::new(out, dest)),
-            progress: progress.as_deref_mut(),
-            report,
+            writeback: self.options.sync.then(|| Writeback::new(out, dest)),
+            progress: self.progress.as_deref_mut(),
+            report: CopyReport::new(info.image_size, kind),
         };
+        let interrupt = self.interrupt.clone();
         let stopped = || {
             interrupt
                 .as_ref()
                 .is_some_and(|f| f.load(Ordering::Relaxed))
         };
-
-        let mut decoded = 0u64;
-        let mut next_at = 0u64;
-        // Chunk buffers go back to the decoders once written: no page faults per chunk.
-        let pool = Mutex::new(Vec::<Vec<u8>>::new());
-        std::thread::scope(|s| {
-            for _ in 0..plan.workers().min(list.len()) {
-                let (claims, turn, senders, list, pool) = (&claims, &turn, &senders, &list, &pool);
-                s.spawn(move || {
-                    loop {
-                        let j = {
-                            let mut c = claims.lock().unwrap_or_else(|p| p.into_inner());
-                            while !c.stop && c.next < list.len() && c.next >= c.done + window {
-                                c = turn.wait(c).unwrap_or_else(|p| p.into_inner());
-                            }
-                            if c.stop || c.next >= list.len() {
-                                return;
-                            }
-                            c.next += 1;
-                            c.next - 1
-                        };
-                        let tx = senders[j]
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .take()
-                            .expect("each unit is claimed once");
-                        decode_unit(plan, list[j], &tx, pool);
-                    }
-                });
+        let pool = Pool::default();
+        let (decoded, next_at) = std::thread::scope(|s| {
+            for _ in 0..plan.workers().min(turns.list.len()) {
+                let (turns, senders, pool) = (&turns, &senders, &pool);
+                s.spawn(move || decode_units(plan, turns, senders, pool));
             }
-
-            let mut ranges = range_source.iter();
-            let decoded = &mut decoded;
-            let next_at = &mut next_at;
-            let mut current: Option<Current> = None;
-            let mut run = || -> Result<()> {
-                for (j, &unit) in list.iter().enumerate() {
-                    let rx = receivers[j].take().expect("each unit is written once");
-                    let span = plan.out(unit);
-                    let start = span.as_ref().map_or(*next_at, |s| s.start);
-                    let mut at = start;
-                    loop {
-                        if stopped() {
-                            return Err(interrupted(dest));
-                        }
-                        let msg = rx.recv().map_err(|_| {
-                            stream_error(
-                                std::io::Error::other("a decoder thread died"),
-                                image,
-                                compression,
-                                at,
-                            )
-                        })?;
-                        match msg {
-                            Msg::Chunk(buf, n) => {
-                                if let Some(span) = &span
-                                    && at + n as u64 > span.end
-                                {
-                                    return Err(unit_size(image, compression, span, at + n as u64));
-                                }
-                                if at + n as u64 > size {
-                                    return Err(Error::ImageSize {
-                                        path: image.to_owned(),
-                                        bmap: bmap_path.clone(),
-                                        expected: size,
-                                        actual: at + n as u64,
-                                    });
-                                }
-                                let chunk = at..at + n as u64;
-                                sink.put(&mut ranges, &mut current, chunk, &buf[..n])?;
-                                pool.lock().unwrap_or_else(|p| p.into_inner()).push(buf);
-                                at += n as u64;
-                            }
-                            Msg::End => break,
-                            Msg::Failed(e, done) => {
-                                return Err(stream_error(e, image, compression, start + done));
-                            }
-                        }
-                    }
-                    if let Some(span) = &span
-                        && at != span.end
-                    {
-                        return Err(unit_size(image, compression, span, at));
-                    }
-                    *decoded += at - start;
-                    *next_at = at;
-                    let mut c = claims.lock().unwrap_or_else(|p| p.into_inner());
-                    c.done = j + 1;
-                    turn.notify_all();
-                }
-                // Every range must have been written: one left means the image ended first.
-                if let Some(cur) = current.take() {
-                    return Err(too_short(image, &cur.range, cur.at));
-                }
-                if let Some(range) = ranges.next() {
-                    let range = range?;
-                    let bytes = range.bytes(bs, size);
-                    if !bytes.is_empty() {
-                        return Err(too_short(image, &range, bytes.start));
-                    }
-                }
-                Ok(())
-            };
-            let outcome = run();
+            let mut receivers = receivers;
+            let mut ranges = self.ranges.iter();
+            let outcome =
+                sink.write_units(plan, &turns, &mut receivers, &mut ranges, &stopped, &pool);
             // Stop the decoders: those waiting for a turn wake, those sending find no one.
-            {
-                let mut c = claims.lock().unwrap_or_else(|p| p.into_inner());
-                c.stop = true;
-                turn.notify_all();
-            }
+            turns.stop();
             receivers.clear();
             outcome
         })?;
         let mut report = sink.report;
         // Decoded and dropped: the unmapped bytes of the units that were decoded.
         report.skipped_bytes = decoded - report.mapped_bytes;
-        if let Some(p) = progress.as_mut() {
+        if let Some(p) = self.progress.as_mut() {
             p(Progress {
                 done: report.mapped_bytes,
                 total: info.mapped_bytes,
@@ -290,7 +213,134 @@ impl Copier<'_> {
     }
 }
 
+/// The units of `plan` that hold a mapped byte, in order (`ranges` in any order); all of them
+/// when their places are unknown (bz2).
+fn needed(plan: &Plan, ranges: super::RangeIter<'_>, bs: u64, size: u64) -> Result<Vec<usize>> {
+    let known = (0..plan.len()).all(|i| plan.out(i).is_some());
+    let mut needed = vec![!known; plan.len()];
+    let ends: Vec<u64> = (0..plan.len())
+        .map(|i| plan.out(i).map_or(0, |o| o.end))
+        .collect();
+    for range in ranges.filter(|_| known) {
+        let bytes = range?.bytes(bs, size);
+        if bytes.is_empty() {
+            continue;
+        }
+        let mut i = ends.partition_point(|&end| end <= bytes.start);
+        while i < plan.len() && plan.out(i).is_some_and(|o| o.start < bytes.end) {
+            needed[i] = true;
+            i += 1;
+        }
+    }
+    Ok((0..plan.len()).filter(|&i| needed[i]).collect())
+}
+
+/// A decoder thread: decodes the units it claims until none are left.
+fn decode_units(plan: &Plan, turns: &Turns, senders: &[Sender], pool: &Pool) {
+    while let Some(j) = turns.claim() {
+        let tx = senders[j]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .expect("each unit is claimed once");
+        decode_unit(plan, turns.list[j], &tx, pool);
+    }
+}
+
 impl Sink<'_, '_> {
+    /// Writes the units of `turns.list` in order as their decoders send them, then checks that
+    /// every range was written; returns the bytes decoded and where the last unit ended.
+    fn write_units(
+        &mut self,
+        plan: &Plan,
+        turns: &Turns,
+        receivers: &mut [Option<Receiver<Msg>>],
+        ranges: &mut super::RangeIter<'_>,
+        stopped: &dyn Fn() -> bool,
+        pool: &Pool,
+    ) -> Result<(u64, u64)> {
+        let (mut decoded, mut next_at) = (0u64, 0u64);
+        let mut current: Option<Current> = None;
+        for (j, &unit) in turns.list.iter().enumerate() {
+            let rx = receivers[j].take().expect("each unit is written once");
+            let span = plan.out(unit);
+            let start = span.as_ref().map_or(next_at, |s| s.start);
+            let at = self.write_unit(&rx, span, start, ranges, &mut current, stopped, pool)?;
+            decoded += at - start;
+            next_at = at;
+            turns.written(j + 1);
+        }
+        // Every range must have been written: one left means the image ended first.
+        if let Some(cur) = current.take() {
+            return Err(too_short(self.image, &cur.range, cur.at));
+        }
+        if let Some(range) = ranges.next() {
+            let range = range?;
+            let bytes = range.bytes(self.info.block_size, self.info.image_size);
+            if !bytes.is_empty() {
+                return Err(too_short(self.image, &range, bytes.start));
+            }
+        }
+        Ok((decoded, next_at))
+    }
+
+    /// Writes one unit's chunks from `rx`, its bytes starting at `start` (its place `span`
+    /// when known); returns where they ended.
+    #[allow(clippy::too_many_arguments)]
+    fn write_unit(
+        &mut self,
+        rx: &Receiver<Msg>,
+        span: Option<Range<u64>>,
+        start: u64,
+        ranges: &mut super::RangeIter<'_>,
+        current: &mut Option<Current>,
+        stopped: &dyn Fn() -> bool,
+        pool: &Pool,
+    ) -> Result<u64> {
+        let (image, compression) = (self.image, self.compression);
+        let mut at = start;
+        loop {
+            if stopped() {
+                return Err(interrupted(self.dest));
+            }
+            let msg = rx.recv().map_err(|_| {
+                let e = std::io::Error::other("a decoder thread died");
+                stream_error(e, image, compression, at)
+            })?;
+            match msg {
+                Msg::Chunk(buf, n) => {
+                    let end = at + n as u64;
+                    if let Some(span) = &span
+                        && end > span.end
+                    {
+                        return Err(unit_size(image, compression, span, end));
+                    }
+                    if end > self.info.image_size {
+                        return Err(Error::ImageSize {
+                            path: image.to_owned(),
+                            bmap: self.bmap.to_owned(),
+                            expected: self.info.image_size,
+                            actual: end,
+                        });
+                    }
+                    self.put(ranges, current, at..end, &buf[..n])?;
+                    pool.lock().unwrap_or_else(|p| p.into_inner()).push(buf);
+                    at = end;
+                }
+                Msg::End => break,
+                Msg::Failed(e, done) => {
+                    return Err(stream_error(e, image, compression, start + done));
+                }
+            }
+        }
+        if let Some(span) = &span
+            && at != span.end
+        {
+            return Err(unit_size(image, compression, span, at));
+        }
+        Ok(at)
+    }
+
     /// Writes and hashes the mapped bytes of `chunk` (decoded bytes at those offsets),
     /// taking ranges from `ranges` as they come.
     fn put(
@@ -372,7 +422,7 @@ impl Sink<'_, '_> {
 
 /// Decodes unit `i` of `plan` into chunks sent on `tx`, until its end, an error, or no one
 /// listens.
-fn decode_unit(plan: &Plan, i: usize, tx: &SyncSender<Msg>, pool: &Mutex<Vec<Vec<u8>>>) {
+fn decode_unit(plan: &Plan, i: usize, tx: &SyncSender<Msg>, pool: &Pool) {
     let mut decoder = match plan.decoder(i) {
         Ok(d) => d,
         Err(e) => {

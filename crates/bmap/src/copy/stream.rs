@@ -1,5 +1,5 @@
-//! The data path of a stream (compressed, archived, or unseekable): read in order by one
-//! thread, hashed by a second, then read to its end.
+//! The data path of a stream (compressed, archived, or unseekable): read (decoded) in order
+//! by one thread, written and hashed by a second, then read to its end.
 
 use std::fs::File;
 use std::path::Path;
@@ -21,9 +21,9 @@ use crate::source::{Compression, Source};
 const CHUNKS: usize = 8;
 
 impl Copier<'_> {
-    /// The data path of a stream: this thread reads (decompresses) and writes chunks in
-    /// order (a [`Feed`]), a second thread hashes them; the chunk buffers go round between
-    /// the two.
+    /// The data path of a stream: this thread reads (decompresses) chunks in order (a
+    /// [`Feed`]), a second thread writes and hashes them, so that decoding has a core of its
+    /// own; the chunk buffers go round between the two.
     pub(super) fn pump(
         &mut self,
         source: &mut Source,
@@ -41,14 +41,17 @@ impl Copier<'_> {
         let (work_tx, work_rx) = sync_channel::<Batch>(CHUNKS);
         let (result_tx, result_rx) = sync_channel::<Result<u64>>(1);
         let mismatch = AtomicBool::new(false);
-        let feed = Feed {
-            compression: source.compression(),
-            source,
-            image,
+        let sink = Sink {
             out,
             dest,
             written,
             writeback: self.options.sync.then(|| Writeback::new(out, dest)),
+        };
+        let feed = Feed {
+            compression: source.compression(),
+            source,
+            image,
+            dest,
             info,
             kind,
             interrupt: self.interrupt.as_deref(),
@@ -69,11 +72,11 @@ impl Copier<'_> {
             // The hasher holds the only sender: if it died, `recv` would fail rather than hang.
             let hasher_free = free_tx;
             let mismatch = &mismatch;
-            s.spawn(move || hasher(work_rx, hasher_free, result_tx, mismatch, image, info));
+            s.spawn(move || hasher(work_rx, hasher_free, result_tx, mismatch, image, info, sink));
             // The feed hangs up when it is done, and the hasher then ends.
             let (outcome, mut report) = feed.run(self.ranges.iter());
-            // The hasher's last word: the ranges it verified, or the first mismatch (which
-            // explains an early stop better than anything that happened after it).
+            // The hasher's last word: the ranges it verified, or the first mismatch or write
+            // error (which explains an early stop better than anything after it).
             let hashed = result_rx.recv().unwrap_or(Ok(0));
             report.verified_ranges = hashed?;
             outcome?;
@@ -82,21 +85,19 @@ impl Copier<'_> {
     }
 }
 
-/// The reading and writing side of [`Copier::pump`]: the stream, the destination, and the
-/// buffer being filled for the hasher.
+/// The reading side of [`Copier::pump`]: the stream, and the buffer being filled for the
+/// hasher.
 struct Feed<'f, 'p> {
     source: &'f mut Source,
     compression: Compression,
     image: &'f Path,
-    out: &'f File,
+    /// For the interruption's error.
     dest: &'f Path,
-    written: &'f Written,
-    writeback: Option<Writeback<'f>>,
     info: &'f BmapInfo,
     /// The checksum verified, if any.
     kind: Option<ChecksumType>,
     interrupt: Option<&'f AtomicBool>,
-    /// Raised by the hasher at a checksum mismatch.
+    /// Raised by the hasher at a checksum mismatch or a failed write.
     mismatch: &'f AtomicBool,
     progress: Option<&'f mut (dyn FnMut(Progress) + 'p)>,
     /// Small ranges share a buffer: one hand-over to the hasher per buffer, not per range (a
@@ -112,8 +113,8 @@ struct Feed<'f, 'p> {
 }
 
 impl Feed<'_, '_> {
-    /// Reads and writes `ranges`, handing their bytes to the hasher; hangs up on it at the
-    /// end. The report has all but the ranges verified.
+    /// Reads `ranges`, handing their bytes to the hasher to write and hash; hangs up on it at
+    /// the end. The report has all but the ranges verified.
     fn run(mut self, ranges: RangeIter<'_>) -> (Result<()>, CopyReport) {
         let outcome = self.all(ranges);
         (outcome, self.report)
@@ -129,8 +130,8 @@ impl Feed<'_, '_> {
         Ok(())
     }
 
-    /// Reads and writes `range` piece by piece: whether to go on (not if the hasher found a
-    /// mismatch, which stops the copy at once; the hasher tells which when it is done).
+    /// Reads `range` piece by piece: whether to go on (not if the hasher found a mismatch or
+    /// a write failed, which stops the copy at once; the hasher tells which when it is done).
     fn range(&mut self, range: &BlockRange) -> Result<bool> {
         let bytes = range.bytes(self.info.block_size, self.info.image_size);
         let check = self.kind.filter(|_| range.checksum.is_some());
@@ -148,6 +149,8 @@ impl Feed<'_, '_> {
             self.batch.pieces.push(Piece {
                 at: self.fill,
                 len: n,
+                pos,
+                blocks: (range.first, range.last),
                 begin: check.filter(|_| pos == bytes.start),
                 end: (check.is_some() && last).then(|| range.clone()),
             });
@@ -170,7 +173,7 @@ impl Feed<'_, '_> {
         Ok(true)
     }
 
-    /// Reads the `n` bytes of `range` at `pos` into the batch, and writes them.
+    /// Reads the `n` bytes of `range` at `pos` into the batch.
     fn piece(&mut self, range: &BlockRange, pos: u64, n: usize) -> Result<()> {
         let piece = &mut self.batch.buf[self.fill..self.fill + n];
         let got = self
@@ -179,11 +182,6 @@ impl Feed<'_, '_> {
             .map_err(|e| stream_error(e, self.image, self.compression, pos))?;
         if got < n {
             return Err(too_short(self.image, range, pos + got as u64));
-        }
-        self.written.add(pos..pos + n as u64);
-        write_piece(self.out, self.dest, range, pos, piece)?;
-        if let Some(w) = self.writeback.as_mut() {
-            w.written(pos..pos + n as u64);
         }
         Ok(())
     }
@@ -247,12 +245,43 @@ struct Piece {
     /// Where in the buffer.
     at: usize,
     len: usize,
+    /// Where in the image (and the destination).
+    pos: u64,
+    /// The first and last block of its range (for errors).
+    blocks: (u64, u64),
     /// The range begins here and is to be hashed this way.
     begin: Option<ChecksumType>,
     /// The range ends here: compare.
     end: Option<BlockRange>,
 }
 
+/// Where a stream's pieces are written.
+struct Sink<'a> {
+    out: &'a File,
+    dest: &'a Path,
+    written: &'a Written,
+    writeback: Option<Writeback<'a>>,
+}
+
+impl Sink<'_> {
+    fn write(&mut self, piece: &Piece, bytes: &[u8]) -> Result<()> {
+        let (first, last) = piece.blocks;
+        let range = BlockRange {
+            first,
+            last,
+            checksum: None,
+        };
+        let span = piece.pos..piece.pos + bytes.len() as u64;
+        self.written.add(span.clone());
+        write_piece(self.out, self.dest, &range, piece.pos, bytes)?;
+        if let Some(w) = self.writeback.as_mut() {
+            w.written(span);
+        }
+        Ok(())
+    }
+}
+
+/// The second thread of a stream: writes each piece, then hashes it and checks each range.
 fn hasher(
     work: Receiver<Batch>,
     free: SyncSender<Vec<u8>>,
@@ -260,6 +289,7 @@ fn hasher(
     mismatch: &AtomicBool,
     image: &Path,
     info: &BmapInfo,
+    mut sink: Sink<'_>,
 ) {
     let mut current = None;
     let mut verified = 0;
@@ -268,6 +298,11 @@ fn hasher(
     for batch in work {
         for piece in &batch.pieces {
             if failure.is_some() {
+                break;
+            }
+            if let Err(e) = sink.write(piece, &batch.buf[piece.at..piece.at + piece.len]) {
+                mismatch.store(true, Ordering::Relaxed);
+                failure = Some(e);
                 break;
             }
             if let Some(kind) = piece.begin {

@@ -58,86 +58,9 @@ pub(crate) fn units(file: &File, path: &Path) -> Result<Option<Vec<Unit<Block>>>
     let mut streams: Vec<Vec<Block>> = Vec::new();
     let mut end = len;
     while end > 0 {
-        // Stream padding: zero bytes, a multiple of four, after a stream.
-        let mut word = [0u8; 4];
-        while end >= 4 {
-            read(end - 4, &mut word)?;
-            if word != [0; 4] {
-                break;
-            }
-            end -= 4;
-        }
-        if end < 24 || end % 4 != 0 {
+        let Some((blocks, header_at)) = stream_before(&read, path, end)? else {
             return Ok(None);
-        }
-        let mut footer = [0u8; 12];
-        read(end - 12, &mut footer)?;
-        if footer[10..] != FOOTER_MAGIC {
-            return Ok(None);
-        }
-        let footer_at = end - 12;
-        if crc32(&footer[4..10]) != u32::from_le_bytes(footer[..4].try_into().expect("4 bytes")) {
-            return Err(corrupt(
-                path,
-                "xz",
-                footer_at,
-                "stream footer CRC32 mismatch",
-            ));
-        }
-        let flags = [footer[8], footer[9]];
-        let index_len =
-            (u64::from(u32::from_le_bytes(footer[4..8].try_into().expect("4"))) + 1) * 4;
-        if index_len > MAX_INDEX || index_len + 12 > footer_at {
-            return Ok(None);
-        }
-        let index_at = footer_at - index_len;
-        let mut index = vec![0u8; index_len as usize];
-        read(index_at, &mut index)?;
-        let records = parse_index(&index).map_err(|why| corrupt(path, "xz", index_at, why))?;
-        let blocks_len: u64 = records.iter().map(|r| r.0.next_multiple_of(4)).sum();
-        let Some(header_at) = index_at.checked_sub(blocks_len + 12) else {
-            return Err(corrupt(
-                path,
-                "xz",
-                index_at,
-                "index larger than its stream",
-            ));
         };
-        let mut header = [0u8; 12];
-        read(header_at, &mut header)?;
-        if header[..6] != HEADER_MAGIC
-            || crc32(&header[6..8]) != u32::from_le_bytes(header[8..].try_into().expect("4"))
-        {
-            return Err(corrupt(
-                path,
-                "xz",
-                header_at,
-                "stream header not where the index puts it",
-            ));
-        }
-        if header[6..8] != flags {
-            return Err(corrupt(
-                path,
-                "xz",
-                footer_at,
-                "stream header and footer flags differ",
-            ));
-        }
-        let mut at = header_at + 12;
-        let blocks = records
-            .into_iter()
-            .map(|(unpadded, size)| {
-                let padded = unpadded.next_multiple_of(4);
-                let b = Block {
-                    file: at..at + padded,
-                    unpadded,
-                    size,
-                    stream_header: header,
-                };
-                at += padded;
-                b
-            })
-            .collect();
         streams.push(blocks);
         end = header_at;
     }
@@ -156,6 +79,95 @@ pub(crate) fn units(file: &File, path: &Path) -> Result<Option<Vec<Unit<Block>>>
         out = next;
     }
     Ok(Some(units))
+}
+
+/// The blocks of the stream that ends at byte `end` (stream padding after it skipped), and
+/// where the stream begins; `None` when no xz stream ends there.
+fn stream_before(
+    read: &dyn Fn(u64, &mut [u8]) -> Result<()>,
+    path: &Path,
+    mut end: u64,
+) -> Result<Option<(Vec<Block>, u64)>> {
+    // Stream padding: zero bytes, a multiple of four, after a stream.
+    let mut word = [0u8; 4];
+    while end >= 4 {
+        read(end - 4, &mut word)?;
+        if word != [0; 4] {
+            break;
+        }
+        end -= 4;
+    }
+    if end < 24 || !end.is_multiple_of(4) {
+        return Ok(None);
+    }
+    let mut footer = [0u8; 12];
+    read(end - 12, &mut footer)?;
+    if footer[10..] != FOOTER_MAGIC {
+        return Ok(None);
+    }
+    let footer_at = end - 12;
+    if crc32(&footer[4..10]) != u32::from_le_bytes(footer[..4].try_into().expect("4 bytes")) {
+        return Err(corrupt(
+            path,
+            "xz",
+            footer_at,
+            "stream footer CRC32 mismatch",
+        ));
+    }
+    let flags = [footer[8], footer[9]];
+    let index_len = (u64::from(u32::from_le_bytes(footer[4..8].try_into().expect("4"))) + 1) * 4;
+    if index_len > MAX_INDEX || index_len + 12 > footer_at {
+        return Ok(None);
+    }
+    let index_at = footer_at - index_len;
+    let mut index = vec![0u8; index_len as usize];
+    read(index_at, &mut index)?;
+    let records = parse_index(&index).map_err(|why| corrupt(path, "xz", index_at, why))?;
+    let blocks_len: u64 = records.iter().map(|r| r.0.next_multiple_of(4)).sum();
+    let Some(header_at) = index_at.checked_sub(blocks_len + 12) else {
+        return Err(corrupt(
+            path,
+            "xz",
+            index_at,
+            "index larger than its stream",
+        ));
+    };
+    let mut header = [0u8; 12];
+    read(header_at, &mut header)?;
+    if header[..6] != HEADER_MAGIC
+        || crc32(&header[6..8]) != u32::from_le_bytes(header[8..].try_into().expect("4"))
+    {
+        return Err(corrupt(
+            path,
+            "xz",
+            header_at,
+            "stream header not where the index puts it",
+        ));
+    }
+    if header[6..8] != flags {
+        return Err(corrupt(
+            path,
+            "xz",
+            footer_at,
+            "stream header and footer flags differ",
+        ));
+    }
+    let mut at = header_at + 12;
+    let blocks = records
+        .into_iter()
+        .map(|(unpadded, size)| {
+            let padded = unpadded.next_multiple_of(4);
+            let b = Block {
+                file: at..at + padded,
+                unpadded,
+                size,
+                stream_header: header,
+            };
+            at += padded;
+            b
+        })
+        .collect();
+    Ok(Some((blocks, header_at)))
 }
 
 /// The (unpadded size, uncompressed size) records of an index whose CRC32 holds.

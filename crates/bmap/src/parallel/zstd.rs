@@ -60,60 +60,10 @@ pub(crate) fn units(file: &File, path: &Path) -> Result<Option<Frames>> {
         if magic != MAGIC {
             return Ok(None);
         }
-        let fhd = head[4];
-        let single_segment = fhd & 0x20 != 0;
-        let fcs_len = match fhd >> 6 {
-            0 => usize::from(single_segment),
-            1 => 2,
-            2 => 4,
-            _ => 8,
-        };
-        let dict_len = [0, 1, 2, 4][usize::from(fhd & 3)];
-        let mut p = 5;
-        let mut window = 0;
-        if !single_segment {
-            let wd = head[p];
-            let exp = u32::from(wd >> 3) + 10;
-            let base = 1u64 << exp;
-            window = base + (base / 8) * u64::from(wd & 7);
-            p += 1;
-        }
-        p += dict_len;
-        let size = if fcs_len == 0 {
-            None
-        } else {
-            let mut v = [0u8; 8];
-            v[..fcs_len].copy_from_slice(&head[p..p + fcs_len]);
-            let v = u64::from_le_bytes(v);
-            Some(if fcs_len == 2 { v + 256 } else { v })
-        };
-        p += fcs_len;
-        if single_segment {
-            window = size.unwrap_or(0);
-        }
+        let (p, window, size) = frame_header(&head);
         window_max = window_max.max(window);
-        // The blocks: 3-byte headers, sizes without decoding.
         let start = at;
-        at += p as u64;
-        loop {
-            let mut bh = [0u8; 3];
-            if !read(at, &mut bh)? {
-                return Err(corrupt(path, "zstd", at, "the file ends inside a frame"));
-            }
-            let h = u32::from(bh[0]) | u32::from(bh[1]) << 8 | u32::from(bh[2]) << 16;
-            let body = match (h >> 1) & 3 {
-                1 => 1,
-                3 => return Err(corrupt(path, "zstd", at, "reserved block type")),
-                _ => u64::from(h >> 3),
-            };
-            at += 3 + body;
-            if h & 1 == 1 {
-                break;
-            }
-        }
-        if fhd & 0x04 != 0 {
-            at += 4;
-        }
+        at = frame_end(&read, path, at + p as u64, head[4] & 0x04 != 0)?;
         if at > len {
             return Err(corrupt(path, "zstd", start, "the file ends inside a frame"));
         }
@@ -143,6 +93,70 @@ pub(crate) fn units(file: &File, path: &Path) -> Result<Option<Frames>> {
         units.retain(|u| !u.out.is_empty());
     }
     Ok(Some((units, sizes_known, window_max)))
+}
+
+/// A frame header's length, window size and content size (if given), from its first bytes
+/// (at most 18: magic, descriptor, window, dictionary id, content size).
+fn frame_header(head: &[u8; 18]) -> (usize, u64, Option<u64>) {
+    let fhd = head[4];
+    let single_segment = fhd & 0x20 != 0;
+    let fcs_len = match fhd >> 6 {
+        0 => usize::from(single_segment),
+        1 => 2,
+        2 => 4,
+        _ => 8,
+    };
+    let dict_len = [0, 1, 2, 4][usize::from(fhd & 3)];
+    let mut p = 5;
+    let mut window = 0;
+    if !single_segment {
+        let wd = head[p];
+        let exp = u32::from(wd >> 3) + 10;
+        let base = 1u64 << exp;
+        window = base + (base / 8) * u64::from(wd & 7);
+        p += 1;
+    }
+    p += dict_len;
+    let size = if fcs_len == 0 {
+        None
+    } else {
+        let mut v = [0u8; 8];
+        v[..fcs_len].copy_from_slice(&head[p..p + fcs_len]);
+        let v = u64::from_le_bytes(v);
+        Some(if fcs_len == 2 { v + 256 } else { v })
+    };
+    p += fcs_len;
+    if single_segment {
+        window = size.unwrap_or(0);
+    }
+    (p, window, size)
+}
+
+/// Where the frame whose blocks begin at `at` ends (its blocks walked by their 3-byte
+/// headers, without decoding; then its checksum if `checksum`).
+fn frame_end(
+    read: &dyn Fn(u64, &mut [u8]) -> Result<bool>,
+    path: &Path,
+    mut at: u64,
+    checksum: bool,
+) -> Result<u64> {
+    loop {
+        let mut bh = [0u8; 3];
+        if !read(at, &mut bh)? {
+            return Err(corrupt(path, "zstd", at, "the file ends inside a frame"));
+        }
+        let h = u32::from(bh[0]) | u32::from(bh[1]) << 8 | u32::from(bh[2]) << 16;
+        let body = match (h >> 1) & 3 {
+            1 => 1,
+            3 => return Err(corrupt(path, "zstd", at, "reserved block type")),
+            _ => u64::from(h >> 3),
+        };
+        at += 3 + body;
+        if h & 1 == 1 {
+            break;
+        }
+    }
+    Ok(if checksum { at + 4 } else { at })
 }
 
 /// The decoded bytes of one frame.

@@ -111,6 +111,9 @@ pub(crate) struct Policy<'a> {
     /// Set by the engine once the kernel's copy turned out unusable: from then on every range
     /// up to the buffer's length goes through user space, so it is read ahead.
     pub user_space: &'a AtomicBool,
+    /// Reflinks work here: a range longer than `read_max` is left to the engine to reflink,
+    /// and is not read here even once ranges go through user space.
+    pub reflink: bool,
     /// The buffers' length.
     pub buf_len: usize,
     /// Settled data goes through user space, its all-zero blocks left out; otherwise it is
@@ -136,7 +139,7 @@ impl Policy<'_> {
     fn reads_ahead(&self, len: u64) -> bool {
         // A range is read whole into one buffer.
         len <= self.buf_len as u64
-            && (len <= self.read_max || self.user_space.load(Ordering::Relaxed))
+            && (len <= self.read_max || (!self.reflink && self.user_space.load(Ordering::Relaxed)))
     }
 }
 
@@ -446,6 +449,31 @@ mod tests {
     /// Small extents too far apart to share a read are read each on its own, and still reach
     /// the engine a buffer at a time: a handoff between the threads per extent cost a context
     /// switch per extent.
+    /// In user space, ranges that reflinks take are still not read here: the engine reflinks
+    /// them (a `--method read-write --reflink always` copy once read and rewrote them after
+    /// the probe had shown that reflinks work, and shared nothing).
+    #[test]
+    fn reflinked_ranges_are_not_read_ahead_in_user_space() {
+        let user_space = AtomicBool::new(true);
+        let policy = |read_max, reflink| Policy {
+            read_max,
+            user_space: &user_space,
+            reflink,
+            buf_len: 1 << 20,
+            settled_zeros: true,
+            large_reads: false,
+            stop: None,
+        };
+        // Reflink::Always: nothing is read ahead; Auto: only what is under reflink_min.
+        assert!(!policy(0, true).reads_ahead(4096));
+        assert!(policy(65535, true).reads_ahead(4096));
+        assert!(!policy(65535, true).reads_ahead(65536));
+        // Without reflinks, user space reads every range that fits a buffer.
+        assert!(policy(0, false).reads_ahead(4096));
+        assert!(policy(0, false).reads_ahead(1 << 20));
+        assert!(!policy(0, false).reads_ahead((1 << 20) + 1));
+    }
+
     #[test]
     fn far_apart_small_extents_share_handoffs() {
         const N: u64 = 1024;
@@ -463,6 +491,7 @@ mod tests {
         let policy = Policy {
             read_max: 1 << 20,
             user_space: &user_space,
+            reflink: false,
             buf_len: 1 << 20,
             settled_zeros: true,
             large_reads: true,

@@ -126,7 +126,6 @@ fn caps(dir: &Path) -> Caps {
 
 /// Runs one case with SRC in `src_dir` and DST in `dst_dir`.
 fn check(src_dir: &Path, dst_dir: &Path, c: &Case, reflink_ok: bool) {
-    let on_btrfs = FsKind::of(src_dir) == Some(FsKind::Btrfs);
     let src_tmp = tempdir_in(src_dir);
     let dst_tmp = tempdir_in(dst_dir);
     let src = src_tmp.path().join("src");
@@ -234,12 +233,7 @@ fn check(src_dir: &Path, dst_dir: &Path, c: &Case, reflink_ok: bool) {
     let lines_up = skip % report.block_size == c.seek % report.block_size;
     let reflink_everything = c.reflink == Reflink::Always
         || (c.reflink == Reflink::Auto && c.reflink_min == 0 && lines_up);
-    // Known: on btrfs, a copy by a SEEK or no map (not the whole-window clone, which needs
-    // FIEMAP) has its first reflink refused and copies everything (found when fs-test first
-    // ran these tests on btrfs; the minimal case: 32 KiB written at 268 KiB, DST absent).
-    let probe_refused_on_btrfs =
-        on_btrfs && report.backend != Backend::Fiemap && report.reflinked_bytes == 0;
-    if reflink_ok && reflink_everything && !probe_refused_on_btrfs {
+    if reflink_ok && reflink_everything {
         let copied = report.copy_file_range_bytes + report.read_write_bytes;
         assert!(
             copied <= 2 * report.block_size * report.data_ranges,

@@ -219,6 +219,17 @@ impl<'a> Copier<'a> {
             .is_some_and(|f| f.load(Ordering::Relaxed))
     }
 
+    /// The end of writing: an interruption is an error; else DEST is synced if asked.
+    fn stop_or_sync(&self, out: &File, dest: &Path) -> Result<()> {
+        if self.interrupted() {
+            return Err(interrupted(dest));
+        }
+        if self.options.sync {
+            out.sync_all().map_err(|e| Error::io("fsync", dest, e))?;
+        }
+        Ok(())
+    }
+
     /// Copies the image at `image` to `dest`: `-` is standard input; compression and archives
     /// are recognised by the image's first bytes ([`Input::open`]). `image` may be an
     /// `http://` or `https://` URL: an uncompressed image is then fetched by Range requests
@@ -390,14 +401,7 @@ impl<'a> Copier<'a> {
             "copying"
         );
         let mut report = self.transfer(source, reading.plan, image, out.file(), dest, written)?;
-        if self.interrupted() {
-            return Err(interrupted(dest));
-        }
-        if self.options.sync {
-            out.file()
-                .sync_all()
-                .map_err(|e| Error::io("fsync", dest, e))?;
-        }
+        self.stop_or_sync(out.file(), dest)?;
         if let Some(retries) = self.options.checksum_retry {
             let r = self.read_back(retries, source, reading.rereadable, image, out, dest)?;
             report.readback = Some(r);

@@ -109,14 +109,7 @@ impl Copier<'_> {
                 });
             }
         }
-        if self.interrupted() {
-            return Err(interrupted(dest));
-        }
-        if self.options.sync {
-            out.file()
-                .sync_all()
-                .map_err(|e| Error::io("fsync", dest, e))?;
-        }
+        self.stop_or_sync(out.file(), dest)?;
         Ok(CopyReport {
             mapped_bytes: pos,
             ranges: u64::from(pos > 0),

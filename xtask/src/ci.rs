@@ -36,7 +36,12 @@ pub fn run() -> Result<()> {
     let steps = CARGO_STEPS.len() + 1;
     for (i, args) in CARGO_STEPS.iter().enumerate() {
         let mut step = Command::new(crate::cargo());
-        step.current_dir(crate::project_root()).args(*args);
+        // `cargo xtask` runs this program with its own package's variables set; cargo-machete
+        // takes `CARGO_PKG_NAME` as the sign that it is not run as `cargo machete`, and then
+        // reads its `machete` argument as a path.
+        step.current_dir(crate::project_root())
+            .args(*args)
+            .env_remove("CARGO_PKG_NAME");
         let name = format!("cargo {}", args.join(" "));
         println!("ci: [{}/{steps}] {name}", i + 1);
         let status = step.status();

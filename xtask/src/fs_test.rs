@@ -452,7 +452,7 @@ fn set_up_and_test(
         faultfs_backing.display()
     );
     if let Some((_, servers)) = http.first() {
-        println!("fs-test:   {HTTP:<12} {}", ::bmap::redact(servers));
+        println!("fs-test:   {HTTP:<12} {}", ::blockmap_bmap::redact(servers));
     }
 
     let dirs: Vec<String> = mounted

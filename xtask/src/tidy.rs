@@ -496,8 +496,8 @@ mod self_tests {
             Some(("testing/faultfs", "src"))
         );
         assert_eq!(
-            crate_and_part("crates/bmap/tests/copy.rs"),
-            Some(("crates/bmap", "tests"))
+            crate_and_part("crates/blockmap-bmap/tests/copy.rs"),
+            Some(("crates/blockmap-bmap", "tests"))
         );
         assert_eq!(crate_and_part("README.md"), None);
     }

@@ -1,5 +1,5 @@
 //! `blockmap bmap create` and `blockmap bmap copy`: bmaptool-compatible bmap files made from
-//! our block map, and images copied by them with verification (the `bmap` crate), with the
+//! our block map, and images copied by them with verification (the `blockmap-bmap` crate), with the
 //! same progress bar and one summary line as `blockmap copy`.
 
 use std::io::{self, IsTerminal, Write};
@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
-use bmap::{Copier, CreateOptions, Progress, SignatureCheck};
+use blockmap_bmap::{Copier, CreateOptions, Progress, SignatureCheck};
 use sparsecopy::Destination;
 use sparsecopy::human_size;
 
@@ -31,9 +31,10 @@ fn create(args: &BmapCreateArgs) -> Result<()> {
     // The bmap is written as its ranges are hashed, into the file or, for stdout (which may
     // be a pipe, and the file checksum goes into the header last), into a temporary file
     // copied out at the end.
-    let to_stream = |out: &mut dyn Write, name: &str| -> Result<bmap::BmapInfo> {
+    let to_stream = |out: &mut dyn Write, name: &str| -> Result<blockmap_bmap::BmapInfo> {
         let spool = tempfile::tempfile().context("cannot make a temporary file")?;
-        let info = bmap::create_to(&args.image, &options, &spool, Path::new("<temporary file>"))?;
+        let info =
+            blockmap_bmap::create_to(&args.image, &options, &spool, Path::new("<temporary file>"))?;
         io::copy(&mut &spool, out)
             .and_then(|_| out.flush())
             .with_context(|| format!("writing the bmap to {name}"))?;
@@ -72,7 +73,7 @@ fn create(args: &BmapCreateArgs) -> Result<()> {
                 out.remove_if_created();
                 bail!(refused);
             }
-            match bmap::create_to(&args.image, &options, out.file(), path) {
+            match blockmap_bmap::create_to(&args.image, &options, out.file(), path) {
                 // A failed close (NFS, FUSE) is a failed write; a file it created is removed.
                 Ok(info) => out.close().map(|()| info)?,
                 Err(e) => {
@@ -117,9 +118,9 @@ fn copy(args: &BmapCopyArgs) -> Result<()> {
     // From here on SIGINT, SIGTERM and SIGHUP stop the copy between two chunks.
     let stop = crate::signals::install().context("cannot install the signal handlers")?;
     if args.removable_device {
-        bmap::check_removable(&args.dest)?;
+        blockmap_bmap::check_removable(&args.dest)?;
     }
-    let mut copy_options = bmap::CopyOptions::new()
+    let mut copy_options = blockmap_bmap::CopyOptions::new()
         .verify(!args.no_verify)
         .sync(!args.no_sync);
     copy_options.checksum_retry = args.checksum_retry;
@@ -127,7 +128,7 @@ fn copy(args: &BmapCopyArgs) -> Result<()> {
     let (copier, source) = if args.nobmap {
         // A plain file is copied by its own block map; anything else (compressed, an
         // archive, a stream) all of it, as bmaptool does.
-        let opened = bmap::Input::open(&args.image)?;
+        let opened = blockmap_bmap::Input::open(&args.image)?;
         let plain = opened.is_plain_file() && args.image != Path::new("-");
         input = Some(opened);
         if plain {
@@ -178,13 +179,13 @@ fn copy(args: &BmapCopyArgs) -> Result<()> {
 
 /// The bmap file for `args` (`--bmap`, else found beside the image) read with its signature
 /// checked as asked, and how the summary names it.
-fn signed_bmap(args: &BmapCopyArgs) -> Result<(bmap::BmapFile, String)> {
+fn signed_bmap(args: &BmapCopyArgs) -> Result<(blockmap_bmap::BmapFile, String)> {
     let path = match &args.bmap {
         Some(p) => p.clone(),
         None if args.image == Path::new("-") => bail!(
             "-: standard input has no name to find its bmap beside: give --bmap FILE (or --nobmap to write all of it)"
         ),
-        None => bmap::find_bmap(&args.image)?,
+        None => blockmap_bmap::find_bmap(&args.image)?,
     };
     if path == args.image {
         bail!(
@@ -197,13 +198,13 @@ fn signed_bmap(args: &BmapCopyArgs) -> Result<(bmap::BmapFile, String)> {
     } else {
         SignatureCheck::Verify
     };
-    let options = bmap::SignatureOptions {
+    let options = blockmap_bmap::SignatureOptions {
         keyring: args.keyring.clone(),
         fingerprint: args.fingerprint.clone(),
     };
-    let signed = bmap::read_signed_with(&path, args.bmap_sig.as_deref(), check, &options);
+    let signed = blockmap_bmap::read_signed_with(&path, args.bmap_sig.as_deref(), check, &options);
     let (file, signer) = match signed {
-        Err(e @ bmap::Error::Signature { .. }) => {
+        Err(e @ blockmap_bmap::Error::Signature { .. }) => {
             bail!("{e}; --no-sig-verify skips the check")
         }
         other => other?,
@@ -222,9 +223,9 @@ fn signed_bmap(args: &BmapCopyArgs) -> Result<(bmap::BmapFile, String)> {
 
 /// `--psplash-pipe`'s progress pipe. Best effort, as bmaptool: a path that is no FIFO is a
 /// warning, the copy goes on.
-fn psplash(args: &BmapCopyArgs) -> Option<bmap::Psplash> {
+fn psplash(args: &BmapCopyArgs) -> Option<blockmap_bmap::Psplash> {
     let path = args.psplash_pipe.as_ref()?;
-    match bmap::Psplash::new(path) {
+    match blockmap_bmap::Psplash::new(path) {
         Ok(s) => Some(s),
         Err(e) => {
             crate::say(format_args!("warning: {e}: no psplash progress"));
@@ -235,10 +236,12 @@ fn psplash(args: &BmapCopyArgs) -> Option<bmap::Psplash> {
 
 /// The copy's report, or its error as one line: an interruption names the signal caught
 /// ("DEST: interrupted by SIGINT: …").
-fn signal_named(result: bmap::Result<bmap::CopyReport>) -> Result<bmap::CopyReport> {
+fn signal_named(
+    result: blockmap_bmap::Result<blockmap_bmap::CopyReport>,
+) -> Result<blockmap_bmap::CopyReport> {
     match (result, crate::signals::caught()) {
         (Ok(report), _) => Ok(report),
-        (Err(e @ bmap::Error::Interrupted { .. }), Some(signal)) => {
+        (Err(e @ blockmap_bmap::Error::Interrupted { .. }), Some(signal)) => {
             let line = e.to_string().replacen(
                 ": interrupted: ",
                 &format!(": interrupted by {}: ", crate::signals::name(signal)),

@@ -53,7 +53,7 @@ fn main() -> ExitCode {
 /// line would otherwise be a write per piece, and could interleave with another process's).
 pub(crate) fn say(line: std::fmt::Arguments<'_>) {
     // A URL's password is never shown (`https://user:***@host/…`).
-    let line = ::bmap::redact(&format!("blockmap: {line}\n")).into_owned();
+    let line = ::blockmap_bmap::redact(&format!("blockmap: {line}\n")).into_owned();
     let _ = io::stderr().lock().write_all(line.as_bytes());
 }
 

@@ -45,12 +45,12 @@ fn create_to_stdout_and_file_agree() {
     let summary = String::from_utf8_lossy(&out.stderr);
     assert!(summary.starts_with("blockmap: bmap of "), "{summary}");
     assert_eq!(std::fs::read(&file).unwrap(), to_stdout.stdout);
-    let b = bmap::Bmap::read(&file).unwrap();
+    let b = blockmap_bmap::Bmap::read(&file).unwrap();
     assert_eq!(b.image_size, (12 << 20) + 77);
     assert!(b.ranges.iter().all(|r| r.checksum.is_some()));
     let bare = blockmap(&["bmap", "create", "--no-checksum", s(&img)]);
     assert_ok(&bare);
-    let b = bmap::Bmap::from_bytes(&bare.stdout, "stdout").unwrap();
+    let b = blockmap_bmap::Bmap::from_bytes(&bare.stdout, "stdout").unwrap();
     assert!(b.ranges.iter().all(|r| r.checksum.is_none()));
 }
 

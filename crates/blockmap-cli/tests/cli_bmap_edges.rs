@@ -12,7 +12,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{BLOCKMAP, assert_ok, blockmap, s, stderr};
-use bmap::{BlockRange, Bmap, ChecksumType};
+use blockmap_bmap::{BlockRange, Bmap, ChecksumType};
 use testkit::noise;
 
 /// Spawns `blockmap args`, its stdin a pipe that the caller feeds.

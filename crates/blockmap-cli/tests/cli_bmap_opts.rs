@@ -107,7 +107,7 @@ fn image(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     f.write_all_at(&noise, 0).unwrap();
     f.write_all_at(&noise, 5 << 20).unwrap();
     f.sync_all().unwrap();
-    let bmap = bmap::create(&path, &bmap::CreateOptions::default()).unwrap();
+    let bmap = blockmap_bmap::create(&path, &blockmap_bmap::CreateOptions::default()).unwrap();
     let bmap_path = dir.join("disk.img.bmap");
     std::fs::write(&bmap_path, bmap.to_xml()).unwrap();
     let gz = dir.join("disk.img.gz");

@@ -157,7 +157,7 @@ fn image(dir: &Path) -> (PathBuf, PathBuf) {
     f.write_all_at(&[0x5a; 9000], 4096).unwrap();
     f.write_all_at(b"the end", (8 << 20) - 7).unwrap();
     f.sync_all().unwrap();
-    let bmap = bmap::create(&path, &bmap::CreateOptions::default()).unwrap();
+    let bmap = blockmap_bmap::create(&path, &blockmap_bmap::CreateOptions::default()).unwrap();
     let bmap_path = dir.join("disk.img.bmap");
     std::fs::write(&bmap_path, bmap.to_xml()).unwrap();
     (path, bmap_path)
@@ -202,7 +202,7 @@ fn signed_bmaps() {
     // The bmap replaced by another (valid in itself, of the same image without checksums):
     // the signature no longer matches.
     let signed = std::fs::read(&bmap).unwrap();
-    let mut other = bmap::Bmap::read(&bmap).unwrap();
+    let mut other = blockmap_bmap::Bmap::read(&bmap).unwrap();
     other.ranges.iter_mut().for_each(|r| r.checksum = None);
     std::fs::write(&bmap, other.to_xml()).unwrap();
     let out = copy(home, &[s(&img), s(&dest)]);

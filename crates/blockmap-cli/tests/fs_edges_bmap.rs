@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::common::{BLOCKMAP, FaultFs, MIB, ensure, hold_blockdev, run_cli};
-use bmap::{BmapFile, Copier, CopyOptions, CreateOptions};
+use blockmap_bmap::{BmapFile, Copier, CopyOptions, CreateOptions};
 use testkit::noise;
 
 /// Runs `body`, reports its cases as `fs=faultfs`, and panics with its error.
@@ -58,7 +58,7 @@ fn make_image(ffs: &FaultFs, dir: &Path, data_len: usize) -> Image {
     file.sync_all().unwrap();
     drop(file);
     let bmap = dir.join("disk.img.bmap");
-    let b = bmap::create(ffs.backing(&plain), &CreateOptions::default()).unwrap();
+    let b = blockmap_bmap::create(ffs.backing(&plain), &CreateOptions::default()).unwrap();
     std::fs::write(ffs.backing(&bmap), b.to_xml()).unwrap();
     let gz = dir.join("disk.img.gz");
     let mut e = flate2::write::GzEncoder::new(
@@ -357,7 +357,7 @@ fn bmap_signals_stop_the_copy() {
             raiser.join().unwrap();
             let took = started.elapsed();
             match outcome {
-                Err(bmap::Error::Interrupted { removed: true, .. }) => {}
+                Err(blockmap_bmap::Error::Interrupted { removed: true, .. }) => {}
                 other => return Err(format!("library {image:?}: {other:?}")),
             }
             ensure!(

@@ -209,9 +209,9 @@ fn range_requests_fetch_only_the_mapped_ranges() {
 
     // The library says the same: the network bytes are the mapped ones and the gap.
     let bmap_url = format!("{url}.bmap");
-    let file = bmap::BmapFile::open(&bmap_url).unwrap();
+    let file = blockmap_bmap::BmapFile::open(&bmap_url).unwrap();
     let lib_dest = dir.path().join("lib.img");
-    let report = bmap::Copier::from_file(file, bmap::CopyOptions::new())
+    let report = blockmap_bmap::Copier::from_file(file, blockmap_bmap::CopyOptions::new())
         .copy(&url, &lib_dest)
         .unwrap();
     assert_eq!(report.network_bytes, Some(mapped + coalesced_gap));

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::common::{BLOCKMAP, FaultFs, MIB, ensure, hold_blockdev, run_cli};
-use bmap::{Bmap, CreateOptions};
+use blockmap_bmap::{Bmap, CreateOptions};
 use testkit::noise;
 
 const TEST: &str = "bmap_checksum_retry_reads_back";
@@ -46,7 +46,7 @@ fn make_image(ffs: &FaultFs, dir: &Path) -> Image {
     }
     file.sync_all().unwrap();
     drop(file);
-    let map = bmap::create(ffs.backing(&plain), &CreateOptions::default()).unwrap();
+    let map = blockmap_bmap::create(ffs.backing(&plain), &CreateOptions::default()).unwrap();
     assert!(
         map.ranges.len() >= 3,
         "the image has {} ranges",
@@ -54,7 +54,7 @@ fn make_image(ffs: &FaultFs, dir: &Path) -> Image {
     );
     let bmap = dir.join("disk.img.bmap");
     std::fs::write(ffs.backing(&bmap), map.to_xml()).unwrap();
-    let unsummed = bmap::create(
+    let unsummed = blockmap_bmap::create(
         ffs.backing(&plain),
         &CreateOptions {
             checksums: false,
@@ -447,7 +447,7 @@ fn bmap_removable_device_refuses_loop_devices() {
         f.write_all_at(&noise(9, 64 << 10), 4096).unwrap();
         f.set_len(MIB).unwrap();
         drop(f);
-        let map = bmap::create(&img, &CreateOptions::default()).unwrap();
+        let map = blockmap_bmap::create(&img, &CreateOptions::default()).unwrap();
         std::fs::write(dir.path().join("disk.img.bmap"), map.to_xml()).unwrap();
         let refused = |dev: &Path, disk: &str| -> Result<(), String> {
             let before = std::fs::read(dev).map_err(|e| e.to_string())?;

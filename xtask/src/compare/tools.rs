@@ -523,10 +523,10 @@ pub fn check_map(setup: &Setup, src: &Source) -> Result<Option<String>> {
 }
 
 /// Checks a bmap file made by a timed `bmap create`: it parses and its own checksum holds
-/// (the `bmap` crate's reader, tested against bmaptool's files), it is of SRC's size, it has a
+/// (the `blockmap-bmap` crate's reader, tested against bmaptool's files), it is of SRC's size, it has a
 /// checksum per range, and its mapped blocks cover SRC's data.
 pub fn check_bmap(path: &Path, src: &Source) -> Result<Option<String>> {
-    let bmap = match bmap::Bmap::read(path) {
+    let bmap = match blockmap_bmap::Bmap::read(path) {
         Ok(b) => b,
         Err(e) => return Ok(Some(e.to_string())),
     };

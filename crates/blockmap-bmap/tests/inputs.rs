@@ -1,7 +1,7 @@
-//! [`bmap::Input`] and the copies made from it: any reader (the seam for downloads), formats
+//! [`blockmap_bmap::Input`] and the copies made from it: any reader (the seam for downloads), formats
 //! told by their first bytes whatever the name, archives made by the real `tar`, `zip` and
-//! compressors, every byte written by [`bmap::Copier::whole_image`], and an archive without
-//! an image refused as [`bmap::Error::Archive`]. Every copy is compared with the image.
+//! compressors, every byte written by [`blockmap_bmap::Copier::whole_image`], and an archive without
+//! an image refused as [`blockmap_bmap::Error::Archive`]. Every copy is compared with the image.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -24,7 +24,7 @@ fn sh(dir: &Path, line: &str) {
 }
 
 /// `dir/src/disk.img` (9 MiB and a bit, data in three places) and its bmap.
-fn image(dir: &Path) -> (PathBuf, bmap::Bmap) {
+fn image(dir: &Path) -> (PathBuf, blockmap_bmap::Bmap) {
     std::fs::create_dir_all(dir.join("src")).unwrap();
     let path = dir.join("src/disk.img");
     let f = File::create(&path).unwrap();
@@ -35,7 +35,7 @@ fn image(dir: &Path) -> (PathBuf, bmap::Bmap) {
     f.write_all_at(&[0x5a; 100_000], 5 << 20).unwrap();
     f.write_all_at(b"last", (9 << 20) + 100).unwrap();
     drop(f);
-    let bmap = bmap::create(&path, &bmap::CreateOptions::default()).unwrap();
+    let bmap = blockmap_bmap::create(&path, &blockmap_bmap::CreateOptions::default()).unwrap();
     (path, bmap)
 }
 
@@ -49,20 +49,34 @@ fn any_reader_is_an_input() {
          && (cd src && zip -q ../a.zip disk.img) && xz -T2 -c src/disk.img > a.xz",
     );
     for (name, compression, container) in [
-        ("a.tar.zst", bmap::Compression::Zstd, bmap::Container::Tar),
-        ("a.zip", bmap::Compression::None, bmap::Container::Zip),
-        ("a.xz", bmap::Compression::Xz, bmap::Container::None),
+        (
+            "a.tar.zst",
+            blockmap_bmap::Compression::Zstd,
+            blockmap_bmap::Container::Tar,
+        ),
+        (
+            "a.zip",
+            blockmap_bmap::Compression::None,
+            blockmap_bmap::Container::Zip,
+        ),
+        (
+            "a.xz",
+            blockmap_bmap::Compression::Xz,
+            blockmap_bmap::Container::None,
+        ),
     ] {
         let reader = File::open(dir.path().join(name)).unwrap();
         // A reader, not a file: streamed, never seeked.
-        let input = bmap::Input::from_reader(std::io::BufReader::new(reader), name).unwrap();
+        let input =
+            blockmap_bmap::Input::from_reader(std::io::BufReader::new(reader), name).unwrap();
         assert_eq!(input.compression(), compression, "{name}");
         assert_eq!(input.container(), container, "{name}");
         assert!(!input.is_seekable());
         let dest = dir.path().join("out.img");
-        let report = bmap::Copier::new(map.clone(), bmap::CopyOptions::new().sync(false))
-            .copy_input(input, &dest)
-            .unwrap();
+        let report =
+            blockmap_bmap::Copier::new(map.clone(), blockmap_bmap::CopyOptions::new().sync(false))
+                .copy_input(input, &dest)
+                .unwrap();
         assert_eq!(report.verified_ranges, map.ranges.len() as u64, "{name}");
         assert!(
             std::fs::read(&dest).unwrap() == std::fs::read(&img).unwrap(),
@@ -83,20 +97,25 @@ fn the_first_bytes_decide_not_the_name() {
     for (name, compression, container, plain) in [
         (
             "x.gz",
-            bmap::Compression::Bzip2,
-            bmap::Container::None,
+            blockmap_bmap::Compression::Bzip2,
+            blockmap_bmap::Container::None,
             false,
         ),
         (
             "y.tar.xz",
-            bmap::Compression::None,
-            bmap::Container::None,
+            blockmap_bmap::Compression::None,
+            blockmap_bmap::Container::None,
             true,
         ),
-        ("z", bmap::Compression::Lz4, bmap::Container::Tar, false),
+        (
+            "z",
+            blockmap_bmap::Compression::Lz4,
+            blockmap_bmap::Container::Tar,
+            false,
+        ),
     ] {
         let path = dir.path().join(name);
-        let input = bmap::Input::open(&path).unwrap();
+        let input = blockmap_bmap::Input::open(&path).unwrap();
         assert_eq!(
             (
                 input.compression(),
@@ -107,7 +126,7 @@ fn the_first_bytes_decide_not_the_name() {
             "{name}"
         );
         let dest = dir.path().join("out.img");
-        bmap::Copier::new(map.clone(), bmap::CopyOptions::new().sync(false))
+        blockmap_bmap::Copier::new(map.clone(), blockmap_bmap::CopyOptions::new().sync(false))
             .copy(&path, &dest)
             .unwrap();
         assert!(
@@ -123,13 +142,13 @@ fn whole_image_writes_every_byte() {
     let (img, _) = image(dir.path());
     sh(dir.path(), "gzip -c src/disk.img > d.gz");
     let dest = dir.path().join("out.img");
-    let report = bmap::Copier::whole_image(bmap::CopyOptions::new().sync(false))
+    let report = blockmap_bmap::Copier::whole_image(blockmap_bmap::CopyOptions::new().sync(false))
         .copy(dir.path().join("d.gz"), &dest)
         .unwrap();
     let want = std::fs::read(&img).unwrap();
     assert_eq!(report.image_size, want.len() as u64);
     assert_eq!(report.mapped_bytes, want.len() as u64);
-    assert_eq!(report.compression, bmap::Compression::Gzip);
+    assert_eq!(report.compression, blockmap_bmap::Compression::Gzip);
     assert!(std::fs::read(&dest).unwrap() == want);
 }
 
@@ -142,11 +161,11 @@ fn an_archive_without_an_image_is_refused() {
         "mkdir -p e/boot && tar -cf - -C e boot | gzip -c > e.tgz",
     );
     let dest = dir.path().join("out.img");
-    let e = bmap::Copier::new(map, bmap::CopyOptions::new())
+    let e = blockmap_bmap::Copier::new(map, blockmap_bmap::CopyOptions::new())
         .copy(dir.path().join("e.tgz"), &dest)
         .unwrap_err();
     assert!(
-        matches!(&e, bmap::Error::Archive { reason, .. } if reason.contains("no regular file")),
+        matches!(&e, blockmap_bmap::Error::Archive { reason, .. } if reason.contains("no regular file")),
         "{e}"
     );
     assert!(!dest.exists());

@@ -80,7 +80,7 @@ pub(crate) fn is_url(text: &str) -> bool {
 ///
 /// ```
 /// assert_eq!(
-///     bmap::redact("https://me:secret@example.org/disk.img: not found"),
+///     blockmap_bmap::redact("https://me:secret@example.org/disk.img: not found"),
 ///     "https://me:***@example.org/disk.img: not found"
 /// );
 /// ```

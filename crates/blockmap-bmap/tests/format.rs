@@ -7,7 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 
-use bmap::{BlockRange, Bmap, ChecksumType, CreateOptions, Error, Version};
+use blockmap_bmap::{BlockRange, Bmap, ChecksumType, CreateOptions, Error, Version};
 use proptest::prelude::*;
 
 const MIB: u64 = 1 << 20;
@@ -57,7 +57,7 @@ fn byte_identical_to_bmaptool_create() {
             checksums,
             ..CreateOptions::default()
         };
-        let ours = bmap::create(&image, &options).unwrap();
+        let ours = blockmap_bmap::create(&image, &options).unwrap();
         let parsed = Bmap::from_bytes(&theirs, &theirs_path).unwrap();
         // The same map (the image was synced, so both see settled extents)…
         assert_eq!(parsed.ranges, ours.ranges, "checksums={checksums}");
@@ -167,7 +167,7 @@ fn human_size_as_bmaptool() {
         .collect();
     let ours: Vec<String> = sizes
         .iter()
-        .map(|&s| bmap::bmaptool_human_size(s))
+        .map(|&s| blockmap_bmap::bmaptool_human_size(s))
         .collect();
     assert_eq!(ours, theirs);
 }

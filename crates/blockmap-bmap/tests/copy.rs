@@ -7,7 +7,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use bmap::{Bmap, Copier, CopyOptions, CreateOptions, Error, Progress};
+use blockmap_bmap::{Bmap, Copier, CopyOptions, CreateOptions, Error, Progress};
 use proptest::prelude::*;
 
 const BLOCK: u64 = 4096;
@@ -63,7 +63,7 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let (image, copy) = (dir.path().join("disk.img"), dir.path().join("copy.img"));
         make_image(&image, blocks * BLOCK + 123, &bytes_of(&extents), seed);
-        let bmap = bmap::create(&image, &CreateOptions::default()).unwrap();
+        let bmap = blockmap_bmap::create(&image, &CreateOptions::default()).unwrap();
         let mut seen = Vec::new();
         let mut progress = |p: Progress| seen.push((p.done, p.total));
         let report = Copier::new(bmap.clone(), CopyOptions::new().sync(sync))
@@ -86,7 +86,7 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let image = dir.path().join("disk.img");
         make_image(&image, blocks * BLOCK, &bytes_of(&extents), seed);
-        let bmap = bmap::create(&image, &CreateOptions::default()).unwrap();
+        let bmap = blockmap_bmap::create(&image, &CreateOptions::default()).unwrap();
         let file = std::fs::OpenOptions::new().read(true).write(true).open(&image).unwrap();
         let mut picked: Vec<usize> = picks.iter().map(|p| p.index(bmap.ranges.len())).collect();
         picked.sort_unstable();
@@ -140,7 +140,7 @@ fn unverified_and_last_range_wrong() {
         checksums: false,
         ..CreateOptions::default()
     };
-    let bare = bmap::create(&image, &options).unwrap();
+    let bare = blockmap_bmap::create(&image, &options).unwrap();
     let report = Copier::new(bare, CopyOptions::new())
         .copy(&image, &copy)
         .unwrap();
@@ -150,7 +150,7 @@ fn unverified_and_last_range_wrong() {
         std::fs::read(&copy).unwrap()
     );
 
-    let mut bmap = bmap::create(&image, &CreateOptions::default()).unwrap();
+    let mut bmap = blockmap_bmap::create(&image, &CreateOptions::default()).unwrap();
     let last = bmap.ranges.len() - 1;
     bmap.ranges[last].checksum = Some("0".repeat(64));
     let xml = bmap.to_xml();
@@ -183,7 +183,7 @@ fn lz4_frames_one_after_another() {
         (1900 * BLOCK, BLOCK),
     ];
     make_image(&image, 2000 * BLOCK, &extents, 11);
-    let bmap = bmap::create(&image, &CreateOptions::default()).unwrap();
+    let bmap = blockmap_bmap::create(&image, &CreateOptions::default()).unwrap();
     let bytes = std::fs::read(&image).unwrap();
     let packed = dir.path().join("disk.img.lz4");
     let mut out = File::create(&packed).unwrap();
@@ -201,6 +201,6 @@ fn lz4_frames_one_after_another() {
     let report = Copier::new(bmap, CopyOptions::new())
         .copy(&packed, &copy)
         .unwrap();
-    assert_eq!(report.compression, bmap::Compression::Lz4);
+    assert_eq!(report.compression, blockmap_bmap::Compression::Lz4);
     assert_eq!(bytes, std::fs::read(&copy).unwrap());
 }

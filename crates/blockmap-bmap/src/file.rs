@@ -67,10 +67,10 @@ impl Bmap {
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let dir = tempfile::tempdir()?;
-/// let mut bmap = bmap::Bmap::new(1 << 20, 4096);
-/// bmap.push(bmap::BlockRange { first: 3, last: 9, checksum: None });
+/// let mut bmap = blockmap_bmap::Bmap::new(1 << 20, 4096);
+/// bmap.push(blockmap_bmap::BlockRange { first: 3, last: 9, checksum: None });
 /// std::fs::write(dir.path().join("x.bmap"), bmap.to_xml())?;
-/// let file = bmap::BmapFile::open(dir.path().join("x.bmap"))?;
+/// let file = blockmap_bmap::BmapFile::open(dir.path().join("x.bmap"))?;
 /// assert_eq!(file.info().mapped_blocks_count, 7);
 /// let ranges: Vec<_> = file.ranges().collect::<Result<_, _>>()?;
 /// assert_eq!(ranges, bmap.ranges);

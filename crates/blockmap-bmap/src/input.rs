@@ -130,9 +130,9 @@ enum Body {
 /// use std::io::Write;
 /// let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
 /// gz.write_all(b"an image")?;
-/// let input = bmap::Input::from_reader(std::io::Cursor::new(gz.finish()?), "download")?;
-/// assert_eq!(input.compression(), bmap::Compression::Gzip);
-/// assert_eq!(input.container(), bmap::Container::None);
+/// let input = blockmap_bmap::Input::from_reader(std::io::Cursor::new(gz.finish()?), "download")?;
+/// assert_eq!(input.compression(), blockmap_bmap::Compression::Gzip);
+/// assert_eq!(input.container(), blockmap_bmap::Container::None);
 /// assert!(!input.is_seekable());
 /// # Ok(())
 /// # }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bmap::{
+use blockmap_bmap::{
     BlockRange, Bmap, BmapFile, ChecksumType, Copier, CopyOptions, CreateOptions, Error, Progress,
 };
 use proptest::prelude::*;
@@ -134,12 +134,12 @@ proptest! {
         let image = dir.path().join("disk.img");
         make_image(&image, blocks * BLOCK + tail, &extents, seed);
         let options = CreateOptions { checksums, threads: 3, ..CreateOptions::default() };
-        let in_memory = bmap::create(&image, &options).unwrap();
+        let in_memory = blockmap_bmap::create(&image, &options).unwrap();
         let out_path = dir.path().join("out.bmap");
         // Stale bytes in the output, longer than the bmap: truncated first.
         std::fs::write(&out_path, vec![b'x'; 1 << 20]).unwrap();
         let out = std::fs::OpenOptions::new().write(true).open(&out_path).unwrap();
-        let info = bmap::create_to(&image, &options, &out, &out_path).unwrap();
+        let info = blockmap_bmap::create_to(&image, &options, &out, &out_path).unwrap();
         drop(out);
         let written = std::fs::read(&out_path).unwrap();
         prop_assert!(written == in_memory.to_xml());
@@ -272,7 +272,7 @@ fn interrupted_copies() {
     let image = dir.path().join("disk.img");
     let data = noise(8 << 20, 9);
     std::fs::write(&image, &data).unwrap();
-    let bmap = bmap::create(&image, &CreateOptions::default()).unwrap();
+    let bmap = blockmap_bmap::create(&image, &CreateOptions::default()).unwrap();
     let gz = dir.path().join("disk.img.gz");
     std::fs::write(&gz, compress("gz", &data)).unwrap();
     let dest = dir.path().join("copy.img");
@@ -343,7 +343,7 @@ fn fifo_image_is_streamed() {
         &[(0, 3), (700, 300), (2999, 1)],
         5,
     );
-    let bmap = bmap::create(&image, &CreateOptions::default()).unwrap();
+    let bmap = blockmap_bmap::create(&image, &CreateOptions::default()).unwrap();
     let fifo = dir.path().join("pipe");
     mkfifo(&fifo);
     let writer = {
@@ -374,7 +374,7 @@ fn early_failures_leave_the_destination_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("disk.img");
     make_image(&image, 100 * BLOCK, &[(0, 3), (50, 10)], 5);
-    let bmap = bmap::create(&image, &CreateOptions::default()).unwrap();
+    let bmap = blockmap_bmap::create(&image, &CreateOptions::default()).unwrap();
     let dest = dir.path().join("good.img");
     let old = noise(300 << 10, 77);
     let check = |image: PathBuf, what: &str| {

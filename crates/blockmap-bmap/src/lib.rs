@@ -39,7 +39,7 @@
 //! ```
 //! use std::os::unix::fs::FileExt;
 //!
-//! # fn main() -> Result<(), bmap::Error> {
+//! # fn main() -> Result<(), blockmap_bmap::Error> {
 //! # let dir = tempfile::tempdir().unwrap();
 //! let (image, copy) = (dir.path().join("disk.img"), dir.path().join("copy.img"));
 //! let file = std::fs::File::create(&image).unwrap();
@@ -47,14 +47,14 @@
 //! file.write_all_at(b"root", 5 << 20).unwrap();
 //! file.set_len(16 << 20).unwrap(); // 16 MiB, nearly all holes
 //!
-//! let bmap = bmap::create(&image, &bmap::CreateOptions::default())?;
+//! let bmap = blockmap_bmap::create(&image, &blockmap_bmap::CreateOptions::default())?;
 //! assert!(bmap.mapped_blocks_count < bmap.blocks_count);
 //! std::fs::write(dir.path().join("disk.img.bmap"), bmap.to_xml()).unwrap();
 //!
 //! // Finds disk.img.bmap, writes the mapped blocks, verifies their checksums.
-//! let bmap_path = bmap::find_bmap(&image)?;
-//! let file = bmap::BmapFile::open(&bmap_path)?;
-//! let report = bmap::Copier::from_file(file, bmap::CopyOptions::new()).copy(&image, &copy)?;
+//! let bmap_path = blockmap_bmap::find_bmap(&image)?;
+//! let file = blockmap_bmap::BmapFile::open(&bmap_path)?;
+//! let report = blockmap_bmap::Copier::from_file(file, blockmap_bmap::CopyOptions::new()).copy(&image, &copy)?;
 //! assert_eq!(report.image_size, 16 << 20);
 //! assert_eq!(std::fs::read(&image).unwrap(), std::fs::read(&copy).unwrap());
 //! # Ok(())

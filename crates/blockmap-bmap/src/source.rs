@@ -81,7 +81,7 @@ impl Compression {
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let dir = tempfile::tempdir()?;
 /// std::fs::write(dir.path().join("disk.img.bmap"), "")?;
-/// let found = bmap::find_bmap(dir.path().join("disk.img.gz"))?;
+/// let found = blockmap_bmap::find_bmap(dir.path().join("disk.img.gz"))?;
 /// assert_eq!(found, dir.path().join("disk.img.bmap"));
 /// # Ok(())
 /// # }

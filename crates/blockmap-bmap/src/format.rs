@@ -69,9 +69,9 @@ impl BlockRange {
 ///
 /// # Example
 /// ```
-/// use bmap::{Bmap, BlockRange, ChecksumType};
+/// use blockmap_bmap::{Bmap, BlockRange, ChecksumType};
 ///
-/// # fn main() -> Result<(), bmap::Error> {
+/// # fn main() -> Result<(), blockmap_bmap::Error> {
 /// let mut bmap = Bmap::new(10 << 20, 4096);
 /// bmap.push(BlockRange { first: 0, last: 255, checksum: None });
 /// let xml = bmap.to_xml();

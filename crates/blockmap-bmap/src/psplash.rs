@@ -16,7 +16,7 @@ use tracing::debug;
 /// Progress messages for a psplash FIFO.
 ///
 /// ```no_run
-/// let mut splash = bmap::Psplash::new("/run/psplash_fifo").expect("a FIFO");
+/// let mut splash = blockmap_bmap::Psplash::new("/run/psplash_fifo").expect("a FIFO");
 /// splash.progress(512, 1024); // writes "PROGRESS 50\n"
 /// splash.progress(513, 1024); // still 50: nothing written
 /// ```

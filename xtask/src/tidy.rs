@@ -13,6 +13,8 @@
 //!   in `crates/*/src` outside `#[cfg(test)]` items, except the `blockmap` binary's own
 //!   output (`crates/blockmap-cli/src/main.rs`, `src/bin/`, an `output` module); `dbg!` is
 //!   never allowed in `src`.
+//! - every crate of `crates/` can be published and ships LICENSE-MIT, LICENSE-APACHE and a
+//!   README (see [`package`]).
 //!
 //! Sources are read with `proc-macro2`'s lexer, so that words inside comments, doc comments,
 //! string and raw string literals never count; comments are then looked up in the raw lines.
@@ -24,6 +26,7 @@ use std::path::Path;
 use proc_macro2::{Delimiter, TokenStream, TokenTree};
 use walkdir::WalkDir;
 
+mod package;
 mod size;
 
 /// A crate where `unsafe` is allowed, and why.

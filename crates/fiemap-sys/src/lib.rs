@@ -53,6 +53,11 @@
     reason = "the structures keep the kernel's names"
 )]
 
+// README.md, the crate's page on crates.io: its example runs as a doc test, so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctest;
+
 mod abi;
 mod btrfs;
 mod cachestat;

@@ -45,6 +45,11 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+// README.md, the crate's page on crates.io: its example runs as a doc test, so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctest;
+
 mod walk;
 
 pub use walk::{DEFAULT_GRANULE, DataSegments, seek_data, seek_hole};

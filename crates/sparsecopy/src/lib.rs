@@ -111,6 +111,11 @@
 //! ```
 #![deny(missing_docs)]
 
+// README.md, the crate's page on crates.io: its example runs as a doc test, so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctest;
+
 mod clone;
 mod close;
 mod dest;

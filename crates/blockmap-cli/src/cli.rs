@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use blockmap_core::BackendChoice;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::size::parse_size;
+// `super::`, not `crate::`: the CLI's tests compile this file and `size.rs` into one module.
+use super::size::{SIZE_HELP, parse_size};
 
 /// Block maps of files (where the data is, where the holes are) and sparse copies.
 #[derive(Debug, Parser)]
@@ -164,9 +165,9 @@ pub(crate) struct MapArgs {
 /// [--detect-zeros] [--zero-holes] [--progress|--no-progress] [--json] SRC DST`
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Sizes are bytes or take a suffix K, M, G, T, P, E (powers of 1024; KiB… too).\n\
+    after_help = format!("{SIZE_HELP}\n\
     DST is created if absent; an existing file is never truncated, only grown, and is left \
-    untouched outside the window; a block device keeps its size."
+    untouched outside the window; a block device keeps its size.")
 )]
 pub(crate) struct CopyArgs {
     /// Start reading SRC at this offset.

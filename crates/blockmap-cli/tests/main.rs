@@ -16,6 +16,8 @@ mod cli_bmap_opts;
 mod cli_bmap_parallel;
 mod cli_bmap_sig;
 mod cli_copy;
+mod cli_defs;
+mod cli_size;
 mod fs_bmap;
 mod fs_bmap_inputs;
 mod fs_copy;

@@ -16,8 +16,27 @@ pub(crate) struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 
+    /// Print the man page (man) or a shell's completion script on stdout, and exit. Install
+    /// them as the README says (`blockmap --generate man > blockmap.1`).
+    #[arg(long, value_enum, value_name = "WHAT", exclusive = true)]
+    pub generate: Option<Generate>,
+
+    // Required, unless --generate is given (`main` says so).
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+}
+
+/// `--generate`: what to print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Generate {
+    /// The man page, roff: every command and its options on one page.
+    Man,
+    /// The bash completion script.
+    CompleteBash,
+    /// The zsh completion script.
+    CompleteZsh,
+    /// The fish completion script.
+    CompleteFish,
 }
 
 #[derive(Debug, Subcommand)]

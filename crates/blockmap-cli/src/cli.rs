@@ -16,6 +16,12 @@ pub(crate) struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 
+    /// Print nothing on stderr but errors and warnings: no summary line, and no progress bar
+    /// unless --progress asks for one. Output on stdout (--json, map's table) is unchanged;
+    /// -v's logs still show.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
     /// Print the man page (man) or a shell's completion script on stdout, and exit. Install
     /// them as the README says (`blockmap --generate man > blockmap.1`).
     #[arg(long, value_enum, value_name = "WHAT", exclusive = true)]

@@ -32,8 +32,8 @@ fn main() -> ExitCode {
     let result = match (cli.generate, cli.command) {
         (Some(what), None) => generate::run(what),
         (None, Some(Command::Map(args))) => map::run(&args),
-        (None, Some(Command::Copy(args))) => copy::run(&args),
-        (None, Some(Command::Bmap(command))) => bmap::run(&command),
+        (None, Some(Command::Copy(args))) => copy::run(&args, cli.quiet),
+        (None, Some(Command::Bmap(command))) => bmap::run(&command, cli.quiet),
         (generate, _) => {
             let message = match generate {
                 Some(_) => "--generate takes no command",

@@ -14,14 +14,15 @@ use sparsecopy::human_size;
 use crate::cli::{BmapCommand, BmapCopyArgs, BmapCreateArgs};
 use crate::copy::progress_bar;
 
-pub(crate) fn run(command: &BmapCommand) -> Result<()> {
+/// `quiet` (`-q`): no summary line, and no progress bar unless `--progress`.
+pub(crate) fn run(command: &BmapCommand, quiet: bool) -> Result<()> {
     match command {
-        BmapCommand::Create(args) => create(args),
-        BmapCommand::Copy(args) => copy(args),
+        BmapCommand::Create(args) => create(args, quiet),
+        BmapCommand::Copy(args) => copy(args, quiet),
     }
 }
 
-fn create(args: &BmapCreateArgs) -> Result<()> {
+fn create(args: &BmapCreateArgs, quiet: bool) -> Result<()> {
     let started = Instant::now();
     let options = CreateOptions {
         checksums: !args.no_checksum,
@@ -84,6 +85,9 @@ fn create(args: &BmapCreateArgs) -> Result<()> {
         }
         None => to_stream(&mut io::stdout().lock(), "stdout")?,
     };
+    if quiet {
+        return Ok(());
+    }
     let percent = if info.blocks_count == 0 {
         0.0
     } else {
@@ -114,7 +118,7 @@ fn is_stream(kind: std::fs::FileType) -> bool {
     kind.is_fifo() || kind.is_char_device() || kind.is_socket()
 }
 
-fn copy(args: &BmapCopyArgs) -> Result<()> {
+fn copy(args: &BmapCopyArgs, quiet: bool) -> Result<()> {
     // From here on SIGINT, SIGTERM and SIGHUP stop the copy between two chunks.
     let stop = crate::signals::install().context("cannot install the signal handlers")?;
     if args.removable_device {
@@ -151,7 +155,8 @@ fn copy(args: &BmapCopyArgs) -> Result<()> {
         (Copier::from_file(file, copy_options), source)
     };
 
-    let show_progress = !args.no_progress && (args.progress || io::stderr().is_terminal());
+    let show_progress =
+        !args.no_progress && (args.progress || (!quiet && io::stderr().is_terminal()));
     let bar = show_progress.then(progress_bar);
     let mut splash = psplash(args);
     let mut on_progress = |Progress { done, total }: Progress| {
@@ -173,7 +178,9 @@ fn copy(args: &BmapCopyArgs) -> Result<()> {
         bar.finish_and_clear();
     }
     let report = signal_named(result)?;
-    crate::say(format_args!("{report} ({source})"));
+    if !quiet {
+        crate::say(format_args!("{report} ({source})"));
+    }
     Ok(())
 }
 

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use blockmap_core::BackendChoice;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::size::parse_size;
+// `super::`, not `crate::`: the CLI's tests compile this file and `size.rs` into one module.
+use super::size::{SIZE_HELP, parse_size};
 
 /// Block maps of files (where the data is, where the holes are) and sparse copies.
 #[derive(Debug, Parser)]
@@ -15,8 +16,33 @@ pub(crate) struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 
+    /// Print nothing on stderr but errors and warnings: no summary line, and no progress bar
+    /// unless --progress asks for one. Output on stdout (--json, map's table) is unchanged;
+    /// -v's logs still show.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    /// Print the man page (man) or a shell's completion script on stdout, and exit. Install
+    /// them as the README says (`blockmap --generate man > blockmap.1`).
+    #[arg(long, value_enum, value_name = "WHAT", exclusive = true)]
+    pub generate: Option<Generate>,
+
+    // Required, unless --generate is given (`main` says so).
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+}
+
+/// `--generate`: what to print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Generate {
+    /// The man page, roff: every command and its options on one page.
+    Man,
+    /// The bash completion script.
+    CompleteBash,
+    /// The zsh completion script.
+    CompleteZsh,
+    /// The fish completion script.
+    CompleteFish,
 }
 
 #[derive(Debug, Subcommand)]
@@ -164,9 +190,9 @@ pub(crate) struct MapArgs {
 /// [--detect-zeros] [--zero-holes] [--progress|--no-progress] [--json] SRC DST`
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Sizes are bytes or take a suffix K, M, G, T, P, E (powers of 1024; KiB… too).\n\
+    after_help = format!("{SIZE_HELP}\n\
     DST is created if absent; an existing file is never truncated, only grown, and is left \
-    untouched outside the window; a block device keeps its size."
+    untouched outside the window; a block device keeps its size.")
 )]
 pub(crate) struct CopyArgs {
     /// Start reading SRC at this offset.

@@ -10,7 +10,8 @@ use sparsecopy::{Copier, Options, Progress, Window};
 
 use crate::cli::CopyArgs;
 
-pub(crate) fn run(args: &CopyArgs) -> Result<()> {
+/// `quiet` (`-q`): no summary line, and no progress bar unless `--progress`.
+pub(crate) fn run(args: &CopyArgs, quiet: bool) -> Result<()> {
     let mut window = Window::new().skip(args.skip).seek(args.seek);
     if let Some(length) = args.length {
         window = window.length(length);
@@ -23,7 +24,8 @@ pub(crate) fn run(args: &CopyArgs) -> Result<()> {
         .zero_holes(args.zero_holes)
         .sync(args.sync);
 
-    let show_progress = !args.no_progress && (args.progress || io::stderr().is_terminal());
+    let show_progress =
+        !args.no_progress && (args.progress || (!quiet && io::stderr().is_terminal()));
     let bar = show_progress.then(progress_bar);
     let mut on_progress = |p: Progress| {
         if let Some(bar) = &bar {
@@ -53,7 +55,7 @@ pub(crate) fn run(args: &CopyArgs) -> Result<()> {
         serde_json::to_writer(&mut out, &report).context("writing the report")?;
         writeln!(out).context("writing the report")?;
         out.flush().context("writing the report")?;
-    } else {
+    } else if !quiet {
         // The one summary line: data copied, holes skipped, methods, time.
         // A closed stderr leaves nothing to report to; the copy itself succeeded.
         crate::say(format_args!("{report}"));

@@ -11,6 +11,7 @@
 mod bmap;
 mod cli;
 mod copy;
+mod generate;
 mod map;
 mod signals;
 mod size;
@@ -18,7 +19,7 @@ mod size;
 use std::io::{self, IsTerminal, Write};
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use crate::cli::{Cli, Command};
 
@@ -28,10 +29,20 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(&e),
     };
     init_tracing(cli.verbose);
-    let result = match cli.command {
-        Command::Map(args) => map::run(&args),
-        Command::Copy(args) => copy::run(&args),
-        Command::Bmap(command) => bmap::run(&command),
+    let result = match (cli.generate, cli.command) {
+        (Some(what), None) => generate::run(what),
+        (None, Some(Command::Map(args))) => map::run(&args),
+        (None, Some(Command::Copy(args))) => copy::run(&args, cli.quiet),
+        (None, Some(Command::Bmap(command))) => bmap::run(&command, cli.quiet),
+        (generate, _) => {
+            let message = match generate {
+                Some(_) => "--generate takes no command",
+                None => "a command is required: map, copy or bmap",
+            };
+            return usage_error(
+                &Cli::command().error(clap::error::ErrorKind::MissingSubcommand, message),
+            );
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

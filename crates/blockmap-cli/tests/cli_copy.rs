@@ -277,9 +277,15 @@ fn bad_inputs_give_one_line_and_write_nothing() {
         &["\"--seek\" is not a size"],
     );
     assert_fails(
-        &blockmap(&["copy", "--seek", "8E", s(&src), s(&dst)]),
+        &blockmap(&["copy", "--seek", "9223372036854775807", s(&src), s(&dst)]),
         1,
         &["overflows"],
+    );
+    // Above the largest file offset is not a size, as for dd.
+    assert_fails(
+        &blockmap(&["copy", "--seek", "8E", s(&src), s(&dst)]),
+        2,
+        &["8E", "too large"],
     );
     assert_fails(
         &blockmap(&["copy", s(&d.join("missing")), s(&dst)]),
@@ -312,14 +318,20 @@ fn bad_inputs_give_one_line_and_write_nothing() {
     assert_eq!(std::fs::read(&src).unwrap(), before);
 }
 
-/// A length past SRC's end is cut there, however large: `--length 8E` as `7E` (the cut
-/// window fits in a file offset); an offset that does not fit once cut is still refused.
+/// A length past SRC's end is cut there, however large, up to 2^63-1 (dd's largest number,
+/// and the largest file offset; above it is a usage error); an offset that does not fit once
+/// cut is still refused.
 #[test]
 fn huge_lengths_are_cut_at_the_source_end() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let src = source(d);
-    for length in ["7E", "8E", "15E", "18446744073709551615"] {
+    for length in ["8E", "15E", "18446744073709551615"] {
+        let dst = d.join(format!("dst-{length}"));
+        let out = blockmap(&["copy", "--length", length, s(&src), s(&dst)]);
+        assert_fails(&out, 2, &[length, "too large"]);
+    }
+    for length in ["7E", "9223372036854775807"] {
         let dst = d.join(format!("dst-{length}"));
         let out = blockmap(&["copy", "--length", length, s(&src), s(&dst)]);
         assert!(
@@ -331,7 +343,15 @@ fn huge_lengths_are_cut_at_the_source_end() {
     }
     let dst = d.join("dst");
     assert_fails(
-        &blockmap(&["copy", "--length", "8E", "--seek", "8E", s(&src), s(&dst)]),
+        &blockmap(&[
+            "copy",
+            "--length",
+            "7E",
+            "--seek",
+            "9223372036854775807",
+            s(&src),
+            s(&dst),
+        ]),
         1,
         &["seek + length", "overflows"],
     );

@@ -8,9 +8,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 // `super::`, not `crate::`: the CLI's tests compile this file and `size.rs` into one module.
 use super::size::{SIZE_HELP, parse_size};
 
-/// Block maps of files (where the data is, where the holes are) and sparse copies.
+/// Block maps of files (where the data is, where the holes are) and sparse copies that move
+/// only data.
 #[derive(Debug, Parser)]
-#[command(name = "blockmap", version, about, propagate_version = true)]
+#[command(name = "blockmap", version, propagate_version = true)]
 pub(crate) struct Cli {
     /// Show what the libraries do (-v debug, -vv trace) on stderr.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]

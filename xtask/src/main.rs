@@ -32,6 +32,7 @@ mod demo;
 mod fs_test;
 mod http_servers;
 mod report;
+mod test_build;
 #[cfg(test)]
 mod tidy;
 

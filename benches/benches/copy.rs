@@ -4,7 +4,7 @@
 //!
 //! | group | file |
 //! | --- | --- |
-//! | `copy_131072_extents` | 1 GiB, 4 KiB of data every 8 KiB (SPEC section 7) |
+//! | `copy_131072_extents` | 1 GiB, 4 KiB of data every 8 KiB (compare's `strided`) |
 //! | `copy_dense` | 1 GiB of data, no holes |
 //! | `copy_mostly_holes` | 1 GiB, 16 chunks of 1 MiB of data spread evenly |
 //!

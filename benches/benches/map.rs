@@ -1,6 +1,6 @@
 //! Mapping the 131072-extent file (1 GiB, 4 KiB of data every 8 KiB) with each backend, and
-//! the bare FIEMAP ioctl cost for comparison (SPEC section 7: "a small multiple of the bare
-//! ioctl cost").
+//! the bare FIEMAP ioctl cost for comparison (the aim: a map costs a small multiple of the bare
+//! ioctl; the figures are in benches/RESULTS.md).
 
 use std::hint::black_box;
 

@@ -15,8 +15,8 @@ pub fn data_dir() -> PathBuf {
 }
 
 /// A file of `size` bytes with `data` bytes of data at the start of every `period`: with
-/// 1 GiB, 4 KiB and 8 KiB, the 131072-extent workload of SPEC section 7. Made once, fsynced
-/// (so FIEMAP sees settled extents), reused while its size matches.
+/// 1 GiB, 4 KiB and 8 KiB, the 131072-extent workload (`strided` of `cargo xtask compare`).
+/// Made once, fsynced (so FIEMAP sees settled extents), reused while its size matches.
 pub fn strided(dir: &Path, size: u64, data: u64, period: u64) -> io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join(format!("strided-{size}-{data}-{period}.img"));

@@ -16,6 +16,7 @@ use anyhow::{Result, bail};
 
 use crate::cmd;
 use crate::fs_test::{self, Outcome};
+use crate::test_build;
 
 const CARGO_STEPS: &[&[&str]] = &[
     &["fmt", "--all", "--check"],
@@ -28,7 +29,7 @@ const CARGO_STEPS: &[&[&str]] = &[
         "-D",
         "warnings",
     ],
-    &["test", "--workspace"],
+    &test_build::CARGO_TEST_WORKSPACE,
 ];
 
 /// Runs `cargo xtask ci`.

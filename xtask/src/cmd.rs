@@ -96,6 +96,25 @@ pub fn run_inherited(cmd: &mut Command) -> Result<ExitStatus> {
         .with_context(|| format!("waiting for `{}`", describe(cmd)))
 }
 
+/// Runs `cmd` interruptibly with its stdout captured and its stderr on the terminal (cargo's
+/// progress), and returns its status and stdout.
+pub fn run_stdout_captured(cmd: &mut Command) -> Result<(ExitStatus, String)> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .process_group(0);
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot run `{}`", describe(cmd)))?;
+    let _tracked = cleanup::track_child(&child);
+    let output = child
+        .wait_with_output()
+        .with_context(|| format!("waiting for `{}`", describe(cmd)))?;
+    Ok((
+        output.status,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    ))
+}
+
 /// Finds an executable on `$PATH` or in the sbin directories, which a non-login root shell
 /// (or CI) does not always have on its `$PATH` but where mkfs and losetup live.
 pub fn find_program(name: impl AsRef<OsStr>) -> Option<PathBuf> {

@@ -1,5 +1,5 @@
 //! `cargo xtask compare`: `blockmap copy` and `blockmap map` side by side with the tools people
-//! use instead, on real loop-mounted filesystems, in one interleaved run (SPEC section 7).
+//! use instead, on real loop-mounted filesystems, in one interleaved run.
 //!
 //! As root, for each filesystem (`--fs`, default ext4,xfs,btrfs): a 16 GiB sparse image in a
 //! fresh directory under `$TMPDIR` (else `/var/tmp`), a loop device, `mkfs`, a mount. On it the
@@ -21,7 +21,7 @@
 //! timing: see [`tools::check_copy`]), then removed, and the filesystem (then the loop device's
 //! backing file) is synced before the
 //! next command so that no command pays for another's write-back. Nothing is dropped from
-//! the page cache: warm-cache numbers, as SPEC section 7 quotes them.
+//! the page cache: warm-cache numbers, as benches/RESULTS.md says above its tables.
 //!
 //! The result is a Markdown table per filesystem (median, min and max wall seconds, the ratio
 //! of the median to blockmap's, allocated MiB of the copy, peak RSS, check), printed, written
@@ -100,7 +100,8 @@ pub struct Args {
     /// Kill a command after this many seconds (and run it no more on that workload).
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     pub timeout: u64,
-    /// The reference module: the Python `filemap.py` whose `sparse_copy` and
+    /// The reference module: bmaptool's Python mapping module (`bmaptools/Filemap.py` of a
+    /// bmap-tools release that still defines `sparse_copy`), whose `sparse_copy` and
     /// `get_mapped_ranges` blockmap re-implements. When given, it is copied into the temporary
     /// directory at run time (never vendored) and timed beside the other tools; without it,
     /// its rows are skipped.

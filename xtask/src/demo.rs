@@ -1,10 +1,11 @@
 //! `cargo xtask demo`: the main job on a sample made on the spot, for a new user.
 //!
-//! Builds the `blockmap` binary (release), makes `target/demo/disk.img` — a 1 GiB disk image
-//! that is mostly holes: a "boot sector" region, a few MiB of "filesystem" data, a
-//! preallocated region written without fsync (the trap of SPEC section 2) and a partial last
-//! block — runs `blockmap map` on it, as table and as JSON, then the main job: `blockmap copy`
-//! of the image to `target/demo/copy.img`, checked byte for byte and by allocation.
+//! Builds the `blockmap` binary (release, with cargo's progress: the first build takes
+//! minutes), makes `target/demo/disk.img` — a 1 GiB disk image that is mostly holes: a "boot
+//! sector" region, a few MiB of "filesystem" data, a preallocated region written without fsync
+//! (the trap of ARCHITECTURE.md's "The one rule") and a partial last block — runs `blockmap
+//! map` on it, as table and as JSON, then the main job: `blockmap copy` of the image to
+//! `target/demo/copy.img`, checked byte for byte and by allocation.
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -19,8 +20,10 @@ use crate::{cargo, target_dir};
 const MIB: u64 = 1 << 20;
 
 pub fn run() -> Result<()> {
+    // Cargo's own progress, not --quiet: the first release build takes minutes.
+    println!("demo: building blockmap (cargo build --release -p blockmap-cli)");
     let status = Command::new(cargo())
-        .args(["build", "--release", "--quiet", "-p", "blockmap-cli"])
+        .args(["build", "--release", "-p", "blockmap-cli"])
         .current_dir(crate::project_root())
         .status()
         .context("running cargo build")?;

@@ -18,9 +18,11 @@
 //! filesystem of `testing/faultfs`, built with the tests) serving `<dir>/faultfs-backing` at
 //! `<dir>/mnt/faultfs`. Each image is a sparse file on its own loop device
 //! (`losetup --find --show`). `--only` chooses among the filesystems of the table; faultfs is
-//! always mounted. Then it runs the tests `#[ignore]`d in a plain `cargo test`, `cargo test -p
-//! blockmap-cli --test main -- --ignored` (the `fs_*` modules), and all of sparsecopy's, `cargo
-//! test -p sparsecopy --test main -- --include-ignored` (`$TMPDIR` tests run in the mounts), with:
+//! always mounted. Then it runs the tests `#[ignore]`d in a plain `cargo test`: blockmap-cli's
+//! `main` test executable with `--ignored` (the `fs_*` modules), and sparsecopy's with
+//! `--include-ignored` (all its tests: the `$TMPDIR` ones run in the mounts). They are built,
+//! before anything is mounted, by `cargo test --workspace --no-run`, the build of `cargo test
+//! --workspace` (why: [`crate::test_build`]), and run with:
 //!
 //! - `BLOCKMAP_FS_TEST_MOUNTS`: `name=mountpoint` pairs, comma separated, in the order above;
 //! - `BLOCKMAP_TEST_DIRS`: the same mount points, comma separated (sparsecopy's tests);
@@ -56,6 +58,7 @@ use clap::builder::PossibleValuesParser;
 use crate::cleanup::{self, Undo};
 use crate::cmd::{self, Interruptible, find_program};
 use crate::report;
+use crate::test_build;
 
 /// The filesystems to test, in the order of `BLOCKMAP_FS_TEST_MOUNTS`.
 const FILESYSTEMS: &[Fs] = &[
@@ -92,12 +95,14 @@ const TINY_SIZE: &str = "4M";
 const BLOCKDEV_MIB: u64 = 64;
 /// The package that ships losetup, mount and umount on Debian.
 const MOUNT_PACKAGE: &str = "mount";
-/// The test runs of fs-test: a package (its one test binary, `main`, whose tests that need
-/// fs-test are `#[ignore]`d) and which of its tests: see the module docs.
+/// The test runs of fs-test: a package (its one test binary, [`TEST_TARGET`], whose tests that
+/// need fs-test are `#[ignore]`d) and which of its tests: see the module docs.
 const TEST_RUNS: [(&str, &str); 2] = [
     ("blockmap-cli", "--ignored"),
     ("sparsecopy", "--include-ignored"),
 ];
+/// The integration test target of every package.
+const TEST_TARGET: &str = "main";
 /// The report's name for the faultfs mount, and its directory under `mnt/`.
 const FAULTFS: &str = "faultfs";
 /// The report's name for the HTTP tests (`crate::http_servers`).
@@ -176,8 +181,8 @@ pub struct Args {
     )]
     pub only: Vec<String>,
     /// Go on past a filesystem that cannot be set up (a missing mkfs, a failed mount) and test
-    /// the others, and run every test target (`--no-fail-fast`); still exits non-zero at the
-    /// end if anything failed.
+    /// the others, and run sparsecopy's tests even when blockmap-cli's failed; still exits
+    /// non-zero at the end if anything failed.
     #[arg(long)]
     pub keep_going: bool,
     /// Arguments for the test binaries, after `--` (a test name filter, `--nocapture`, …).
@@ -208,13 +213,12 @@ pub fn run(args: &Args) -> Result<Outcome> {
     warn_about_leftovers();
 
     cleanup::install_signal_handler()?;
-    println!("fs-test: building the filesystem tests");
-    build_tests(args)?;
-    cleanup::check_interrupted()?;
+    println!("fs-test: building the tests (cargo test --workspace --no-run)");
+    let built = test_build::build()?;
 
     let guard = cleanup::Guard::new();
     let mut dir = None;
-    let result = set_up_and_test(&usable, args, &mut problems, &mut dir);
+    let result = set_up_and_test(&usable, args, &built, &mut problems, &mut dir);
     let started = Instant::now();
     let cleanup_problems = guard.finish();
     println!(
@@ -288,46 +292,10 @@ fn check_tools<'a>(
     Ok(usable)
 }
 
-/// `cargo test -p <package> --test main`, as built and as run.
-fn test_command(package: &str, args: &Args) -> Command {
-    let mut cmd = Command::new(crate::cargo());
-    cmd.current_dir(crate::project_root())
-        .args(["test", "--package", package, "--test", "main"]);
-    if args.keep_going {
-        cmd.arg("--no-fail-fast");
-    }
-    cmd
-}
-
-/// Builds the tests and faultfs before anything is mounted, so that a compile error costs no
-/// mount and the mounts do not wait for the compiler.
-fn build_tests(args: &Args) -> Result<()> {
-    let mut faultfs = Command::new(crate::cargo());
-    faultfs
-        .current_dir(crate::project_root())
-        .args(["build", "--package", "faultfs"]);
-    let builds = TEST_RUNS.iter().map(|(package, _)| {
-        let mut build = test_command(package, args);
-        build.arg("--no-run");
-        build
-    });
-    for mut command in builds.chain([faultfs]) {
-        let status = cmd::run_inherited(&mut command)?;
-        cleanup::check_interrupted()?;
-        if !status.success() {
-            bail!(
-                "building the filesystem tests failed: `{}` ({status})",
-                cmd::describe(&command)
-            );
-        }
-    }
-    Ok(())
-}
-
 /// Starts faultfs over `<dir>/faultfs-backing` at `<dir>/mnt/faultfs` (both mode 1777: the
 /// mount's root has the backing directory's mode) and waits until it is mounted. The process
 /// and its mount are recorded for clean-up. Returns the mount point and the backing directory.
-fn start_faultfs(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+fn start_faultfs(dir: &Path, program: &Path) -> Result<(PathBuf, PathBuf)> {
     if !Path::new("/dev/fuse").exists() {
         bail!("/dev/fuse does not exist: load the fuse module (modprobe fuse)");
     }
@@ -337,8 +305,7 @@ fn start_faultfs(dir: &Path) -> Result<(PathBuf, PathBuf)> {
         fs::create_dir(d)?;
         fs::set_permissions(d, fs::Permissions::from_mode(0o1777))?;
     }
-    let program = crate::target_dir().join("debug").join("faultfs");
-    let mut command = Command::new(&program);
+    let mut command = Command::new(program);
     // Its own process group: a Ctrl-C is for fs-test to handle, which unmounts it last.
     command
         .arg(&backing)
@@ -384,6 +351,7 @@ fn start_faultfs(dir: &Path) -> Result<(PathBuf, PathBuf)> {
 fn set_up_and_test(
     fss: &[&Fs],
     args: &Args,
+    built: &test_build::Built,
     problems: &mut Vec<String>,
     dir_out: &mut Option<PathBuf>,
 ) -> Result<()> {
@@ -421,7 +389,8 @@ fn set_up_and_test(
     let blockdev = attach_loop(&dir.join("img").join("blockdev.img"), BLOCKDEV_MIB << 20)
         .context("cannot set up the spare loop device")?;
     cleanup::check_interrupted()?;
-    let (faultfs, faultfs_backing) = start_faultfs(&dir).context("cannot start faultfs")?;
+    let (faultfs, faultfs_backing) =
+        start_faultfs(&dir, built.bin("faultfs")?).context("cannot start faultfs")?;
     let http = crate::http_servers::start(&dir).context("cannot start the HTTP servers")?;
     let report_path = dir.join("report.txt");
     File::create(&report_path)?;
@@ -462,8 +431,9 @@ fn set_up_and_test(
     let mut runs = Vec::new();
     let started = Instant::now();
     for (package, select) in TEST_RUNS {
-        let mut test = test_command(package, args);
-        test.arg("--")
+        let exe = built.test(package, TEST_TARGET)?;
+        let mut test = Command::new(&exe.path);
+        test.current_dir(&exe.package_dir)
             .arg(select)
             .args(&args.test_args)
             .env("BLOCKMAP_FS_TEST_MOUNTS", &mounts)
@@ -474,10 +444,13 @@ fn set_up_and_test(
             .env("BLOCKMAP_FS_TEST_FAULTFS_BACKING", &faultfs_backing)
             .env("BLOCKMAP_FS_TEST_REPORT", &report_path)
             .envs(http.iter().map(|(k, v)| (k, v)));
-        println!("fs-test: running `{}`", cmd::describe(&test));
+        println!(
+            "fs-test: running {package}'s tests: `{}`",
+            cmd::describe(&test)
+        );
         let status = cmd::run_inherited(&mut test)?;
         cleanup::check_interrupted()?;
-        runs.push((test, status));
+        runs.push((package, test, status));
         if !status.success() {
             problems.push(format!("the tests of {package} failed ({status})"));
             if !args.keep_going {
@@ -486,7 +459,7 @@ fn set_up_and_test(
         }
     }
     let test_secs = started.elapsed().as_secs_f64();
-    let passed = runs.len() == TEST_RUNS.len() && runs.iter().all(|(_, s)| s.success());
+    let passed = runs.len() == TEST_RUNS.len() && runs.iter().all(|(_, _, s)| s.success());
 
     let text = fs::read_to_string(&report_path)
         .with_context(|| format!("cannot read {}", report_path.display()))?;
@@ -500,8 +473,12 @@ fn set_up_and_test(
     // tests runs nothing on ext4): then that is only noted.
     let filtered = args.test_args.iter().any(|a| !a.starts_with('-'));
     let mut out = String::new();
-    for (test, status) in &runs {
-        let _ = writeln!(out, "fs-test: `{}` ({status})", cmd::describe(test));
+    for (package, test, status) in &runs {
+        let _ = writeln!(
+            out,
+            "fs-test: {package}: `{}` ({status})",
+            cmd::describe(test)
+        );
     }
     let _ = writeln!(
         out,

@@ -32,6 +32,7 @@ mod demo;
 mod fs_test;
 mod http_servers;
 mod report;
+mod test_build;
 #[cfg(test)]
 mod tidy;
 
@@ -59,8 +60,8 @@ enum Task {
     /// and tmpfs, and on faultfs (always mounted). Needs root; without it, says so and skips.
     FsTest(fs_test::Args),
     /// Time blockmap against cp, dd, bmaptool, filefrag, xfs_io and the reference module on
-    /// loop-mounted ext4, xfs and btrfs (SPEC section 7); write the tables into
-    /// benches/RESULTS.md. Needs root; without it, says so and skips.
+    /// loop-mounted ext4, xfs and btrfs; write the tables into benches/RESULTS.md. Needs root;
+    /// without it, says so and skips.
     Compare(compare::Args),
     /// The main job on a sample made on the spot: build blockmap, make a sparse 1 GiB image
     /// under target/demo/ and map it.

@@ -40,8 +40,8 @@ struct UnsafeCrate {
 }
 
 /// The crates where `unsafe` is allowed, whole crates rather than files, so that moving code
-/// between a crate's modules needs no change here (STYLE.md: only the FIEMAP wrapper and, if
-/// unavoidable, the copy engine's calls).
+/// between a crate's modules needs no change here (only the FIEMAP wrapper and, if
+/// unavoidable, the copy engine's calls: the `unsafe` column of ARCHITECTURE.md's crate table).
 const UNSAFE_CRATES: &[UnsafeCrate] = &[
     UnsafeCrate {
         dir: "crates/fiemap-sys",

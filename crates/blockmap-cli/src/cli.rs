@@ -1,4 +1,4 @@
-//! The command line, as SPEC section 3 defines it.
+//! The command line, as README.md's "Use" documents it.
 
 use std::path::PathBuf;
 

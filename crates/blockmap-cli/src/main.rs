@@ -2,7 +2,7 @@
 //! only data.
 //!
 //! This binary is a thin shell: argument parsing ([`cli`]), one module per command, and the
-//! error policy of SPEC section 5 — every failure is one line on stderr naming the path and the
+//! error policy of README.md's "Use" — every failure is one line on stderr naming the path and the
 //! cause, exit status 2 for usage errors and 1 for the rest, never a panic.
 
 // A command-line tool writes to its terminal; the libraries below it never do.

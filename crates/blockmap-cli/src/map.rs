@@ -1,5 +1,5 @@
-//! `blockmap map`: the block map of one file, as a table or as the stable JSON of SPEC
-//! section 3.
+//! `blockmap map`: the block map of one file, as a table or as the stable JSON of README.md's
+//! "Map: where the data is".
 //!
 //! The table streams (one walk, constant memory, whatever the number of extents). The JSON
 //! holds the data ranges and the raw extents of one walk (the holes derived from the data),

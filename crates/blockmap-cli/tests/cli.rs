@@ -1,6 +1,6 @@
 //! The `blockmap` command as a user meets it, on the filesystem under `$TMPDIR`: the JSON
-//! contract of SPEC section 3 checked against the kernel's own SEEK walk, the table, and the
-//! bad inputs of SPEC section 5 (one line on stderr, exit 2 for usage errors and 1 for the
+//! contract of README.md's "Map" checked against the kernel's own SEEK walk, the table, and the
+//! bad inputs README.md's "Use" lists (one line on stderr, exit 2 for usage errors and 1 for the
 //! rest, nothing on stdout). The loop-mounted filesystem matrix is `tests/fs_*.rs`.
 
 use std::fs::File;

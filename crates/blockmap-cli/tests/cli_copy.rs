@@ -1,6 +1,6 @@
 //! `blockmap copy` as a user meets it, on the filesystem under `$TMPDIR`: results checked
-//! against GNU `dd … conv=notrunc` run on the same inputs (the semantics SPEC section 3 names),
-//! allocation checked against the source's data, and the bad inputs of SPEC section 5. The
+//! against GNU `dd … conv=notrunc` run on the same inputs (the semantics README.md's "Copy" names),
+//! allocation checked against the source's data, and the bad inputs README.md's "Use" lists. The
 //! filesystem matrix and random layouts are `tests/fs_copy.rs`.
 
 use crate::common::{blockmap, s};

@@ -1463,7 +1463,7 @@ fn reflink_always_case(
 // ---------------------------------------------------------------------------------------------
 // Defects found here, fixed; their reproductions stay as regression tests.
 
-/// SPEC section 5: every failure is one line naming the path and the cause. A
+/// README.md's "Use": every failure is one line naming the path and the cause. A
 /// `--reflink always` copy whose skip and seek do not line up named neither file:
 /// `blockmap: cannot reflink: skip (0) and seek (5) do not differ by a multiple of the block
 /// size (4096)`. (Runs anywhere: the refusal comes before any filesystem is asked.)
@@ -1501,7 +1501,7 @@ fn reflink_always_misaligned_names_the_destination() {
 /// source's walk after the copy shows them as data: reading the source's data ranges
 /// (kernel readahead past them) put zero pages of the unwritten extent in the page cache
 /// before the engine settled that extent with SEEK_DATA, which then calls cached pages data
-/// (SPEC section 2, the one rule's trap, met from the engine's own side). The bytes copied are
+/// (ARCHITECTURE.md's "The one rule" trap, met from the engine's own side). The bytes copied are
 /// right; the destination is less sparse than the source. Every run of this layout showed it
 /// (30 of 30); smaller layouts only now and then. Expected: the report's data and the
 /// destination's allocation within the source's data as the kernel saw it before the copy.

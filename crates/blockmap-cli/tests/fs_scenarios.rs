@@ -8,10 +8,10 @@
 //!   with 4096 extents per call, the whole file and a window) and through
 //!   `blockmap map --json`, and checked against a model of the file's bytes and against the
 //!   kernel's own SEEK_DATA walk (`crate::common::check_against_model`).
-//! - One test per trap of SPEC section 2: ext4 inline data, btrfs inline and zstd-encoded
-//!   extents, ext4 with 1 KiB blocks and its empty SEEK segments, xfs speculative
-//!   preallocation, preallocate-then-write without fsync, tmpfs without FIEMAP, a block
-//!   device, files of more extents than one FIEMAP call returns, and 20000 extents.
+//! - One test per trap of ARCHITECTURE.md's "The one rule": ext4 inline data, btrfs inline
+//!   and zstd-encoded extents, ext4 with 1 KiB blocks and its empty SEEK segments, xfs
+//!   speculative preallocation, preallocate-then-write without fsync, tmpfs without FIEMAP,
+//!   a block device, files of more extents than one FIEMAP call returns, and 20000 extents.
 //! - [`btrfs_extent_items_agree_with_fiemap`]: btrfs's extent items (the tree search the copy
 //!   engine asks after its clone there) against FIEMAP on random files, before and after an
 //!   fsync.
@@ -488,7 +488,7 @@ fn preallocated_then_written_without_fsync() {
     const TEST: &str = "preallocated_then_written_without_fsync";
     let env = fs_env(TEST);
     let layouts = [
-        // The SPEC's trap: 1 MiB, then 4 KiB inside.
+        // The one rule's trap (ARCHITECTURE.md): 1 MiB, then 4 KiB inside.
         Prealloc {
             range: 0..MIB,
             keep_size: false,

@@ -220,7 +220,7 @@ pub fn check_data(
     Ok(())
 }
 
-/// Checks a FIEMAP map's raw extents as SPEC section 3 describes them ("the raw detail"):
+/// Checks a FIEMAP map's raw extents as README.md's "Map" describes them ("the raw detail"):
 /// each non-empty, in file order without overlaps or repeats, and together covering every data
 /// range (a FIEMAP map's data comes from its extents). Says every kind of fault it finds.
 pub fn check_extents(

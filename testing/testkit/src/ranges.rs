@@ -52,7 +52,7 @@ pub fn round_out(r: &Range<u64>, unit: u64) -> Range<u64> {
     r.start / unit * unit..r.end.div_ceil(unit) * unit
 }
 
-/// Checks the shape SPEC section 3 promises: data and holes sorted, non-empty, merged (no two
+/// Checks the shape README.md's "Map" promises: data and holes sorted, non-empty, merged (no two
 /// of a kind touch), and together tiling `window` exactly.
 pub fn check_tiling(
     data: &[Range<u64>],

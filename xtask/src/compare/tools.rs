@@ -174,6 +174,20 @@ impl Tool {
         None
     }
 
+    /// `bmaptool --quiet copy --bmap` or `blockmap bmap copy --no-progress --bmap`, whichever
+    /// tool this is, for its arguments (the bmap, the image, the destination) to follow.
+    fn bmap_copy(self, ctx: &Setup) -> Command {
+        let mut c;
+        if self.name.starts_with("bmaptool") {
+            c = Command::new(cmd::program("bmaptool"));
+            c.args(["--quiet", "copy", "--bmap"]);
+        } else {
+            c = Command::new(&ctx.blockmap);
+            c.args(["bmap", "copy", "--no-progress", "--bmap"]);
+        }
+        c
+    }
+
     /// The command line of one run; `dst` is the copy's destination (unused by maps).
     pub fn command(self, ctx: &Setup, src: &Source, dst: &Path) -> Command {
         let program = |name: &str| Command::new(cmd::program(name));
@@ -193,43 +207,21 @@ impl Tool {
                     .arg(arg_path("of=", dst))
                     .args(["conv=sparse", "bs=1M", "status=none"]);
             }
-            "bmaptool copy" | "bmaptool copy --bmap" => {
-                c = program("bmaptool");
-                c.args(["--quiet", "copy", "--bmap"])
-                    .arg(ctx.bmap_of(src))
-                    .arg(&src.path)
-                    .arg(dst);
-            }
-            "blockmap bmap copy" => {
-                c = Command::new(&ctx.blockmap);
-                c.args(["bmap", "copy", "--no-progress", "--bmap"])
-                    .arg(ctx.bmap_of(src))
-                    .arg(&src.path)
-                    .arg(dst);
+            "bmaptool copy" | "bmaptool copy --bmap" | "blockmap bmap copy" => {
+                c = self.bmap_copy(ctx);
+                c.arg(ctx.bmap_of(src)).arg(&src.path).arg(dst);
             }
             _ if matches!(self.op, Op::BmapCopyOf(_)) => {
                 let Op::BmapCopyOf(ext) = self.op else {
                     unreachable!()
                 };
-                if self.name.starts_with("bmaptool") {
-                    c = program("bmaptool");
-                    c.args(["--quiet", "copy", "--bmap"]);
-                } else {
-                    c = Command::new(&ctx.blockmap);
-                    c.args(["bmap", "copy", "--no-progress", "--bmap"]);
-                }
+                c = self.bmap_copy(ctx);
                 c.arg(ctx.bmap_of(src))
                     .arg(ctx.compressed(src, ext))
                     .arg(dst);
             }
             "blockmap bmap copy URL" | "bmaptool copy URL" => {
-                if self.name.starts_with("bmaptool") {
-                    c = program("bmaptool");
-                    c.args(["--quiet", "copy", "--bmap"]);
-                } else {
-                    c = Command::new(&ctx.blockmap);
-                    c.args(["bmap", "copy", "--no-progress", "--bmap"]);
-                }
+                c = self.bmap_copy(ctx);
                 c.arg(ctx.bmap_of(src)).arg(ctx.url_of(src)).arg(dst);
             }
             "blockmap bmap create" => {

@@ -1,6 +1,6 @@
-//! The source files of `cargo xtask compare` (SPEC section 7), made on the filesystem under
-//! test, and what is known of them before any tool runs: size, data ranges (by the kernel's
-//! `SEEK_DATA`/`SEEK_HOLE`), allocated bytes.
+//! The source files of `cargo xtask compare` (listed above its tables in benches/RESULTS.md),
+//! made on the filesystem under test, and what is known of them before any tool runs: size,
+//! data ranges (by the kernel's `SEEK_DATA`/`SEEK_HOLE`), allocated bytes.
 
 use std::fs::{self, File};
 use std::ops::Range;

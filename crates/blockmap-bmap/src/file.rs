@@ -44,15 +44,23 @@ pub struct BmapInfo {
 impl Bmap {
     /// What this bmap says about its image.
     pub fn info(&self) -> BmapInfo {
+        BmapInfo::of(self, self.ranges.len() as u64, self.mapped_bytes())
+    }
+}
+
+impl BmapInfo {
+    /// The header fields of `bmap`, with the count and bytes of its ranges (given: they may
+    /// have been counted as they were read rather than held in `bmap.ranges`).
+    fn of(bmap: &Bmap, ranges: u64, mapped_bytes: u64) -> BmapInfo {
         BmapInfo {
-            version: self.version,
-            image_size: self.image_size,
-            block_size: self.block_size,
-            blocks_count: self.blocks_count,
-            mapped_blocks_count: self.mapped_blocks_count,
-            checksum_type: self.checksum_type,
-            ranges: self.ranges.len() as u64,
-            mapped_bytes: self.mapped_bytes(),
+            version: bmap.version,
+            image_size: bmap.image_size,
+            block_size: bmap.block_size,
+            blocks_count: bmap.blocks_count,
+            mapped_blocks_count: bmap.mapped_blocks_count,
+            checksum_type: bmap.checksum_type,
+            ranges,
+            mapped_bytes,
         }
     }
 }
@@ -137,16 +145,9 @@ impl BmapFile {
     /// All of it in memory.
     pub fn to_bmap(&self) -> Result<Bmap> {
         let ranges = self.ranges().collect::<Result<Vec<_>>>()?;
-        let h = &self.header;
         Ok(Bmap {
-            version: h.version,
-            image_size: h.image_size,
-            block_size: h.block_size,
-            blocks_count: h.blocks_count,
-            mapped_blocks_count: h.mapped_blocks_count,
-            checksum_type: h.checksum_type,
-            file_checksum: h.file_checksum.clone(),
             ranges,
+            ..self.header.fields.clone()
         })
     }
 
@@ -209,7 +210,7 @@ impl Iterator for Ranges<'_> {
                     self.done = true;
                     // Read to its end again: still the file that was checked.
                     let calculated = self.parser.take_hasher().map(ZeroingHasher::finish_hex);
-                    return match (calculated, &header.file_checksum) {
+                    return match (calculated, &header.fields.file_checksum) {
                         (Some(calculated), Some(expected)) if calculated != *expected => {
                             Some(Err(Error::BmapChecksum {
                                 path: self.file.path.clone(),
@@ -380,7 +381,7 @@ impl Input {
         })();
         let header = checked.map_err(|f| fault(f, &self.file, path))?;
         if let Some(z) = parser.into_inner().hasher {
-            let expected = header.file_checksum.clone().unwrap_or_default();
+            let expected = header.fields.file_checksum.clone().unwrap_or_default();
             let calculated = z.finish_hex();
             if calculated != expected {
                 return Err(Error::BmapChecksum {
@@ -390,16 +391,7 @@ impl Input {
                 });
             }
         }
-        let info = BmapInfo {
-            version: header.version,
-            image_size: header.image_size,
-            block_size: header.block_size,
-            blocks_count: header.blocks_count,
-            mapped_blocks_count: header.mapped_blocks_count,
-            checksum_type: header.checksum_type,
-            ranges: check.ranges,
-            mapped_bytes: check.bytes,
-        };
+        let info = BmapInfo::of(&header.fields, check.ranges, check.bytes);
         tracing::debug!(bmap = %path.display(), ranges = info.ranges, "bmap file checked");
         Ok(BmapFile {
             file: self.file,
@@ -443,14 +435,8 @@ pub(crate) fn parse_bytes(raw: &[u8], path: &Path) -> Result<Bmap> {
     }
     check.finish(&header).map_err(fault)?;
     Ok(Bmap {
-        version: header.version,
-        image_size: header.image_size,
-        block_size: header.block_size,
-        blocks_count: header.blocks_count,
-        mapped_blocks_count: header.mapped_blocks_count,
-        checksum_type: header.checksum_type,
-        file_checksum: header.file_checksum,
         ranges,
+        ..header.fields
     })
 }
 
@@ -558,7 +544,8 @@ struct ZeroingHasher {
 impl ZeroingHasher {
     /// The hasher of a file with this header, if it has a checksum.
     fn of(header: &Header) -> Option<Self> {
-        let (kind, sum) = header.checksum_type.zip(header.file_checksum.as_ref())?;
+        let h = &header.fields;
+        let (kind, sum) = h.checksum_type.zip(h.file_checksum.as_ref())?;
         Some(ZeroingHasher::new(kind, sum.as_bytes().to_vec()))
     }
 

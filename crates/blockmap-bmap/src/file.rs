@@ -153,11 +153,13 @@ impl BmapFile {
 
     /// Turns a parse fault into this crate's error, the line counted in the file's bytes.
     fn fault(&self, f: Fault) -> Error {
-        fault(f, &self.file, &self.path)
+        fault(f, At::new(&self.file), &self.path)
     }
 }
 
-fn fault(f: Fault, file: &File, path: &Path) -> Error {
+/// A parse fault of the bmap file at `path` as this crate's error, the line counted in the
+/// file's bytes as `bytes` reads them from the start.
+fn fault(f: Fault, bytes: impl Read, path: &Path) -> Error {
     match f {
         Fault::At {
             at,
@@ -165,7 +167,7 @@ fn fault(f: Fault, file: &File, path: &Path) -> Error {
             message,
         } => Error::Format {
             path: path.to_owned(),
-            line: line_at(At::new(file), at, skip_blanks),
+            line: line_at(bytes, at, skip_blanks),
             message,
         },
         Fault::Io(e) => Error::io("read the bmap file", path, e),
@@ -344,7 +346,7 @@ impl Input {
         let header = match self.pending.take() {
             None => {
                 let reader = BufReader::with_capacity(BUFFER, At::new(&self.file));
-                scan_header(Parser::header_only(reader))
+                scan_header(&mut Parser::header_only(reader))
             }
             Some((head, stream)) => {
                 let reader = Tee {
@@ -353,14 +355,14 @@ impl Input {
                     failed: None,
                 };
                 let mut parser = Parser::new(reader);
-                let header = scan_header_of(&mut parser);
+                let header = scan_header(&mut parser);
                 if let Some(e) = parser.into_inner().failed {
                     return Err(Error::io("spool the bmap file", path, e));
                 }
                 header
             }
         }
-        .map_err(|f| fault(f, &self.file, path))?;
+        .map_err(|f| fault(f, At::new(&self.file), path))?;
 
         // Pass 2: every range against the header, and the file's own checksum.
         let reader = Hashing {
@@ -379,7 +381,7 @@ impl Input {
             check.finish(&header)?;
             Ok(header)
         })();
-        let header = checked.map_err(|f| fault(f, &self.file, path))?;
+        let header = checked.map_err(|f| fault(f, At::new(&self.file), path))?;
         if let Some(z) = parser.into_inner().hasher {
             let expected = header.fields.file_checksum.clone().unwrap_or_default();
             let calculated = z.finish_hex();
@@ -403,37 +405,23 @@ impl Input {
     }
 }
 
-fn scan_header<R: BufRead>(mut parser: Parser<R>) -> Result<Header, Fault> {
-    scan_header_of(&mut parser)
-}
-
-fn scan_header_of<R: BufRead>(parser: &mut Parser<R>) -> Result<Header, Fault> {
+/// The checked header of the file `parser` reads, once it has read all it reads.
+fn scan_header<R: BufRead>(parser: &mut Parser<R>) -> Result<Header, Fault> {
     while parser.next_range()?.is_some() {}
     parser.header()
 }
 
 /// Parses and checks a whole bmap held in memory.
 pub(crate) fn parse_bytes(raw: &[u8], path: &Path) -> Result<Bmap> {
-    let fault = |f: Fault| match f {
-        Fault::At {
-            at,
-            skip_blanks,
-            message,
-        } => Error::Format {
-            path: path.to_owned(),
-            line: line_at(raw, at, skip_blanks),
-            message,
-        },
-        Fault::Io(e) => Error::io("read the bmap file", path, e),
-    };
-    let header = scan_header(Parser::new(raw)).map_err(fault)?;
+    let error = |f: Fault| fault(f, raw, path);
+    let header = scan_header(&mut Parser::new(raw)).map_err(error)?;
     let mut parser = Parser::new(raw);
     let mut check = RangeCheck::default();
     let mut ranges = Vec::new();
-    while let Some(r) = parser.next_range().map_err(fault)? {
-        ranges.push(check.check(r, &header).map_err(fault)?);
+    while let Some(r) = parser.next_range().map_err(error)? {
+        ranges.push(check.check(r, &header).map_err(error)?);
     }
-    check.finish(&header).map_err(fault)?;
+    check.finish(&header).map_err(error)?;
     Ok(Bmap {
         ranges,
         ..header.fields

@@ -51,7 +51,7 @@ impl Bmap {
 impl BmapInfo {
     /// The header fields of `bmap`, with the count and bytes of its ranges (given: they may
     /// have been counted as they were read rather than held in `bmap.ranges`).
-    fn of(bmap: &Bmap, ranges: u64, mapped_bytes: u64) -> BmapInfo {
+    pub(crate) fn of(bmap: &Bmap, ranges: u64, mapped_bytes: u64) -> BmapInfo {
         BmapInfo {
             version: bmap.version,
             image_size: bmap.image_size,

@@ -295,6 +295,28 @@ impl FaultFs {
         }
     }
 
+    /// Removes the node `name` in `parent` by `remove` (given its backing path), forgets its
+    /// inode number and answers.
+    fn remove_node(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        reply: ReplyEmpty,
+        remove: impl FnOnce(&Path) -> io::Result<()>,
+    ) {
+        let result = (|| {
+            let abs = self.abs(&self.child(parent, name)?);
+            let md = fs::symlink_metadata(&abs).map_err(|e| errno(&e))?;
+            remove(&abs).map_err(|e| errno(&e))?;
+            self.forget_key(&md);
+            Ok(())
+        })();
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
     /// Gives a newly made node to the user that made it (faultfs runs as root).
     fn chown_to_caller(&self, abs: &Path, req: &Request) -> Result<(), Errno> {
         if (req.uid(), req.gid()) == self.own_ids {
@@ -605,31 +627,11 @@ impl Filesystem for FaultFs {
             reply.error(Errno::EPERM);
             return;
         }
-        let result = (|| {
-            let abs = self.abs(&self.child(parent, name)?);
-            let md = fs::symlink_metadata(&abs).map_err(|e| errno(&e))?;
-            fs::remove_file(&abs).map_err(|e| errno(&e))?;
-            self.forget_key(&md);
-            Ok(())
-        })();
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove_node(parent, name, reply, |abs| fs::remove_file(abs));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let result = (|| {
-            let abs = self.abs(&self.child(parent, name)?);
-            let md = fs::symlink_metadata(&abs).map_err(|e| errno(&e))?;
-            fs::remove_dir(&abs).map_err(|e| errno(&e))?;
-            self.forget_key(&md);
-            Ok(())
-        })();
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove_node(parent, name, reply, |abs| fs::remove_dir(abs));
     }
 
     fn symlink(

@@ -15,7 +15,7 @@ use sparsecopy::{Destination, Progress};
 use tracing::debug;
 
 use crate::checksum::Hasher;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, interrupted};
 use crate::file::{BmapFile, BmapInfo};
 use crate::format::{BlockRange, Bmap};
 use crate::input::{Input, Opened};
@@ -360,11 +360,7 @@ impl<'a> Copier<'a> {
     ) -> Result<CopyReport> {
         let compression = source.compression();
         if self.interrupted() {
-            return Err(Error::Interrupted {
-                dest: dest.to_owned(),
-                removed: false,
-                written: None,
-            });
+            return Err(interrupted(dest));
         }
         if let Some(retries) = self.options.checksum_retry {
             // bmaptool's bmaps have a checksum in every range or in none.
@@ -570,14 +566,6 @@ fn finish(
             }
             Err(e)
         }
-    }
-}
-
-fn interrupted(dest: &Path) -> Error {
-    Error::Interrupted {
-        dest: dest.to_owned(),
-        removed: false,
-        written: None,
     }
 }
 

@@ -66,8 +66,7 @@ pub fn create(path: impl AsRef<Path>, options: &CreateOptions) -> Result<Bmap> {
         ranges = blocks.len(),
         "mapped"
     );
-    let mut bmap = Bmap::new(map.size(), block_size);
-    bmap.checksum_type = Some(options.checksum_type);
+    let mut bmap = header(&map, options);
     let sums = if options.checksums {
         hash_ranges(map.file(), path, &bmap, &blocks, options)?
     } else {
@@ -153,19 +152,17 @@ fn open_image(path: &Path, options: &CreateOptions) -> Result<BlockMap<File>> {
     Ok(map)
 }
 
+/// The format 2.0 bmap of `map`'s image, no range in it yet.
+fn header(map: &BlockMap<File>, options: &CreateOptions) -> Bmap {
+    let mut bmap = Bmap::new(map.size(), u64::from(map.block_size()));
+    bmap.checksum_type = Some(options.checksum_type);
+    bmap
+}
+
 /// The header of `map`'s bmap, its mapped blocks and ranges counted by a first walk (its
 /// mapped bytes are left to [`write_ranges`]).
 fn count(map: &BlockMap<File>, options: &CreateOptions) -> Result<BmapInfo> {
-    let mut info = BmapInfo {
-        version: crate::format::Version::V2_0,
-        image_size: map.size(),
-        block_size: u64::from(map.block_size()),
-        blocks_count: map.block_count(),
-        mapped_blocks_count: 0,
-        checksum_type: Some(options.checksum_type),
-        ranges: 0,
-        mapped_bytes: 0,
-    };
+    let mut info = BmapInfo::of(&header(map, options), 0, 0);
     for r in map.mapped_blocks(0..map.block_count()) {
         let r = r?;
         info.mapped_blocks_count += r.end - r.start;

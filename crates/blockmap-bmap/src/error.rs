@@ -260,6 +260,16 @@ pub(crate) fn interrupted_detail(removed: bool, written: Option<&std::ops::Range
     }
 }
 
+/// The copy to `dest` stopped by the interrupt flag; [`Error::Interrupted`]'s `removed` and
+/// `written` are filled in where the copy ends.
+pub(crate) fn interrupted(dest: &std::path::Path) -> Error {
+    Error::Interrupted {
+        dest: dest.to_owned(),
+        removed: false,
+        written: None,
+    }
+}
+
 impl Error {
     pub(crate) fn io(what: impl Into<String>, path: impl Into<PathBuf>, source: io::Error) -> Self {
         Error::Io {

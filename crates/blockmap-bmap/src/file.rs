@@ -44,15 +44,23 @@ pub struct BmapInfo {
 impl Bmap {
     /// What this bmap says about its image.
     pub fn info(&self) -> BmapInfo {
+        BmapInfo::of(self, self.ranges.len() as u64, self.mapped_bytes())
+    }
+}
+
+impl BmapInfo {
+    /// The header fields of `bmap`, with the count and bytes of its ranges (given: they may
+    /// have been counted as they were read rather than held in `bmap.ranges`).
+    pub(crate) fn of(bmap: &Bmap, ranges: u64, mapped_bytes: u64) -> BmapInfo {
         BmapInfo {
-            version: self.version,
-            image_size: self.image_size,
-            block_size: self.block_size,
-            blocks_count: self.blocks_count,
-            mapped_blocks_count: self.mapped_blocks_count,
-            checksum_type: self.checksum_type,
-            ranges: self.ranges.len() as u64,
-            mapped_bytes: self.mapped_bytes(),
+            version: bmap.version,
+            image_size: bmap.image_size,
+            block_size: bmap.block_size,
+            blocks_count: bmap.blocks_count,
+            mapped_blocks_count: bmap.mapped_blocks_count,
+            checksum_type: bmap.checksum_type,
+            ranges,
+            mapped_bytes,
         }
     }
 }
@@ -137,26 +145,21 @@ impl BmapFile {
     /// All of it in memory.
     pub fn to_bmap(&self) -> Result<Bmap> {
         let ranges = self.ranges().collect::<Result<Vec<_>>>()?;
-        let h = &self.header;
         Ok(Bmap {
-            version: h.version,
-            image_size: h.image_size,
-            block_size: h.block_size,
-            blocks_count: h.blocks_count,
-            mapped_blocks_count: h.mapped_blocks_count,
-            checksum_type: h.checksum_type,
-            file_checksum: h.file_checksum.clone(),
             ranges,
+            ..self.header.fields.clone()
         })
     }
 
     /// Turns a parse fault into this crate's error, the line counted in the file's bytes.
     fn fault(&self, f: Fault) -> Error {
-        fault(f, &self.file, &self.path)
+        fault(f, At::new(&self.file), &self.path)
     }
 }
 
-fn fault(f: Fault, file: &File, path: &Path) -> Error {
+/// A parse fault of the bmap file at `path` as this crate's error, the line counted in the
+/// file's bytes as `bytes` reads them from the start.
+fn fault(f: Fault, bytes: impl Read, path: &Path) -> Error {
     match f {
         Fault::At {
             at,
@@ -164,7 +167,7 @@ fn fault(f: Fault, file: &File, path: &Path) -> Error {
             message,
         } => Error::Format {
             path: path.to_owned(),
-            line: line_at(At::new(file), at, skip_blanks),
+            line: line_at(bytes, at, skip_blanks),
             message,
         },
         Fault::Io(e) => Error::io("read the bmap file", path, e),
@@ -209,7 +212,7 @@ impl Iterator for Ranges<'_> {
                     self.done = true;
                     // Read to its end again: still the file that was checked.
                     let calculated = self.parser.take_hasher().map(ZeroingHasher::finish_hex);
-                    return match (calculated, &header.file_checksum) {
+                    return match (calculated, &header.fields.file_checksum) {
                         (Some(calculated), Some(expected)) if calculated != *expected => {
                             Some(Err(Error::BmapChecksum {
                                 path: self.file.path.clone(),
@@ -343,7 +346,7 @@ impl Input {
         let header = match self.pending.take() {
             None => {
                 let reader = BufReader::with_capacity(BUFFER, At::new(&self.file));
-                scan_header(Parser::header_only(reader))
+                scan_header(&mut Parser::header_only(reader))
             }
             Some((head, stream)) => {
                 let reader = Tee {
@@ -352,14 +355,14 @@ impl Input {
                     failed: None,
                 };
                 let mut parser = Parser::new(reader);
-                let header = scan_header_of(&mut parser);
+                let header = scan_header(&mut parser);
                 if let Some(e) = parser.into_inner().failed {
                     return Err(Error::io("spool the bmap file", path, e));
                 }
                 header
             }
         }
-        .map_err(|f| fault(f, &self.file, path))?;
+        .map_err(|f| fault(f, At::new(&self.file), path))?;
 
         // Pass 2: every range against the header, and the file's own checksum.
         let reader = Hashing {
@@ -378,9 +381,9 @@ impl Input {
             check.finish(&header)?;
             Ok(header)
         })();
-        let header = checked.map_err(|f| fault(f, &self.file, path))?;
+        let header = checked.map_err(|f| fault(f, At::new(&self.file), path))?;
         if let Some(z) = parser.into_inner().hasher {
-            let expected = header.file_checksum.clone().unwrap_or_default();
+            let expected = header.fields.file_checksum.clone().unwrap_or_default();
             let calculated = z.finish_hex();
             if calculated != expected {
                 return Err(Error::BmapChecksum {
@@ -390,16 +393,7 @@ impl Input {
                 });
             }
         }
-        let info = BmapInfo {
-            version: header.version,
-            image_size: header.image_size,
-            block_size: header.block_size,
-            blocks_count: header.blocks_count,
-            mapped_blocks_count: header.mapped_blocks_count,
-            checksum_type: header.checksum_type,
-            ranges: check.ranges,
-            mapped_bytes: check.bytes,
-        };
+        let info = BmapInfo::of(&header.fields, check.ranges, check.bytes);
         tracing::debug!(bmap = %path.display(), ranges = info.ranges, "bmap file checked");
         Ok(BmapFile {
             file: self.file,
@@ -411,46 +405,26 @@ impl Input {
     }
 }
 
-fn scan_header<R: BufRead>(mut parser: Parser<R>) -> Result<Header, Fault> {
-    scan_header_of(&mut parser)
-}
-
-fn scan_header_of<R: BufRead>(parser: &mut Parser<R>) -> Result<Header, Fault> {
+/// The checked header of the file `parser` reads, once it has read all it reads.
+fn scan_header<R: BufRead>(parser: &mut Parser<R>) -> Result<Header, Fault> {
     while parser.next_range()?.is_some() {}
     parser.header()
 }
 
 /// Parses and checks a whole bmap held in memory.
 pub(crate) fn parse_bytes(raw: &[u8], path: &Path) -> Result<Bmap> {
-    let fault = |f: Fault| match f {
-        Fault::At {
-            at,
-            skip_blanks,
-            message,
-        } => Error::Format {
-            path: path.to_owned(),
-            line: line_at(raw, at, skip_blanks),
-            message,
-        },
-        Fault::Io(e) => Error::io("read the bmap file", path, e),
-    };
-    let header = scan_header(Parser::new(raw)).map_err(fault)?;
+    let error = |f: Fault| fault(f, raw, path);
+    let header = scan_header(&mut Parser::new(raw)).map_err(error)?;
     let mut parser = Parser::new(raw);
     let mut check = RangeCheck::default();
     let mut ranges = Vec::new();
-    while let Some(r) = parser.next_range().map_err(fault)? {
-        ranges.push(check.check(r, &header).map_err(fault)?);
+    while let Some(r) = parser.next_range().map_err(error)? {
+        ranges.push(check.check(r, &header).map_err(error)?);
     }
-    check.finish(&header).map_err(fault)?;
+    check.finish(&header).map_err(error)?;
     Ok(Bmap {
-        version: header.version,
-        image_size: header.image_size,
-        block_size: header.block_size,
-        blocks_count: header.blocks_count,
-        mapped_blocks_count: header.mapped_blocks_count,
-        checksum_type: header.checksum_type,
-        file_checksum: header.file_checksum,
         ranges,
+        ..header.fields
     })
 }
 
@@ -558,7 +532,8 @@ struct ZeroingHasher {
 impl ZeroingHasher {
     /// The hasher of a file with this header, if it has a checksum.
     fn of(header: &Header) -> Option<Self> {
-        let (kind, sum) = header.checksum_type.zip(header.file_checksum.as_ref())?;
+        let h = &header.fields;
+        let (kind, sum) = h.checksum_type.zip(h.file_checksum.as_ref())?;
         Some(ZeroingHasher::new(kind, sum.as_bytes().to_vec()))
     }
 

@@ -12,7 +12,7 @@
 //!   is refused within its first 64 KiB.
 //! - [`Bmap`]: a bmap in memory; [`Bmap::read`] / [`Bmap::from_bytes`] parse and check one;
 //!   [`Bmap::to_xml`] writes one byte for byte as bmaptool lays it out.
-//! - [`create`]: the bmap of an image, from `blockmap-core`'s [`BlockMap`](blockmap_core::BlockMap)
+//! - [`create()`]: the bmap of an image, from `blockmap-core`'s [`BlockMap`](blockmap_core::BlockMap)
 //!   (a block is mapped when any of its bytes may be data: data is never called a hole), the
 //!   ranges hashed in parallel; [`create_to`] writes it to a file as the ranges are hashed.
 //! - [`Copier`]: writes an image's mapped ranges to a file or block device, verifying every

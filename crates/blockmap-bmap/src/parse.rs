@@ -180,21 +180,11 @@ impl<R: BufRead> Parser<R> {
     }
 }
 
-/// An element name: a bmap's own without an allocation.
+/// An element name: a bmap's own (the header fields, [`FIELDS`], and these) without an
+/// allocation.
 fn intern(name: &str) -> Cow<'static, str> {
-    const NAMES: [&str; 10] = [
-        "Range",
-        "BlockMap",
-        "ImageSize",
-        "BlockSize",
-        "BlocksCount",
-        "MappedBlocksCount",
-        "ChecksumType",
-        "BmapFileChecksum",
-        "BmapFileSHA1",
-        "bmap",
-    ];
-    match NAMES.iter().find(|n| **n == name) {
+    const ELEMENTS: [&str; 3] = ["Range", "BlockMap", "bmap"];
+    match ELEMENTS.iter().chain(&FIELDS).find(|n| **n == name) {
         Some(n) => Cow::Borrowed(n),
         None => Cow::Owned(name.to_owned()),
     }

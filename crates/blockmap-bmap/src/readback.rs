@@ -21,7 +21,7 @@ use rustix::fs::{Advice, Mode, OFlags};
 use tracing::debug;
 
 use crate::checksum::ChecksumType;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, interrupted};
 use crate::file::BmapInfo;
 use crate::format::BlockRange;
 use crate::input::{Input, Opened};
@@ -362,15 +362,6 @@ fn first_round(
         }
     }
     Ok((pending, bad_count))
-}
-
-/// The copy stopped by a signal, during the read-back.
-fn interrupted(dest: &Path) -> Error {
-    Error::Interrupted {
-        dest: dest.to_owned(),
-        removed: false,
-        written: None,
-    }
 }
 
 /// The error for the `count` ranges still wrong after `retries` rounds: the first few of

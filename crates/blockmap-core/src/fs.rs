@@ -1,6 +1,6 @@
-//! The filesystem toolkit of the sibling crates (`sparsecopy`, `bmap`, the CLI): opening a
-//! file to map, its block size, its filesystem, btrfs's own extent items, and which errnos
-//! mean "not supported here". The map itself is [`crate::BlockMap`].
+//! The filesystem toolkit of the crates above (`sparsecopy`, `blockmap-bmap`, the CLI):
+//! opening a file to map, its block size, its filesystem, btrfs's own extent items, and which
+//! errnos mean "not supported here". The map itself is [`crate::BlockMap`].
 
 use std::fs::File;
 use std::os::fd::AsFd;

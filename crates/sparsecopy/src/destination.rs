@@ -1,5 +1,6 @@
-//! A small public face of [`crate::dest`] for other writers of whole images (the `bmap`
-//! crate): open or create a destination with the same checks and messages as the copy engine.
+//! A small public face of [`crate::dest`] for other writers of whole images (the
+//! `blockmap-bmap` crate): open or create a destination with the same checks and messages as
+//! the copy engine.
 
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};

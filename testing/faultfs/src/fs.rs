@@ -257,8 +257,27 @@ impl FaultFs {
         Ok(self.attr(ino, rel, &md))
     }
 
-    /// Makes the node `name` in `parent` by `make` (given its backing path), gives it to the
-    /// caller and answers with its entry; the control file's name is taken (EEXIST).
+    /// Makes the node `name` in `parent` by `make` (given its backing path) and gives it to the
+    /// caller; the control file's name is taken (EEXIST). Its path in the backing directory,
+    /// and what `make` returned.
+    fn make_node<T>(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        make: impl FnOnce(&Path) -> Result<T, Errno>,
+    ) -> Result<(PathBuf, T), Errno> {
+        if Self::is_control(parent, name) {
+            return Err(Errno::EEXIST);
+        }
+        let rel = self.child(parent, name)?;
+        let abs = self.abs(&rel);
+        let made = make(&abs)?;
+        self.chown_to_caller(&abs, req)?;
+        Ok((rel, made))
+    }
+
+    /// Makes a node as [`FaultFs::make_node`] and answers with its entry.
     fn make_entry(
         &self,
         req: &Request,
@@ -267,19 +286,33 @@ impl FaultFs {
         reply: ReplyEntry,
         make: impl FnOnce(&Path) -> Result<(), Errno>,
     ) {
-        if Self::is_control(parent, name) {
-            reply.error(Errno::EEXIST);
-            return;
-        }
-        let result = (|| {
-            let rel = self.child(parent, name)?;
-            let abs = self.abs(&rel);
-            make(&abs)?;
-            self.chown_to_caller(&abs, req)?;
-            self.entry(&rel)
-        })();
+        let result = self
+            .make_node(req, parent, name, make)
+            .and_then(|(rel, ())| self.entry(&rel));
         match result {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// Removes the node `name` in `parent` by `remove` (given its backing path), forgets its
+    /// inode number and answers.
+    fn remove_node(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        reply: ReplyEmpty,
+        remove: impl FnOnce(&Path) -> io::Result<()>,
+    ) {
+        let result = (|| {
+            let abs = self.abs(&self.child(parent, name)?);
+            let md = fs::symlink_metadata(&abs).map_err(|e| errno(&e))?;
+            remove(&abs).map_err(|e| errno(&e))?;
+            self.forget_key(&md);
+            Ok(())
+        })();
+        match result {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
@@ -594,31 +627,11 @@ impl Filesystem for FaultFs {
             reply.error(Errno::EPERM);
             return;
         }
-        let result = (|| {
-            let abs = self.abs(&self.child(parent, name)?);
-            let md = fs::symlink_metadata(&abs).map_err(|e| errno(&e))?;
-            fs::remove_file(&abs).map_err(|e| errno(&e))?;
-            self.forget_key(&md);
-            Ok(())
-        })();
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove_node(parent, name, reply, |abs| fs::remove_file(abs));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let result = (|| {
-            let abs = self.abs(&self.child(parent, name)?);
-            let md = fs::symlink_metadata(&abs).map_err(|e| errno(&e))?;
-            fs::remove_dir(&abs).map_err(|e| errno(&e))?;
-            self.forget_key(&md);
-            Ok(())
-        })();
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove_node(parent, name, reply, |abs| fs::remove_dir(abs));
     }
 
     fn symlink(
@@ -706,32 +719,28 @@ impl Filesystem for FaultFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        if Self::is_control(parent, name) {
-            reply.error(Errno::EEXIST);
-            return;
-        }
-        let result = (|| {
-            let rel = self.child(parent, name)?;
-            let abs = self.abs(&rel);
-            let mut options = OpenOptions::new();
-            options
-                .read(true)
-                .write(true)
-                .mode(mode & !umask & 0o7777)
-                .custom_flags(flags & KEPT_OPEN_FLAGS);
-            if flags & libc::O_EXCL != 0 {
-                options.create_new(true);
-            } else {
-                options.create(true);
-            }
-            let file = options.open(&abs).map_err(|e| errno(&e))?;
-            self.chown_to_caller(&abs, req)?;
-            let md = file.metadata().map_err(|e| errno(&e))?;
-            let ino = self.remember(&rel, &md);
-            let attr = self.attr(ino, &rel, &md);
-            let faults = self.faults.get(&rel);
-            Ok((attr, self.add_handle(file, ino), Self::open_flags(&faults)))
-        })();
+        let result = self
+            .make_node(req, parent, name, |abs| {
+                let mut options = OpenOptions::new();
+                options
+                    .read(true)
+                    .write(true)
+                    .mode(mode & !umask & 0o7777)
+                    .custom_flags(flags & KEPT_OPEN_FLAGS);
+                if flags & libc::O_EXCL != 0 {
+                    options.create_new(true);
+                } else {
+                    options.create(true);
+                }
+                options.open(abs).map_err(|e| errno(&e))
+            })
+            .and_then(|(rel, file)| {
+                let md = file.metadata().map_err(|e| errno(&e))?;
+                let ino = self.remember(&rel, &md);
+                let attr = self.attr(ino, &rel, &md);
+                let faults = self.faults.get(&rel);
+                Ok((attr, self.add_handle(file, ino), Self::open_flags(&faults)))
+            });
         match result {
             Ok((attr, fh, flags)) => reply.created(&TTL, &attr, Generation(0), fh, flags),
             Err(e) => reply.error(e),

@@ -2,8 +2,8 @@
 //! built by random operations with a byte model beside them ([`model`]), the one seeded
 //! generator of test bytes ([`noise`]), range helpers ([`ranges`]), the library's and the
 //! CLI's maps and their checks ([`maps`]), the directories to test in ([`files`]), and the
-//! environment `cargo xtask fs-test` sets up: its mounts and report ([`env`]), faultfs
-//! ([`faultfs`]) and the HTTP servers ([`http`]).
+//! environment `cargo xtask fs-test` sets up: its mounts and report ([`env`](mod@env)), faultfs
+//! ([`faultfs`](mod@faultfs)) and the HTTP servers ([`http`](mod@http)).
 //!
 //! # The contract with `cargo xtask fs-test`
 //! - `BLOCKMAP_FS_TEST_MOUNTS=name=/mountpoint,…`: the filesystems to test, by name (`ext4`,
@@ -16,10 +16,10 @@
 //!   `fs=<name> test=<test fn> cases=<n>`, so a harness can prove that nothing was skipped.
 //! - `BLOCKMAP_FS_TEST_FAULTFS`: the mount point of faultfs (the fault-injecting FUSE
 //!   filesystem, `testing/faultfs`), `BLOCKMAP_FS_TEST_FAULTFS_BACKING` its backing directory;
-//!   see [`faultfs`]. Its tests report as `fs=faultfs`.
+//!   see [`faultfs`](mod@faultfs). Its tests report as `fs=faultfs`.
 //! - `BLOCKMAP_FS_TEST_HTTP` (`name=URL,…`), `BLOCKMAP_FS_TEST_HTTP_ROOT`,
 //!   `BLOCKMAP_FS_TEST_HTTP_LOG`, `BLOCKMAP_FS_TEST_HTTP_PROXY_LOG`: the HTTP servers (nginx,
-//!   tinyproxy) fs-test starts; see [`http`]. Their tests report as `fs=http`.
+//!   tinyproxy) fs-test starts; see [`http`](mod@http). Their tests report as `fs=http`.
 //! - `BLOCKMAP_TEST_DIRS`: more directories (comma separated) for the tests that run in
 //!   `$TMPDIR` and `/dev/shm` anyway ([`files::test_dirs`]); fs-test sets it to its mounts.
 //!

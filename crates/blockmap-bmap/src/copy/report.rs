@@ -7,7 +7,7 @@ use crate::checksum::ChecksumType;
 use crate::readback::ReadBackReport;
 use crate::source::Compression;
 
-/// What [`Copier::copy`] did.
+/// What [`Copier::copy`](crate::Copier::copy) did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CopyReport {

@@ -4,18 +4,14 @@ use std::io::BufRead;
 
 use super::{FIELDS, Fault, Parser, RawRange};
 use crate::checksum::ChecksumType;
-use crate::format::{BlockRange, Version};
+use crate::format::{BlockRange, Bmap, Version};
 
-/// The header of a bmap file, checked.
+/// The header of a bmap file, checked: its fields, held as a [`Bmap`] whose ranges are yet to
+/// be read (they are checked one by one against it, by [`RangeCheck`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Header {
-    pub version: Version,
-    pub image_size: u64,
-    pub block_size: u64,
-    pub blocks_count: u64,
-    pub mapped_blocks_count: u64,
-    pub checksum_type: Option<ChecksumType>,
-    pub file_checksum: Option<String>,
+    /// The header's fields; `ranges` is empty.
+    pub fields: Bmap,
     /// Where `<MappedBlocksCount>` is, for the error when the ranges do not add up to it.
     end_at: u64,
 }
@@ -87,13 +83,16 @@ impl<R: BufRead> Parser<R> {
             }
         };
         Ok(Header {
-            version,
-            image_size,
-            block_size,
-            blocks_count,
-            mapped_blocks_count,
-            checksum_type,
-            file_checksum,
+            fields: Bmap {
+                version,
+                image_size,
+                block_size,
+                blocks_count,
+                mapped_blocks_count,
+                checksum_type,
+                file_checksum,
+                ranges: Vec::new(),
+            },
             end_at,
         })
     }
@@ -148,6 +147,7 @@ pub(crate) struct RangeCheck {
 
 impl RangeCheck {
     pub(crate) fn check(&mut self, r: RawRange, header: &Header) -> Result<BlockRange, Fault> {
+        let header = &header.fields;
         let bad = |m: String| Fault::at(r.at, m);
         let (first, last) = match r.text.split_once('-') {
             Some((a, b)) => (a.trim(), Some(b.trim())),
@@ -207,12 +207,12 @@ impl RangeCheck {
 
     /// After the last range: the blocks counted are `<MappedBlocksCount>`.
     pub(crate) fn finish(&self, header: &Header) -> Result<(), Fault> {
-        if self.blocks != header.mapped_blocks_count {
+        if self.blocks != header.fields.mapped_blocks_count {
             return Err(Fault::exactly_at(
                 header.end_at,
                 format!(
                     "inconsistent bmap: <MappedBlocksCount> is {} but the ranges hold {} blocks",
-                    header.mapped_blocks_count, self.blocks
+                    header.fields.mapped_blocks_count, self.blocks
                 ),
             ));
         }

@@ -55,7 +55,7 @@ pub(crate) use url::{Url, is_url_path};
 /// saved, and bounds the requests to one per MiB of image.
 pub const COALESCE: u64 = 1 << 20;
 /// Read buffer of a response body.
-pub(super) const BUFFER: usize = 256 << 10;
+const BUFFER: usize = 256 << 10;
 
 /// The bmap beside the image at `image` as [`find_bmap`](crate::find_bmap) finds it beside a
 /// file: `IMAGE.bmap`, then each extension dropped and `.bmap` added. The URL found, as given
@@ -127,8 +127,8 @@ pub(crate) fn is_there(sig: &Path) -> Result<bool> {
 }
 
 /// A failure of the download behind a reader, kept for [`copy`](fn@copy) to report as it is.
-pub(super) type Failure = Arc<Mutex<Option<Error>>>;
+type Failure = Arc<Mutex<Option<Error>>>;
 
-pub(super) fn take(failure: &Failure) -> Option<Error> {
+fn take(failure: &Failure) -> Option<Error> {
     failure.lock().unwrap_or_else(|p| p.into_inner()).take()
 }

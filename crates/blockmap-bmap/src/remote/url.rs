@@ -70,7 +70,7 @@ pub(crate) fn is_url_path(path: &Path) -> bool {
 }
 
 /// Whether `text` is an `http://` or `https://` URL.
-pub(crate) fn is_url(text: &str) -> bool {
+fn is_url(text: &str) -> bool {
     let lower = |n: usize| text.get(..n).map(str::to_ascii_lowercase);
     lower(7).as_deref() == Some("http://") || lower(8).as_deref() == Some("https://")
 }

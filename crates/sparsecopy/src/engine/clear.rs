@@ -116,7 +116,7 @@ impl Engine<'_, '_> {
     }
 
     /// Makes a DST range read as zeros where it must: in a regular file, wherever DST holds
-    /// data; on a block device, only with [`Options::zero_holes`].
+    /// data; on a block device, only with [`Options::zero_holes`](crate::Options::zero_holes).
     pub(super) fn clear(&mut self, dst: Range<u64>) -> Result<()> {
         if self.block_device {
             if self.options.zero_holes {

@@ -64,8 +64,8 @@ pub(crate) struct Job<'a, 'p> {
     pub started: Instant,
 }
 
-/// Runs a copy: the facts gathered, the plan decided ([`decide`]), then carried out. Nothing
-/// is written to DST before every check has passed: same file, device size, reflink
+/// Runs a copy: the facts gathered, the plan decided ([`decide`](fn@decide)), then carried
+/// out. Nothing is written to DST before every check has passed: same file, device size, reflink
 /// feasibility (with [`Reflink::Always`], the first reflink is made before anything else, so
 /// a filesystem that cannot share fails the copy untouched).
 ///

@@ -12,6 +12,7 @@ mod bmap;
 mod cli;
 mod copy;
 mod map;
+mod progress;
 mod signals;
 mod size;
 

@@ -161,8 +161,9 @@ impl Feed<'_, '_> {
             self.report.mapped_bytes += n as u64;
             if let Some(p) = self.progress.as_mut() {
                 p(Progress {
-                    done: self.report.mapped_bytes,
-                    total: self.info.mapped_bytes,
+                    data_done: self.report.mapped_bytes,
+                    data_total: Some(self.info.mapped_bytes),
+                    skipped: self.report.skipped_bytes,
                 });
             }
             if self.mismatch.load(Ordering::Relaxed) {

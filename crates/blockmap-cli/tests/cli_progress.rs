@@ -1,7 +1,7 @@
 //! The progress display as a user meets it: plain lines with `--progress` when stderr is not a
 //! terminal (a pipe here), counting data against the data total of the kernel's own SEEK_DATA
 //! walk; nothing by default; and on a terminal (a pseudo-terminal made by `script`), no bar
-//! before there is something to show.
+//! before there is something to show, and no colours in `-v` logs under `NO_COLOR`.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -132,6 +132,20 @@ fn on_terminal(args: &[&str], env: &[(&str, &str)]) -> String {
     let out = cmd.output().unwrap();
     assert_ok(&out);
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn no_color_turns_colours_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path());
+    let args = ["-v", "map", s(&img)];
+    // Coloured on a terminal, which this test is on…
+    assert!(on_terminal(&args, &[]).contains('\x1b'));
+    assert!(on_terminal(&args, &[("NO_COLOR", "")]).contains('\x1b'));
+    // …and not with NO_COLOR set.
+    let shown = on_terminal(&args, &[("NO_COLOR", "1")]);
+    assert!(shown.contains("DEBUG"), "{shown:?}");
+    assert!(!shown.contains('\x1b'), "{shown:?}");
 }
 
 /// A copy of nothing but holes shows no bar at all, not even `0 B/0 B`.

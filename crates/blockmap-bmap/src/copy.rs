@@ -215,6 +215,11 @@ impl<'a> Copier<'a> {
         self
     }
 
+    /// The checksum type each range is verified by: the bmap's, unless verifying is off.
+    fn verified_kind(&self) -> Option<crate::checksum::ChecksumType> {
+        self.info.checksum_type.filter(|_| self.options.verify)
+    }
+
     fn interrupted(&self) -> bool {
         self.interrupt
             .as_ref()

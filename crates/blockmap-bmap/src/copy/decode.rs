@@ -137,7 +137,7 @@ impl Copier<'_> {
         written: &Written,
     ) -> Result<Decoded> {
         let info = &self.info;
-        let kind: Option<ChecksumType> = info.checksum_type.filter(|_| self.options.verify);
+        let kind = self.verified_kind();
         let list = needed(plan, self.ranges.iter(), info.block_size, info.image_size)?;
         debug!(
             units = plan.len(),

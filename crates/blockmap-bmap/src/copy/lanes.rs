@@ -40,7 +40,7 @@ impl Copier<'_> {
         written: &Written,
     ) -> Result<CopyReport> {
         let info = &self.info;
-        let kind = info.checksum_type.filter(|_| self.options.verify);
+        let kind = self.verified_kind();
         let total = info.mapped_bytes;
         let lanes = std::thread::available_parallelism()
             .map_or(1, |n| n.get())

@@ -33,7 +33,7 @@ impl Copier<'_> {
         written: &Written,
     ) -> Result<CopyReport> {
         let info = &self.info;
-        let kind = info.checksum_type.filter(|_| self.options.verify);
+        let kind = self.verified_kind();
         let (free_tx, free_rx) = sync_channel::<Vec<u8>>(CHUNKS);
         for _ in 0..CHUNKS {
             free_tx.send(vec![0; CHUNK]).expect("the receiver is here");

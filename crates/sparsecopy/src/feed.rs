@@ -44,7 +44,7 @@ const MAP_AHEAD: u64 = 32 << 20;
 /// At least this many steps are walked ahead, however far they reach: a map of up to about
 /// half as many data ranges (a disk image has hundreds) is then walked whole before anything
 /// is copied, and the data total is known from the start ([`Item::Walked`]). Walked once all
-/// the same, and at most this many steps (24 bytes each) held.
+/// the same; the steps held are at most this many (24 bytes each) or those of `MAP_AHEAD`.
 const WALK_AHEAD: usize = 8192;
 /// Items go to the engine in chunks of up to this many, so that a file of many extents
 /// does not cost a thread handoff per extent.

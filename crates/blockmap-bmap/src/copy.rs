@@ -205,12 +205,19 @@ impl<'a> Copier<'a> {
         self
     }
 
-    /// Called as data is written: [`Progress::done`] is the mapped bytes written so far,
-    /// [`Progress::total`] the mapped bytes in all (for [`Copier::whole_image`], whose size is
-    /// known at its end, both are the bytes written so far).
+    /// Called as data is written: [`Progress::data_done`] is the mapped bytes written so far,
+    /// [`Progress::data_total`] the mapped bytes in all (the bmap's), [`Progress::skipped`]
+    /// the unmapped bytes passed. For [`Copier::whole_image`] every byte is data, and the total
+    /// is the image's size where a plain file tells it, else unknown (`None`) until the end.
+    /// The last call has `data_total == Some(data_done)`.
     pub fn progress(mut self, f: &'a mut dyn FnMut(Progress)) -> Self {
         self.progress = Some(f);
         self
+    }
+
+    /// The checksum type each range is verified by: the bmap's, unless verifying is off.
+    fn verified_kind(&self) -> Option<crate::checksum::ChecksumType> {
+        self.info.checksum_type.filter(|_| self.options.verify)
     }
 
     fn interrupted(&self) -> bool {
@@ -461,8 +468,8 @@ impl<'a> Copier<'a> {
         written: &Written,
     ) -> Result<CopyReport> {
         let size = self.info.image_size;
-        match source {
-            Source::File(file) => self.lanes(file, image, out, dest, written),
+        let report = match source {
+            Source::File(file) => self.lanes(file, image, out, dest, written)?,
             _ if plan.is_some() => {
                 let plan = plan.expect("checked");
                 let report = self.decode(plan, image, out, dest, written)?;
@@ -470,7 +477,7 @@ impl<'a> Copier<'a> {
                 if report.decoded_to != size && plan.size().is_none() {
                     return Err(self.wrong_size(image, report.decoded_to));
                 }
-                Ok(report.report)
+                report.report
             }
             stream => {
                 let mut report = self.pump(stream, image, out, dest, written)?;
@@ -480,8 +487,22 @@ impl<'a> Copier<'a> {
                 if end != size {
                     return Err(self.wrong_size(image, end));
                 }
-                Ok(report)
+                report
             }
+        };
+        let done = report.mapped_bytes;
+        self.tell(Progress {
+            data_done: done,
+            data_total: Some(done),
+            skipped: size.saturating_sub(done),
+        });
+        Ok(report)
+    }
+
+    /// Tells the progress callback, if there is one.
+    fn tell(&mut self, progress: Progress) {
+        if let Some(p) = self.progress.as_mut() {
+            p(progress);
         }
     }
 

@@ -47,6 +47,38 @@ fn arb_layout() -> impl Strategy<Value = (u64, Vec<(u64, u64)>)> {
     })
 }
 
+/// `image` gzipped beside it.
+fn gzipped(image: &Path) -> std::path::PathBuf {
+    let gz = image.with_extension("img.gz");
+    let mut enc =
+        flate2::write::GzEncoder::new(File::create(&gz).unwrap(), flate2::Compression::fast());
+    enc.write_all(&std::fs::read(image).unwrap()).unwrap();
+    enc.finish().unwrap();
+    gz
+}
+
+/// A copy's progress: data done and holes skipped never go down, the total is `data`
+/// throughout, and the last report has all of it done and the rest of `size` skipped.
+fn check_progress(seen: &[Progress], data: u64, size: u64) -> Result<(), TestCaseError> {
+    prop_assert!(!seen.is_empty());
+    for w in seen.windows(2) {
+        prop_assert!(w[0].data_done <= w[1].data_done, "{:?}", w);
+        prop_assert!(w[0].skipped <= w[1].skipped, "{:?}", w);
+    }
+    prop_assert!(
+        seen.iter().all(|p| p.data_total == Some(data)),
+        "{:?}",
+        seen
+    );
+    let want = Progress {
+        data_done: data,
+        data_total: Some(data),
+        skipped: size - data,
+    };
+    prop_assert_eq!(seen.last().copied(), Some(want));
+    Ok(())
+}
+
 fn bytes_of(extents: &[(u64, u64)]) -> Vec<(u64, u64)> {
     extents
         .iter()
@@ -57,25 +89,30 @@ fn bytes_of(extents: &[(u64, u64)]) -> Vec<(u64, u64)> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
 
-    /// The copy is the image; every range is verified; the progress climbs to the mapped total.
+    /// The copy is the image; every range is verified; the progress climbs to the mapped
+    /// total, which is the data the image was made of, plain (lanes) or gzipped (a stream).
     #[test]
-    fn copies_equal_the_image((blocks, extents) in arb_layout(), seed in any::<u64>(), sync in any::<bool>()) {
+    fn copies_equal_the_image((blocks, extents) in arb_layout(), seed in any::<u64>(), sync in any::<bool>(),
+                              gzip in any::<bool>()) {
         let dir = tempfile::tempdir().unwrap();
         let (image, copy) = (dir.path().join("disk.img"), dir.path().join("copy.img"));
-        make_image(&image, blocks * BLOCK + 123, &bytes_of(&extents), seed);
+        let size = blocks * BLOCK + 123;
+        make_image(&image, size, &bytes_of(&extents), seed);
         let bmap = blockmap_bmap::create(&image, &CreateOptions::default()).unwrap();
+        let source = if gzip { gzipped(&image) } else { image.clone() };
         let mut seen = Vec::new();
-        let mut progress = |p: Progress| seen.push((p.done, p.total));
+        let mut progress = |p: Progress| seen.push(p);
         let report = Copier::new(bmap.clone(), CopyOptions::new().sync(sync))
             .progress(&mut progress)
-            .copy(&image, &copy)
+            .copy(&source, &copy)
             .unwrap();
         prop_assert!(std::fs::read(&image).unwrap() == std::fs::read(&copy).unwrap());
         prop_assert_eq!(report.ranges, bmap.ranges.len() as u64);
         prop_assert_eq!(report.verified_ranges, bmap.ranges.len() as u64);
         prop_assert_eq!(report.mapped_bytes, bmap.mapped_bytes());
-        prop_assert_eq!(seen.last().copied(), Some((bmap.mapped_bytes(), bmap.mapped_bytes())));
-        prop_assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0));
+        // The data written into the image, by its layout.
+        let data: u64 = bytes_of(&extents).iter().map(|&(_, len)| len).sum();
+        check_progress(&seen, data, size)?;
     }
 
     /// One corrupted byte per chosen range: the copy fails naming one of those ranges.

@@ -284,7 +284,9 @@ fn interrupted_copies() {
         let flag = Arc::new(AtomicBool::new(false));
         let raise = Arc::clone(&flag);
         let mut last = 0;
-        let mut progress = |Progress { done, .. }: Progress| {
+        let mut progress = |Progress {
+                                data_done: done, ..
+                            }: Progress| {
             last = done;
             if done > 0 {
                 raise.store(true, Ordering::Relaxed);

@@ -170,3 +170,65 @@ fn an_archive_without_an_image_is_refused() {
     );
     assert!(!dest.exists());
 }
+
+/// The progress of every data path: plain (lanes), gzip (a stream), xz of many blocks
+/// (parallel decoders), and `whole_image` of gzip. Data done and holes skipped never go
+/// down; by a bmap, the total is its mapped bytes throughout and the holes the rest of the
+/// image; without one, every byte is data and its total is unknown until the end.
+#[test]
+fn progress_of_every_data_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let (img, map) = image(dir.path());
+    sh(
+        dir.path(),
+        "gzip -c src/disk.img > d.gz && xz -T2 --block-size=1MiB -c src/disk.img > d.xz",
+    );
+    let size = std::fs::metadata(&img).unwrap().len();
+    let mapped: u64 = map
+        .ranges
+        .iter()
+        .map(|r| ((r.last + 1) * map.block_size).min(size) - r.first * map.block_size)
+        .sum();
+    assert!(0 < mapped && mapped < size);
+    let dest = dir.path().join("out.img");
+    let options = || blockmap_bmap::CopyOptions::new().sync(false);
+    let copy = |copier: blockmap_bmap::Copier<'_>, name: &str| {
+        copier.copy(dir.path().join(name), &dest).unwrap();
+    };
+    for name in ["src/disk.img", "d.gz", "d.xz", "whole d.gz"] {
+        let mut seen: Vec<blockmap_bmap::Progress> = Vec::new();
+        let mut record = |p| seen.push(p);
+        let (data, skipped) = match name.strip_prefix("whole ") {
+            None => {
+                let copier = blockmap_bmap::Copier::new(map.clone(), options());
+                copy(copier.progress(&mut record), name);
+                assert!(seen.iter().all(|p| p.data_total == Some(mapped)), "{name}");
+                (mapped, size - mapped)
+            }
+            Some(name) => {
+                copy(
+                    blockmap_bmap::Copier::whole_image(options()).progress(&mut record),
+                    name,
+                );
+                let (last, before) = seen.split_last().unwrap();
+                assert!(before.iter().all(|p| p.data_total.is_none()), "{name}");
+                assert!(!before.is_empty() && last.data_total.is_some(), "{name}");
+                (size, 0)
+            }
+        };
+        for w in seen.windows(2) {
+            assert!(w[0].data_done <= w[1].data_done, "{name}: {w:?}");
+            assert!(w[0].skipped <= w[1].skipped, "{name}: {w:?}");
+        }
+        let want = blockmap_bmap::Progress {
+            data_done: data,
+            data_total: Some(data),
+            skipped,
+        };
+        assert_eq!(seen.last(), Some(&want), "{name}");
+        assert!(
+            std::fs::read(&dest).unwrap() == std::fs::read(&img).unwrap(),
+            "{name}"
+        );
+    }
+}

@@ -2,7 +2,7 @@
 //! our block map, and images copied by them with verification (the `blockmap-bmap` crate), with the
 //! same progress bar and one summary line as `blockmap copy`.
 
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, Write};
 use std::path::Path;
 use std::time::Instant;
 
@@ -12,7 +12,7 @@ use sparsecopy::Destination;
 use sparsecopy::human_size;
 
 use crate::cli::{BmapCommand, BmapCopyArgs, BmapCreateArgs};
-use crate::copy::progress_bar;
+use crate::progress::Display;
 
 /// `quiet` (`-q`): no summary line, and no progress bar unless `--progress`.
 pub(crate) fn run(command: &BmapCommand, quiet: bool) -> Result<()> {
@@ -155,28 +155,20 @@ fn copy(args: &BmapCopyArgs, quiet: bool) -> Result<()> {
         (Copier::from_file(file, copy_options), source)
     };
 
-    let show_progress =
-        !args.no_progress && (args.progress || (!quiet && io::stderr().is_terminal()));
-    let bar = show_progress.then(progress_bar);
+    let mut display = Display::new(args.progress, args.no_progress, quiet);
     let mut splash = psplash(args);
-    let mut on_progress = |Progress { done, total }: Progress| {
-        if let Some(s) = splash.as_mut() {
-            s.progress(done, total);
+    let mut on_progress = |p: Progress| {
+        if let (Some(s), Some(total)) = (splash.as_mut(), p.data_total) {
+            s.progress(p.data_done, total);
         }
-        if let Some(bar) = &bar {
-            bar.set_length(total);
-            bar.set_position(done);
-        }
+        display.update(p);
     };
     let copier = copier.interrupt(stop).progress(&mut on_progress);
     let result = match input {
         Some(input) => copier.copy_input(input, &args.dest),
         None => copier.copy(&args.image, &args.dest),
     };
-    if let Some(bar) = &bar {
-        // Gone before the summary or the error line, which must stand alone.
-        bar.finish_and_clear();
-    }
+    display.finish();
     let report = signal_named(result)?;
     if !quiet {
         crate::say(format_args!("{report} ({source})"));

@@ -13,6 +13,7 @@ mod cli;
 mod copy;
 mod generate;
 mod map;
+mod progress;
 mod signals;
 mod size;
 
@@ -114,7 +115,10 @@ fn init_tracing(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(io::stderr)
-        .with_ansi(io::stderr().is_terminal())
+        // Colours only on a terminal, and not when NO_COLOR is set (https://no-color.org).
+        .with_ansi(
+            io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .with_target(true)
         .without_time()
         .init();

@@ -41,6 +41,11 @@ const MAX_STEPS: usize = 4096;
 /// data, so a map settled after the read would copy zeros as data (bytes right, holes
 /// filled). Settled before, its answer stands.
 const MAP_AHEAD: u64 = 32 << 20;
+/// At least this many steps are walked ahead, however far they reach: a map of up to about
+/// half as many data ranges (a disk image has hundreds) is then walked whole before anything
+/// is copied, and the data total is known from the start ([`Item::Walked`]). Walked once all
+/// the same; the steps held are at most this many (24 bytes each) or those of `MAP_AHEAD`.
+const WALK_AHEAD: usize = 8192;
 /// Items go to the engine in chunks of up to this many, so that a file of many extents
 /// does not cost a thread handoff per extent.
 const CHUNK: usize = 256;
@@ -57,6 +62,9 @@ pub(crate) enum Item {
     Settled(Range<u64>),
     /// Small data ranges and the holes between them, with SRC's bytes of their spans.
     Batch(Batch),
+    /// SRC's map walk has ended: the bytes of data it found (data and settled steps); sent
+    /// as soon as it ends, ahead of the steps still queued.
+    Walked(u64),
     /// The walk or a read failed; nothing follows.
     Failed(Error),
 }
@@ -198,9 +206,15 @@ impl<'a> Feed<'a> {
         Error: From<E>,
     {
         let mut steps = MapAhead::new(steps);
+        let mut told = false;
         while let Some(step) = steps.next() {
             if self.policy.stopped() {
                 return Err(Gone);
+            }
+            if steps.ended && !told {
+                told = true;
+                self.chunk.push(Item::Walked(steps.data));
+                self.send_chunk()?;
             }
             let step = match step {
                 Ok(step) => step,
@@ -228,6 +242,9 @@ impl<'a> Feed<'a> {
                     self.send(Item::Settled(r))?;
                 }
             }
+        }
+        if !told && steps.ended {
+            self.send(Item::Walked(steps.data))?;
         }
         self.flush()
     }
@@ -385,13 +402,16 @@ pub(crate) fn read_exact(
 }
 
 /// The steps, handed out only once the map has been walked [`MAP_AHEAD`] bytes past the end
-/// of the one handed out. A walk error comes as soon as it is met.
+/// of the one handed out, and [`WALK_AHEAD`] steps at least. A walk error comes as soon as it
+/// is met.
 struct MapAhead<I> {
     steps: I,
     queue: VecDeque<Step>,
     /// The end of the last step walked.
     walked: u64,
     ended: bool,
+    /// Bytes of data walked.
+    data: u64,
 }
 
 impl<I, E> MapAhead<I>
@@ -404,6 +424,7 @@ where
             queue: VecDeque::new(),
             walked: 0,
             ended: false,
+            data: 0,
         }
     }
 
@@ -412,6 +433,9 @@ where
         match self.steps.next() {
             Some(Ok(step)) => {
                 self.walked = step.range().end;
+                if !matches!(step, Step::Hole(_)) {
+                    self.data += step.range().end - step.range().start;
+                }
                 self.queue.push_back(step);
             }
             Some(Err(e)) => return Err(e),
@@ -428,7 +452,7 @@ where
             return Some(Err(e));
         }
         let target = self.queue.front()?.range().end.saturating_add(MAP_AHEAD);
-        while !self.ended && self.walked < target {
+        while !self.ended && (self.walked < target || self.queue.len() < WALK_AHEAD) {
             if let Err(e) = self.pull() {
                 return Some(Err(e));
             }
@@ -520,7 +544,7 @@ mod tests {
                             }
                             let _ = give_back.send(b.buf);
                         }
-                        Item::Hole(_) => {}
+                        Item::Hole(_) | Item::Walked(_) => {}
                         other => panic!("unexpected item {other:?}"),
                     }
                 }

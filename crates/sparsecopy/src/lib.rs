@@ -195,8 +195,9 @@ impl<'p> Copier<'p> {
         self
     }
 
-    /// Calls `f` as the copy advances (at most once per MiB of the window, and once at the
-    /// end with `done == total`).
+    /// Calls `f` as the copy advances ([`Progress`]: data done, data total, holes skipped):
+    /// at most once per MiB of the window, when the data total becomes known, and once at
+    /// the end with `data_total == Some(data_done)`.
     #[must_use]
     pub fn progress(mut self, f: &'p mut dyn FnMut(Progress)) -> Self {
         self.progress = Some(f);

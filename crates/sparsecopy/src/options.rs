@@ -282,11 +282,21 @@ impl Options {
     }
 }
 
-/// How far a copy has got, given to the progress callback.
+/// How far a copy has got, given to the progress callback: the window's data done against
+/// the data there is, the holes passed apart (they cost nothing, and counting them as work
+/// made a mostly empty image look copied at tens of GiB/s).
+///
+/// Over one copy `data_done` and `skipped` never go down; the last call has
+/// `data_total == Some(data_done)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
-    /// Bytes of the window done (data copied and holes passed).
-    pub done: u64,
-    /// Bytes in the window.
-    pub total: u64,
+    /// Bytes of data done: copied, reflinked, or read and found to be zeros (left out).
+    pub data_done: u64,
+    /// Bytes of data in the window, once known: SRC's map is walked as the copy goes, and its
+    /// total is known when the walk ends (at the start unless SRC has many thousands of
+    /// extents). `None` until then, and for a SRC whose size lies (it is read to its end).
+    pub data_total: Option<u64>,
+    /// Bytes of holes passed over: nothing read or written for them (in an existing DST, old
+    /// data under them punched out).
+    pub skipped: u64,
 }

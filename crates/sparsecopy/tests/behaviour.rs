@@ -269,34 +269,109 @@ fn preallocated_zeros_read_into_the_cache_stay_holes() {
     }
 }
 
+/// Bytes of `ranges` inside `window`.
+fn bytes_in(ranges: &[Range<u64>], window: Range<u64>) -> u64 {
+    ranges
+        .iter()
+        .map(|r| {
+            r.end
+                .min(window.end)
+                .saturating_sub(r.start.max(window.start))
+        })
+        .sum()
+}
+
+/// The progress a copy of `src` (its window from `skip`) reports, checked: data done and
+/// holes skipped never go down, the data total once known stays, the last report has all
+/// the data done, and that total is the data of the kernel's own SEEK_DATA walk of SRC.
+fn checked_progress(src: &Path, dst: &Path, skip: u64) -> Vec<Progress> {
+    let kernel = kernel_data(src);
+    let size = std::fs::metadata(src).unwrap().len();
+    let mut seen: Vec<Progress> = Vec::new();
+    let mut record = |p: Progress| seen.push(p);
+    let r = Copier::new(Window::new().skip(skip), Options::new())
+        .progress(&mut record)
+        .copy_paths(src, dst)
+        .unwrap();
+    let data = bytes_in(&kernel, skip..size);
+    assert!(seen.len() > 2, "{seen:?}");
+    for w in seen.windows(2) {
+        assert!(w[0].data_done <= w[1].data_done, "{w:?}");
+        assert!(w[0].skipped <= w[1].skipped, "{w:?}");
+        assert!(
+            w[0].data_total.is_none() || w[0].data_total == w[1].data_total,
+            "{w:?}"
+        );
+        assert!(w[0] != w[1], "told twice: {w:?}");
+    }
+    assert!(
+        seen.iter()
+            .all(|p| p.data_total.is_none_or(|t| p.data_done <= t))
+    );
+    let last = *seen.last().unwrap();
+    assert_eq!(
+        last.data_total,
+        Some(data),
+        "the kernel's data in the window"
+    );
+    assert_eq!(last.data_done, data);
+    assert_eq!(last.skipped, r.length - data);
+    seen
+}
+
 #[test]
-fn progress_is_monotonic_and_ends_at_the_total() {
+fn progress_counts_data_against_its_total() {
     let tmp = tempdir_in(&std::env::temp_dir());
     let src = tmp.path().join("src");
     let dst = tmp.path().join("dst");
-    many_extents(&src, 1024);
-    let mut seen: Vec<Progress> = Vec::new();
-    let mut record = |p: Progress| seen.push(p);
-    let r = Copier::new(Window::new().skip(100), Options::new())
-        .progress(&mut record)
-        .copy_paths(&src, &dst)
-        .unwrap();
-    assert!(seen.len() > 2, "{seen:?}");
-    assert!(seen.windows(2).all(|w| w[0].done < w[1].done));
+    // Data far apart (further than the 32 MiB the copy's reads need the map ahead): the map
+    // is walked whole before anything is copied, and the total known from the first byte on.
+    let f = File::create(&src).unwrap();
+    f.set_len(120 * MIB).unwrap();
+    for (i, at) in [0, 40 * MIB, 100 * MIB].into_iter().enumerate() {
+        f.write_all_at(&noise(i as u64, MIB as usize), at).unwrap();
+    }
+    let seen = checked_progress(&src, &dst, 100);
     assert!(
         seen.iter()
-            .all(|p| p.total == r.length && p.done <= p.total)
+            .filter(|p| p.data_done > 0)
+            .all(|p| p.data_total.is_some()),
+        "{seen:?}"
     );
-    assert_eq!(seen.last().unwrap().done, r.length);
 
-    // An empty window reports once, 0 of 0.
+    // An empty window reports once, no data of none.
     let mut seen = Vec::new();
     let mut record = |p: Progress| seen.push(p);
     Copier::new(Window::new().length(0), Options::new())
         .progress(&mut record)
         .copy_paths(&src, &dst)
         .unwrap();
-    assert_eq!(seen, [Progress { done: 0, total: 0 }]);
+    assert_eq!(
+        seen,
+        [Progress {
+            data_done: 0,
+            data_total: Some(0),
+            skipped: 0
+        }]
+    );
+}
+
+/// A map of more extents than are walked ahead: the total becomes known as the walk ends,
+/// before the copy does, and is right.
+#[test]
+fn progress_of_many_extents_learns_its_total_on_the_way() {
+    let tmp = tempdir_in(&std::env::temp_dir());
+    let src = tmp.path().join("src");
+    let dst = tmp.path().join("dst");
+    many_extents(&src, 20_000);
+    let seen = checked_progress(&src, &dst, 0);
+    let first_known = seen.iter().position(|p| p.data_total.is_some()).unwrap();
+    assert!(first_known > 0, "known at once: {:?}", &seen[..2]);
+    assert!(
+        first_known < seen.len() - 1,
+        "known only at the end: {:?}",
+        &seen[seen.len() - 2..]
+    );
 }
 
 #[test]

@@ -107,7 +107,7 @@ fn interrupted_copy(src: &Path, dst: &Path, window: Window) -> Error {
     let stop = Arc::new(AtomicBool::new(false));
     let raise = Arc::clone(&stop);
     let mut progress = |p: sparsecopy::Progress| {
-        if p.done > 0 {
+        if p.data_done > 0 {
             raise.store(true, Ordering::Relaxed);
         }
     };
@@ -214,7 +214,7 @@ fn copy_changing(src: &Path, dst: &Path, change: impl Fn(&File)) -> sparsecopy::
     let file = File::options().write(true).open(src).unwrap();
     let mut once = Some(file);
     let mut progress = |p: sparsecopy::Progress| {
-        if p.done > 0
+        if p.data_done > 0
             && let Some(f) = once.take()
         {
             change(&f);

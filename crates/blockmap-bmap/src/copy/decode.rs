@@ -137,7 +137,7 @@ impl Copier<'_> {
         written: &Written,
     ) -> Result<Decoded> {
         let info = &self.info;
-        let kind: Option<ChecksumType> = info.checksum_type.filter(|_| self.options.verify);
+        let kind = self.verified_kind();
         let list = needed(plan, self.ranges.iter(), info.block_size, info.image_size)?;
         debug!(
             units = plan.len(),
@@ -200,12 +200,6 @@ impl Copier<'_> {
         let mut report = sink.report;
         // Decoded and dropped: the unmapped bytes of the units that were decoded.
         report.skipped_bytes = decoded - report.mapped_bytes;
-        if let Some(p) = self.progress.as_mut() {
-            p(Progress {
-                done: report.mapped_bytes,
-                total: info.mapped_bytes,
-            });
-        }
         Ok(Decoded {
             report,
             decoded_to: next_at,
@@ -402,9 +396,11 @@ impl Sink<'_, '_> {
             self.report.mapped_bytes += end - cur.at;
             cur.at = end;
             if let Some(p) = self.progress.as_mut() {
+                // The image's bytes before `cur.at` are mapped and written, or unmapped.
                 p(Progress {
-                    done: self.report.mapped_bytes,
-                    total: self.info.mapped_bytes,
+                    data_done: self.report.mapped_bytes,
+                    data_total: Some(self.info.mapped_bytes),
+                    skipped: cur.at - self.report.mapped_bytes,
                 });
             }
             if cur.at < cur.bytes.end {

@@ -40,7 +40,7 @@ impl Copier<'_> {
         written: &Written,
     ) -> Result<CopyReport> {
         let info = &self.info;
-        let kind = info.checksum_type.filter(|_| self.options.verify);
+        let kind = self.verified_kind();
         let total = info.mapped_bytes;
         let lanes = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
@@ -48,7 +48,11 @@ impl Copier<'_> {
             .max(1);
         debug!(lanes, "copying a plain image");
         let shared = Shared {
-            next: Mutex::new((0, self.ranges.iter())),
+            next: Mutex::new(Next {
+                index: 0,
+                ranges: self.ranges.iter(),
+                end: 0,
+            }),
             file,
             image,
             out,
@@ -61,6 +65,7 @@ impl Copier<'_> {
             stop: AtomicBool::new(false),
             was_interrupted: AtomicBool::new(false),
             copied: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
             ranges: AtomicU64::new(0),
             verified: AtomicU64::new(0),
             failure: Mutex::new(None),
@@ -81,8 +86,9 @@ impl Copier<'_> {
             while let Err(RecvTimeoutError::Timeout) = done_rx.recv_timeout(PROGRESS_TICK) {
                 if let Some(p) = progress.as_mut() {
                     p(Progress {
-                        done: shared.copied.load(Ordering::Relaxed),
-                        total,
+                        data_done: shared.copied.load(Ordering::Relaxed),
+                        data_total: Some(total),
+                        skipped: shared.skipped.load(Ordering::Relaxed),
                     });
                 }
             }
@@ -102,12 +108,6 @@ impl Copier<'_> {
             return Err(e);
         }
         let mapped_bytes = copied.into_inner();
-        if let Some(p) = progress.as_mut() {
-            p(Progress {
-                done: mapped_bytes,
-                total,
-            });
-        }
         Ok(CopyReport {
             mapped_bytes,
             ranges: ranges.into_inner(),
@@ -117,11 +117,19 @@ impl Copier<'_> {
     }
 }
 
+/// The ranges, handed out in order.
+struct Next<'s> {
+    /// The index of the next range.
+    index: usize,
+    ranges: RangeIter<'s>,
+    /// Where the last range handed out ends (bytes).
+    end: u64,
+}
+
 /// What the lanes share: the ranges to take, where their bytes come from and go, and how far
 /// the copy got.
 struct Shared<'s> {
-    /// The ranges, handed out in order with their index.
-    next: Mutex<(usize, RangeIter<'s>)>,
+    next: Mutex<Next<'s>>,
     file: &'s File,
     image: &'s Path,
     out: &'s File,
@@ -136,6 +144,8 @@ struct Shared<'s> {
     stop: AtomicBool,
     was_interrupted: AtomicBool,
     copied: AtomicU64,
+    /// Unmapped bytes between the ranges handed out.
+    skipped: AtomicU64,
     ranges: AtomicU64,
     verified: AtomicU64,
     /// Of several failures, the first range's is reported.
@@ -207,18 +217,22 @@ impl<'l, 's> Lane<'l, 's> {
         let shared = self.shared;
         let mut next = shared.next.lock().unwrap_or_else(|p| p.into_inner());
         while self.mine.len() < TAKE {
-            let index = next.0;
-            match next.1.next() {
+            let index = next.index;
+            match next.ranges.next() {
                 None => break,
                 Some(Err(e)) => {
                     // Reported after the ranges before it were copied.
-                    next.0 = usize::MAX;
+                    next.index = usize::MAX;
                     drop(next);
                     shared.fail(index, e);
                     break;
                 }
                 Some(Ok(range)) => {
-                    next.0 += 1;
+                    next.index += 1;
+                    let bytes = range.bytes(shared.info.block_size, shared.info.image_size);
+                    let gap = bytes.start.saturating_sub(next.end);
+                    shared.skipped.fetch_add(gap, Ordering::Relaxed);
+                    next.end = next.end.max(bytes.end);
                     self.mine.push_back((index, range));
                 }
             }

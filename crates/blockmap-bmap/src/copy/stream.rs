@@ -33,7 +33,7 @@ impl Copier<'_> {
         written: &Written,
     ) -> Result<CopyReport> {
         let info = &self.info;
-        let kind = info.checksum_type.filter(|_| self.options.verify);
+        let kind = self.verified_kind();
         let (free_tx, free_rx) = sync_channel::<Vec<u8>>(CHUNKS);
         for _ in 0..CHUNKS {
             free_tx.send(vec![0; CHUNK]).expect("the receiver is here");
@@ -161,8 +161,9 @@ impl Feed<'_, '_> {
             self.report.mapped_bytes += n as u64;
             if let Some(p) = self.progress.as_mut() {
                 p(Progress {
-                    done: self.report.mapped_bytes,
-                    total: self.info.mapped_bytes,
+                    data_done: self.report.mapped_bytes,
+                    data_total: Some(self.info.mapped_bytes),
+                    skipped: self.report.skipped_bytes,
                 });
             }
             if self.mismatch.load(Ordering::Relaxed) {

@@ -41,6 +41,12 @@ impl Copier<'_> {
         if self.interrupted() {
             return Err(interrupted(dest));
         }
+        // The size is known up front only from a plain file's own.
+        let size = plain
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len());
         let out = Destination::open(dest)?;
         let written = Written::new();
         let outcome = match &plain {
@@ -48,14 +54,16 @@ impl Copier<'_> {
                 image: image.clone(),
                 dest: dest.to_owned(),
             }),
-            _ => self.write_whole(&mut source, &out, &image, dest, &written),
+            _ => self.write_whole(&mut source, size, &out, &image, dest, &written),
         };
         super::finish(outcome, out, &written, started)
     }
 
+    /// Writes all of `source`, `size` bytes if known.
     fn write_whole(
         &mut self,
         source: &mut Source,
+        size: Option<u64>,
         out: &Destination,
         image: &Path,
         dest: &Path,
@@ -104,10 +112,18 @@ impl Copier<'_> {
             pos = end;
             if let Some(p) = self.progress.as_mut() {
                 p(Progress {
-                    done: pos,
-                    total: pos,
+                    data_done: pos,
+                    data_total: size.filter(|&t| t >= pos),
+                    skipped: 0,
                 });
             }
+        }
+        if let Some(p) = self.progress.as_mut() {
+            p(Progress {
+                data_done: pos,
+                data_total: Some(pos),
+                skipped: 0,
+            });
         }
         self.stop_or_sync(out.file(), dest)?;
         Ok(CopyReport {

@@ -69,7 +69,6 @@ impl Engine<'_, '_> {
         self.report.data_ranges += u64::from(at > from);
         self.window.length = at - self.window.skip;
         self.report.length = self.window.length;
-        self.total = self.done;
         let new_end = self.window.dst_offset(at);
         if !self.block_device && self.window.length > 0 {
             let size = self.old_size.max(new_end);
@@ -93,12 +92,13 @@ impl Engine<'_, '_> {
     /// After a read of SRC ended before its stated size while SRC's stat did not move (a size
     /// that lies, as sysfs's 4096): what was done stands, and SRC is read on to its end.
     pub(super) fn resume_stream(&mut self) -> Result<()> {
-        let from = self.window.skip + self.done;
+        let from = self.window.skip + self.meter.passed();
+        self.meter.unknown();
         let r = &mut self.report;
         // The step that met the end was counted whole; only what was written counts.
         r.data_bytes =
             r.reflinked_bytes + r.copy_file_range_bytes + r.read_write_bytes + r.zero_skipped_bytes;
-        r.hole_bytes = self.done - r.data_bytes;
+        r.hole_bytes = self.meter.passed() - r.data_bytes;
         self.stream_to_end(from)
     }
 
@@ -240,7 +240,7 @@ impl Engine<'_, '_> {
             if zero {
                 self.clear(start..start + len)?;
                 self.report.zero_skipped_bytes += len;
-                self.advance(len);
+                self.meter.data(len);
             } else {
                 self.write_all(&bytes[piece], start)?;
                 self.transferred(Transfer::ReadWrite, len);

@@ -95,8 +95,6 @@ pub(super) struct Plan {
     pub dst_old_data: Option<Range<u64>>,
     /// The read/write buffer's length, whole blocks.
     pub buf_len: usize,
-    /// What the progress callback is told the window holds.
-    pub total: u64,
 }
 
 /// The plan of a copy, or why it is refused; the checks come in this order: same file, device
@@ -141,11 +139,6 @@ pub(super) fn decide(f: &Facts) -> Result<Plan, Refusal> {
             .then_some(end),
         dst_old_data: (!f.dst_device && !f.dst_created && !old_data.is_empty()).then_some(old_data),
         buf_len: ((options.buffer_size.max(1) as u64).div_ceil(bs) * bs) as usize,
-        total: if f.stream {
-            f.src_stat_size.saturating_sub(window.skip)
-        } else {
-            window.length
-        },
     })
 }
 

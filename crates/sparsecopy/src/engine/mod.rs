@@ -14,6 +14,7 @@
 mod clear;
 mod copy;
 mod decide;
+mod progress;
 mod reflink;
 #[cfg(test)]
 mod tests;
@@ -41,9 +42,7 @@ use crate::plan::{Step, Steps, cut};
 use crate::report::{Report, Transfer};
 use clear::DstCursor;
 use decide::{Facts, Plan, Refusal, WholeClone, decide, feed_plan};
-
-/// The progress callback is called at most once per this many bytes (and at the end).
-const PROGRESS_EVERY: u64 = 1 << 20;
+use progress::Meter;
 
 /// Everything a copy needs, opened and checked by the caller: SRC mapped, the window
 /// resolved against SRC's size, DST open for writing.
@@ -128,10 +127,7 @@ pub(crate) fn run(job: Job<'_, '_>) -> Result<Report> {
         buf: Vec::new(),
         buf_len: plan.buf_len,
         report: new_report(&facts, src_map.backend()),
-        progress,
-        total: plan.total,
-        done: 0,
-        reported: None,
+        meter: Meter::new(progress),
         stop,
         touched: None,
         old_size: facts.dst_size,
@@ -271,7 +267,9 @@ impl<'a> Engine<'a, '_> {
             Some(c) => [whole.start..c.start, c.end..whole.end],
             None => [whole, 0..0],
         };
-        for part in parts.into_iter().filter(|p| !p.is_empty()) {
+        let parts: Vec<_> = parts.into_iter().filter(|p| !p.is_empty()).collect();
+        self.meter.walks(parts.len());
+        for part in parts {
             let policy = Policy {
                 read_max: feed.read_max,
                 user_space: self.user_space,
@@ -329,7 +327,7 @@ impl<'a> Engine<'a, '_> {
             };
             return Err(e.with_dst(state));
         }
-        self.tell_progress(true);
+        self.meter.finish();
         Ok(())
     }
 }
@@ -425,13 +423,7 @@ struct Engine<'a, 'p> {
     buf: Vec<u8>,
     buf_len: usize,
     report: Report,
-    progress: Option<&'p mut dyn FnMut(Progress)>,
-    /// What the progress callback is told the window holds.
-    total: u64,
-    /// Bytes of the window done.
-    done: u64,
-    /// What the callback was last told.
-    reported: Option<u64>,
+    meter: Meter<'p>,
     /// Raised to stop the copy.
     stop: Option<&'a AtomicBool>,
     /// The DST bytes written, cleared, shared or grown so far (their hull).
@@ -445,37 +437,15 @@ impl Engine<'_, '_> {
         self.window.dst_offset(src.start)..self.window.dst_offset(src.end)
     }
 
-    fn advance(&mut self, bytes: u64) {
-        self.done += bytes;
-        self.tell_progress(false);
-    }
-
-    fn tell_progress(&mut self, last: bool) {
-        let Some(f) = self.progress.as_mut() else {
-            return;
-        };
-        let due = match self.reported {
-            None => true,
-            Some(r) => self.done >= r + PROGRESS_EVERY || (last && r != self.done),
-        };
-        if due {
-            self.reported = Some(self.done);
-            f(Progress {
-                done: self.done,
-                total: self.total.max(self.done),
-            });
-        }
-    }
-
     fn transferred(&mut self, how: Transfer, bytes: u64) {
         self.report.transferred(how, bytes);
-        self.advance(bytes);
+        self.meter.data(bytes);
     }
 
     /// `Err(Interrupted)` once the stop flag is raised.
     fn check_stop(&self) -> Result<()> {
         if self.stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
-            debug!(done = self.done, "interrupted");
+            debug!(done = self.meter.passed(), "interrupted");
             return Err(Error::Interrupted {
                 dst: DstState::Untouched {
                     path: self.dst_path.to_owned(),
@@ -525,6 +495,7 @@ impl Engine<'_, '_> {
                     // The feed may have stopped already; then the buffer is just dropped.
                     let _ = give_back.send(batch.buf);
                 }
+                Item::Walked(data) => self.meter.walked(data),
                 Item::Failed(e) => return Err(e),
             }
         }
@@ -538,7 +509,7 @@ impl Engine<'_, '_> {
         self.report.hole_bytes += len;
         self.report.hole_ranges += 1;
         self.clear(self.dst_range(&src))?;
-        self.advance(len);
+        self.meter.hole(len);
         Ok(())
     }
 

@@ -246,8 +246,9 @@ impl Engine<'_, '_> {
         self.report.data_ranges += data_ranges;
         self.report.hole_bytes += holes;
         self.report.hole_ranges += hole_ranges;
+        self.meter.found(data);
         self.transferred(Transfer::Reflink, data);
-        self.advance(holes);
+        self.meter.hole(holes);
         Ok(Some(span))
     }
 

@@ -47,7 +47,6 @@ fn plan() -> Plan {
         grow_to: Some(LEN),
         dst_old_data: None,
         buf_len: MIB as usize,
-        total: LEN,
     }
 }
 
@@ -99,7 +98,6 @@ const CASES: &[Case] = &[
     }, Ok(|p| {
         shares(p);
         p.grow_to = Some(4100);
-        p.total = 4000;
     })),
     ("--reflink never on xfs: copy_file_range that shares, no probe", |f| {
         xfs(f);
@@ -130,7 +128,6 @@ const CASES: &[Case] = &[
         no_reflink(p);
         p.unprobe = false;
         p.grow_to = None;
-        p.total = 0;
     })),
     ("a device too small", |f| { f.dst_device = true; f.dst_size = 5 * MIB; },
      Err(Refusal::DeviceTooSmall { end: LEN })),
@@ -173,7 +170,6 @@ const CASES: &[Case] = &[
         p.unprobe = false;
         p.grow_to = None;
         p.dst_old_data = Some(0..LEN);
-        p.total = 4096;
     })),
     ("a size that lies onto xfs, --method copy-file-range: read all the same", |f| {
         xfs(f);

@@ -1,0 +1,171 @@
+//! A copy's progress on stderr, for `copy` and `bmap copy`: data bytes done against the data
+//! total, holes counted apart as skipped ([`Progress`]).
+//!
+//! - stderr a terminal (and not `--no-progress`): an indicatif bar, drawn only once there is
+//!   something to show (the data total, or data done), so no `0 B/0 B` flashes by; while the
+//!   total is unknown, a spinner with the bytes done;
+//! - `--progress` and stderr not a terminal (a CI log): a plain line every few seconds, no
+//!   carriage returns or escape codes; the summary line is the last word;
+//! - otherwise nothing.
+//!
+//! `BLOCKMAP_PROGRESS_INTERVAL_MS` sets the interval of the plain lines: for tests only, which
+//! cannot wait 5 s for one.
+
+use std::io::{self, IsTerminal};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use sparsecopy::{Progress, human_size};
+
+/// How often a plain progress line is written.
+const INTERVAL: Duration = Duration::from_secs(5);
+
+/// Where the progress goes.
+pub(crate) enum Display {
+    Off,
+    /// The bar, hidden until [`Display::update`] has something to show.
+    Bar {
+        bar: ProgressBar,
+        shown: bool,
+        known: bool,
+    },
+    /// Plain lines: the last one's time and data done.
+    Lines {
+        every: Duration,
+        last: Instant,
+        last_done: u64,
+    },
+}
+
+impl Display {
+    /// The display the flags and stderr ask for (`--no-progress` wins; `-q` hides the progress
+    /// unless `--progress` asks for it).
+    pub(crate) fn new(progress: bool, no_progress: bool, quiet: bool) -> Display {
+        if no_progress || (quiet && !progress) {
+            Display::Off
+        } else if io::stderr().is_terminal() {
+            // Hidden until there is something to show.
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
+            Display::Bar {
+                bar,
+                shown: false,
+                known: false,
+            }
+        } else if progress {
+            let every = std::env::var("BLOCKMAP_PROGRESS_INTERVAL_MS")
+                .ok()
+                .and_then(|ms| ms.parse().ok())
+                .map_or(INTERVAL, Duration::from_millis);
+            Display::Lines {
+                every,
+                last: Instant::now(),
+                last_done: 0,
+            }
+        } else {
+            Display::Off
+        }
+    }
+
+    /// Shows `p`.
+    pub(crate) fn update(&mut self, p: Progress) {
+        match self {
+            Display::Off => {}
+            Display::Bar { bar, shown, known } => {
+                if !*shown {
+                    if p.data_done == 0 && p.data_total.is_none_or(|t| t == 0) {
+                        return;
+                    }
+                    *shown = true;
+                    *known = p.data_total.is_some();
+                    bar.set_style(style(*known));
+                    bar.set_draw_target(ProgressDrawTarget::stderr());
+                    bar.enable_steady_tick(Duration::from_millis(200));
+                } else if *known != p.data_total.is_some() {
+                    *known = p.data_total.is_some();
+                    bar.set_style(style(*known));
+                }
+                if p.skipped > 0 {
+                    bar.set_message(format!("{} holes skipped", human_size(p.skipped)));
+                }
+                bar.set_length(p.data_total.unwrap_or(0));
+                bar.set_position(p.data_done);
+            }
+            Display::Lines {
+                every,
+                last,
+                last_done,
+            } => {
+                let now = Instant::now();
+                let elapsed = now.duration_since(*last);
+                if elapsed < *every {
+                    return;
+                }
+                let rate = p.data_done.saturating_sub(*last_done) as f64 / elapsed.as_secs_f64();
+                crate::say(format_args!("{}", line(p, rate)));
+                (*last, *last_done) = (now, p.data_done);
+            }
+        }
+    }
+
+    /// Takes the bar away, before the summary or the error line, which must stand alone.
+    pub(crate) fn finish(&self) {
+        if let Display::Bar { bar, .. } = self {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// The bar's look: a bar of data bytes when the total is `known`, else a spinner and the
+/// bytes done; the holes skipped as its message. Within 80 columns; no colours (`NO_COLOR`
+/// has nothing to turn off here).
+fn style(known: bool) -> ProgressStyle {
+    let template = if known {
+        "{spinner} [{wide_bar}] {bytes}/{total_bytes} data ({bytes_per_sec}, {eta}) {msg}"
+    } else {
+        "{spinner} {bytes} data ({bytes_per_sec}, {elapsed}) {msg}"
+    };
+    ProgressStyle::with_template(template)
+        .expect("the template is valid")
+        .progress_chars("=> ")
+}
+
+/// A plain progress line: `copied 1.2 GiB of 3.4 GiB data (35%), 12.0 GiB holes skipped,
+/// 210.0 MiB/s` (`rate` in data bytes a second).
+fn line(p: Progress, rate: f64) -> String {
+    let mut line = format!("copied {}", human_size(p.data_done));
+    match p.data_total {
+        Some(total) if total > 0 => {
+            let percent = p.data_done as f64 * 100.0 / total as f64;
+            line += &format!(" of {} data ({percent:.0}%)", human_size(total));
+        }
+        _ => line += " of data",
+    }
+    if p.skipped > 0 {
+        line += &format!(", {} holes skipped", human_size(p.skipped));
+    }
+    line + &format!(", {}/s", human_size(rate as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_lines_say_data_total_and_holes() {
+        let p = Progress {
+            data_done: 3 << 29,
+            data_total: Some(6 << 29),
+            skipped: 12 << 30,
+        };
+        assert_eq!(
+            line(p, (210 << 20) as f64),
+            "copied 1.5 GiB of 3.0 GiB data (50%), 12.0 GiB holes skipped, 210.0 MiB/s"
+        );
+        let p = Progress {
+            data_total: None,
+            skipped: 0,
+            ..p
+        };
+        assert_eq!(line(p, 1024.0), "copied 1.5 GiB of data, 1.0 KiB/s");
+    }
+}

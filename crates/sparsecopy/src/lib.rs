@@ -216,31 +216,9 @@ impl<'p> Copier<'p> {
         let started = Instant::now();
         self.options.check()?;
         let src_file = blockmap_core::fs::open_readable(src)?;
-        let src_stat = source::stat(src_file.as_fd(), src)?;
-        let src_map = BlockMap::with_path(src_file.as_fd(), src, self.map_options())?;
-        let (window, stream) = self.resolve(&src_map, &src_stat)?;
-        let stop = self.stop.as_deref();
-        if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
-            return Err(Error::Interrupted {
-                dst: DstState::Untouched {
-                    path: dst.to_owned(),
-                },
-            });
-        }
+        let prepared = self.prepare(started, src_file.as_fd(), src, dst)?;
         let (dst_fd, created) = dest::open_or_create(dst)?;
-        let result = engine::run(engine::Job {
-            src_map: &src_map,
-            src_stat: &src_stat,
-            dst: dst_fd.as_fd(),
-            dst_path: dst,
-            created,
-            window,
-            stream,
-            options: &self.options,
-            progress: self.progress,
-            stop,
-            started,
-        });
+        let result = self.execute(prepared, dst_fd.as_fd(), dst, created);
         // Taken while DST is open, to recognise the file created if it must go again.
         let identity = rustix::fs::fstat(&dst_fd);
         // A failed close is a failed write (NFS, FUSE's flush report them there).
@@ -257,6 +235,61 @@ impl<'p> Copier<'p> {
             }
             result => result,
         }
+    }
+
+    /// What every entry point finds out before DST is touched: SRC's status and map, the
+    /// window against it; an interrupt raised by now stops the copy with DST untouched.
+    fn prepare<'a>(
+        &self,
+        started: Instant,
+        src: BorrowedFd<'a>,
+        src_path: &Path,
+        dst_path: &Path,
+    ) -> Result<Prepared<'a>> {
+        let src_stat = source::stat(src, src_path)?;
+        let src_map = BlockMap::with_path(src, src_path, self.map_options())?;
+        let (window, stream) = self.resolve(&src_map, &src_stat)?;
+        if self
+            .stop
+            .as_deref()
+            .is_some_and(|s| s.load(Ordering::Relaxed))
+        {
+            return Err(Error::Interrupted {
+                dst: DstState::Untouched {
+                    path: dst_path.to_owned(),
+                },
+            });
+        }
+        Ok(Prepared {
+            started,
+            src_stat,
+            src_map,
+            window,
+            stream,
+        })
+    }
+
+    /// Runs the engine from SRC, as prepared, into DST.
+    fn execute(
+        self,
+        prepared: Prepared<'_>,
+        dst: BorrowedFd<'_>,
+        dst_path: &Path,
+        created: bool,
+    ) -> Result<Report> {
+        engine::run(engine::Job {
+            src_map: &prepared.src_map,
+            src_stat: &prepared.src_stat,
+            dst,
+            dst_path,
+            created,
+            window: prepared.window,
+            stream: prepared.stream,
+            options: &self.options,
+            progress: self.progress,
+            stop: self.stop.as_deref(),
+            started: prepared.started,
+        })
     }
 
     /// The window against SRC, and whether SRC is streamed (its size lies).
@@ -309,30 +342,8 @@ impl<'p> Copier<'p> {
             debug_span!("copy", src = %src_path.display(), dst = %dst_path.display()).entered();
         let started = Instant::now();
         self.options.check()?;
-        let src_stat = source::stat(src, src_path)?;
-        let src_map = BlockMap::with_path(src, src_path, self.map_options())?;
-        let (window, stream) = self.resolve(&src_map, &src_stat)?;
-        let stop = self.stop.as_deref();
-        if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
-            return Err(Error::Interrupted {
-                dst: DstState::Untouched {
-                    path: dst_path.to_owned(),
-                },
-            });
-        }
-        engine::run(engine::Job {
-            src_map: &src_map,
-            src_stat: &src_stat,
-            dst,
-            dst_path,
-            created: false,
-            window,
-            stream,
-            options: &self.options,
-            progress: self.progress,
-            stop,
-            started,
-        })
+        let prepared = self.prepare(started, src, src_path, dst_path)?;
+        self.execute(prepared, dst, dst_path, false)
     }
 
     fn map_options(&self) -> MapOptions {
@@ -341,6 +352,15 @@ impl<'p> Copier<'p> {
             ..MapOptions::default()
         }
     }
+}
+
+/// SRC as [`Copier::prepare`] found it, before DST is touched.
+struct Prepared<'a> {
+    started: Instant,
+    src_stat: rustix::fs::Stat,
+    src_map: BlockMap<BorrowedFd<'a>>,
+    window: options::Resolved,
+    stream: bool,
 }
 
 fn fd_name(fd: BorrowedFd<'_>) -> PathBuf {

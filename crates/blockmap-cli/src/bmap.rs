@@ -173,7 +173,11 @@ fn copy(args: &BmapCopyArgs) -> Result<()> {
         bar.finish_and_clear();
     }
     let report = signal_named(result)?;
-    crate::say(format_args!("{report} ({source})"));
+    if args.json {
+        crate::json::print_report(crate::json::BMAP_COPY_VERSION, &report)?;
+    } else {
+        crate::say(format_args!("{report} ({source})"));
+    }
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! `blockmap copy`: the sparse copy of SRC's window into DST by the `sparsecopy` engine, with
 //! a progress bar on stderr and one summary line (or a JSON report) at the end.
 
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, IsTerminal};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
@@ -49,10 +49,7 @@ pub(crate) fn run(args: &CopyArgs) -> Result<()> {
     })?;
 
     if args.json {
-        let mut out = io::stdout().lock();
-        serde_json::to_writer(&mut out, &report).context("writing the report")?;
-        writeln!(out).context("writing the report")?;
-        out.flush().context("writing the report")?;
+        crate::json::print_report(crate::json::COPY_VERSION, &report)?;
     } else {
         // The one summary line: data copied, holes skipped, methods, time.
         // A closed stderr leaves nothing to report to; the copy itself succeeded.

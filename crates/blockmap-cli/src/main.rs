@@ -11,6 +11,7 @@
 mod bmap;
 mod cli;
 mod copy;
+mod json;
 mod map;
 mod signals;
 mod size;

@@ -16,6 +16,7 @@ mod cli_bmap_opts;
 mod cli_bmap_parallel;
 mod cli_bmap_sig;
 mod cli_copy;
+mod cli_json;
 mod fs_bmap;
 mod fs_bmap_inputs;
 mod fs_copy;

@@ -39,7 +39,7 @@ pub(crate) const MAX_PENDING: usize = 4096;
 const NAMED: usize = 8;
 
 /// What the read-back verification did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct ReadBackReport {
     /// Ranges read back and verified (each counted once).

@@ -170,7 +170,9 @@ fn copy(args: &BmapCopyArgs, quiet: bool) -> Result<()> {
     };
     display.finish();
     let report = signal_named(result)?;
-    if !quiet {
+    if args.json {
+        crate::json::print_report(crate::json::BMAP_COPY_VERSION, &report)?;
+    } else if !quiet {
         crate::say(format_args!("{report} ({source})"));
     }
     Ok(())

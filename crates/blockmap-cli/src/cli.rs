@@ -162,6 +162,10 @@ pub(crate) struct BmapCopyArgs {
     /// Write progress as psplash does it (`PROGRESS <percent>`) to this FIFO, if it is one.
     #[arg(long, value_name = "PATH")]
     pub psplash_pipe: Option<PathBuf>,
+
+    /// Print the report as one JSON object on stdout instead of the summary line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `blockmap map [--backend …] [--json] [--holes] [--sync] FILE`
@@ -171,7 +175,7 @@ pub(crate) struct MapArgs {
     #[arg(long, value_name = "auto|fiemap|seek|none", default_value = "auto")]
     pub backend: BackendChoice,
 
-    /// Print one JSON object: path, size, block_size, backend, data, holes, extents.
+    /// Print one JSON object: version, path, size, block_size, backend, data, holes, extents.
     #[arg(long)]
     pub json: bool,
 

@@ -2,8 +2,6 @@
 //! its progress on stderr ([`crate::progress`]) and one summary line (or a JSON report) at
 //! the end.
 
-use std::io::{self, Write};
-
 use anyhow::{Context, Result, anyhow};
 use sparsecopy::{Copier, Options, Progress, Window};
 
@@ -41,10 +39,7 @@ pub(crate) fn run(args: &CopyArgs, quiet: bool) -> Result<()> {
     })?;
 
     if args.json {
-        let mut out = io::stdout().lock();
-        serde_json::to_writer(&mut out, &report).context("writing the report")?;
-        writeln!(out).context("writing the report")?;
-        out.flush().context("writing the report")?;
+        crate::json::print_report(crate::json::COPY_VERSION, &report)?;
     } else if !quiet {
         // The one summary line: data copied, holes skipped, methods, time.
         // A closed stderr leaves nothing to report to; the copy itself succeeded.

@@ -12,6 +12,7 @@ mod bmap;
 mod cli;
 mod copy;
 mod generate;
+mod json;
 mod map;
 mod progress;
 mod signals;

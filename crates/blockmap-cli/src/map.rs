@@ -1,5 +1,5 @@
-//! `blockmap map`: the block map of one file, as a table or as the stable JSON of README.md's
-//! "Map: where the data is".
+//! `blockmap map`: the block map of one file, as a table or as JSON (its format:
+//! `schemas/map.schema.json`, versioned as [`crate::json`] says).
 //!
 //! The table streams (one walk, constant memory, whatever the number of extents). The JSON
 //! holds the data ranges and the raw extents of one walk (the holes derived from the data),
@@ -42,7 +42,7 @@ fn write_json(map: &BlockMap<File>, path: &str, out: &mut impl Write) -> Result<
         .map(Ok::<_, std::convert::Infallible>)
         .inverted(0..size);
 
-    write!(out, "{{\"path\":")?;
+    write!(out, "{{\"version\":{},\"path\":", crate::json::MAP_VERSION)?;
     serde_json::to_writer(&mut *out, path)?;
     write!(
         out,

@@ -381,7 +381,7 @@ fn reflink_arg(r: Reflink) -> &'static str {
 }
 
 /// `blockmap copy --json …`, checked for the shape of success (status 0, nothing on stderr,
-/// one JSON object on stdout) or of failure (status 1, nothing on stdout, one line).
+/// one JSON object on stdout that holds its schema) or of failure (status 1, nothing on stdout, one line).
 fn cli_copy(src: &Path, dst: &Path, plan: &Plan, opts: &Options) -> Result<Outcome, String> {
     let mut args = vec![
         "copy".to_owned(),
@@ -415,8 +415,9 @@ fn cli_copy(src: &Path, dst: &Path, plan: &Plan, opts: &Options) -> Result<Outco
             stdout.lines().count() == 1,
             "{what}: expected one JSON line, got {stdout:?}"
         );
-        let v: serde_json::Value = serde_json::from_str(&stdout)
-            .map_err(|e| format!("{what}: not JSON ({e}): {stdout:.400}"))?;
+        // The report's contract: copy-report.schema.json.
+        let v = testkit::schema::parse(testkit::schema::Doc::CopyReport, &stdout)
+            .map_err(|e| format!("{what}: {e}"))?;
         ensure!(v.is_object(), "{what}: not an object: {stdout:.400}");
         Ok(Ok(v))
     } else {

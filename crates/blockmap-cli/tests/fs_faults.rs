@@ -109,7 +109,8 @@ fn copy(
             );
             let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
             if out.status.success() {
-                serde_json::from_slice(&out.stdout)
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                testkit::schema::parse(testkit::schema::Doc::CopyReport, &stdout)
                     .map_err(|e| format!("exit 0 but stdout is not a report ({e}): {stderr}"))
             } else {
                 // A failure prints no report and exits 1.

@@ -218,6 +218,30 @@ fn range_requests_fetch_only_the_mapped_ranges() {
     assert_eq!(report.mapped_bytes, mapped);
     assert!(fs::read(&lib_dest).unwrap() == image);
 
+    // And `--json` (its schema: bmap-copy-report.schema.json), the one place its
+    // network_bytes is a number.
+    let json_dest = dir.path().join("json.img");
+    let out = cli_env(
+        [
+            "bmap",
+            "copy",
+            "--json",
+            "--no-progress",
+            &url,
+            json_dest.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "bmap copy --json {url}: {}",
+        stderr(&out)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = testkit::schema::parse(testkit::schema::Doc::BmapCopyReport, &stdout).unwrap();
+    assert_eq!(json["network_bytes"], mapped + coalesced_gap, "{json}");
+    assert!(fs::read(&json_dest).unwrap() == image);
+
     // bmaptool copies the same URL to the same bytes.
     let theirs = dir.path().join("bmaptool.img");
     match Command::new("bmaptool")

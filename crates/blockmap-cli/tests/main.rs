@@ -18,6 +18,7 @@ mod cli_bmap_sig;
 mod cli_copy;
 mod cli_defs;
 mod cli_generate;
+mod cli_json;
 mod cli_progress;
 mod cli_quiet;
 mod cli_size;

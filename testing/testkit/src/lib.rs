@@ -1,8 +1,9 @@
 //! The test kit of blockmap's integration tests (a dev-dependency only): files of known layout
 //! built by random operations with a byte model beside them ([`model`]), the one seeded
 //! generator of test bytes ([`noise`]), range helpers ([`ranges`]), the library's and the
-//! CLI's maps and their checks ([`maps`]), the directories to test in ([`files`]), and the
-//! environment `cargo xtask fs-test` sets up: its mounts and report ([`env`](mod@env)), faultfs
+//! CLI's maps and their checks ([`maps`]), the JSON Schemas of the CLI's `--json` output
+//! ([`schema`]), the directories to test in ([`files`]), and the environment `cargo xtask
+//! fs-test` sets up: its mounts and report ([`env`](mod@env)), faultfs
 //! ([`faultfs`](mod@faultfs)) and the HTTP servers ([`http`](mod@http)).
 //!
 //! # The contract with `cargo xtask fs-test`
@@ -37,6 +38,7 @@ pub mod http;
 pub mod maps;
 pub mod model;
 pub mod ranges;
+pub mod schema;
 
 pub use env::*;
 pub use faultfs::*;

@@ -148,12 +148,15 @@ pub struct CliMap {
 }
 
 impl CliMap {
-    /// Parses the output of `blockmap map --json`, which must have exactly the documented
-    /// keys and known extent flags; `kernel` is the kernel walk taken just before it ran.
+    /// Parses the output of `blockmap map --json`, which must hold its schema
+    /// (`map.schema.json`: exactly the documented keys, known extent flags); `kernel` is the
+    /// kernel walk taken just before it ran.
     pub fn parse(stdout: &str, kernel: Option<Vec<Range<u64>>>) -> Result<CliMap, String> {
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Json {
+            #[serde(rename = "version")]
+            _version: u32,
             path: String,
             size: u64,
             block_size: u64,
@@ -162,8 +165,10 @@ impl CliMap {
             holes: Vec<[u64; 2]>,
             extents: Vec<CliExtent>,
         }
+        let value = crate::schema::parse(crate::schema::Doc::Map, stdout)
+            .map_err(|e| format!("map --json: {e}"))?;
         let json: Json =
-            serde_json::from_str(stdout).map_err(|e| format!("map --json: {e}: {stdout:.400}"))?;
+            serde_json::from_value(value).map_err(|e| format!("map --json: {e}: {stdout:.400}"))?;
         for e in &json.extents {
             for f in &e.flags {
                 ensure!(

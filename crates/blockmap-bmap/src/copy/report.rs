@@ -3,12 +3,16 @@
 use std::fmt;
 use std::time::Duration;
 
+use serde::Serialize;
+
 use crate::checksum::ChecksumType;
 use crate::readback::ReadBackReport;
 use crate::source::Compression;
 
-/// What [`Copier::copy`](crate::Copier::copy) did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What [`Copier::copy`](crate::Copier::copy) did. Serialized (`blockmap bmap copy --json`) as one object: the
+/// checksum type and compression by their names, `elapsed` in seconds, absent values as
+/// `null`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct CopyReport {
     /// `ImageSize`.
@@ -23,17 +27,38 @@ pub struct CopyReport {
     /// Ranges whose checksum was verified.
     pub verified_ranges: u64,
     /// The checksum type verified, if any range was.
+    #[serde(serialize_with = "serialize_checksum_type")]
     pub checksum_type: Option<ChecksumType>,
     /// How the image was compressed.
+    #[serde(serialize_with = "serialize_compression")]
     pub compression: Compression,
     /// Whether the destination is a block device.
     pub block_device: bool,
     /// Wall time of the copy.
+    #[serde(serialize_with = "serialize_seconds")]
     pub elapsed: Duration,
     /// What the read-back verification did, if it was asked for.
     pub readback: Option<ReadBackReport>,
     /// Bytes of response bodies that came over the network, for an image given as a URL.
     pub network_bytes: Option<u64>,
+}
+
+fn serialize_checksum_type<S: serde::Serializer>(
+    kind: &Option<ChecksumType>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match kind {
+        Some(kind) => s.serialize_str(kind.name()),
+        None => s.serialize_none(),
+    }
+}
+
+fn serialize_compression<S: serde::Serializer>(c: &Compression, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(c.name())
+}
+
+fn serialize_seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
 }
 
 impl CopyReport {

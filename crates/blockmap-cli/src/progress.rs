@@ -135,8 +135,9 @@ fn line(p: Progress, rate: f64) -> String {
     let mut line = format!("copied {}", human_size(p.data_done));
     match p.data_total {
         Some(total) if total > 0 => {
-            let percent = p.data_done as f64 * 100.0 / total as f64;
-            line += &format!(" of {} data ({percent:.0}%)", human_size(total));
+            // Rounded down: 100% only once every byte is done.
+            let percent = u128::from(p.data_done) * 100 / u128::from(total);
+            line += &format!(" of {} data ({percent}%)", human_size(total));
         }
         _ => line += " of data",
     }
@@ -167,5 +168,11 @@ mod tests {
             ..p
         };
         assert_eq!(line(p, 1024.0), "copied 1.5 GiB of data, 1.0 KiB/s");
+        let p = Progress {
+            data_done: 999,
+            data_total: Some(1000),
+            skipped: 0,
+        };
+        assert_eq!(line(p, 0.0), "copied 999 B of 1000 B data (99%), 0 B/s");
     }
 }

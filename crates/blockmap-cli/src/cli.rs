@@ -124,7 +124,8 @@ pub(crate) struct BmapCopyArgs {
     #[arg(long)]
     pub no_sync: bool,
 
-    /// Draw a progress bar on stderr (default: when stderr is a terminal).
+    /// Show the progress on stderr: a bar on a terminal (the default there); elsewhere (a log)
+    /// a plain line at once, then one every 5 s.
     #[arg(long, overrides_with = "no_progress")]
     pub progress: bool,
 
@@ -233,7 +234,8 @@ pub(crate) struct CopyArgs {
     #[arg(long)]
     pub sync: bool,
 
-    /// Draw a progress bar on stderr (default: when stderr is a terminal).
+    /// Show the progress on stderr: a bar on a terminal (the default there); elsewhere (a log)
+    /// a plain line at once, then one every 5 s.
     #[arg(long, overrides_with = "no_progress")]
     pub progress: bool,
 

@@ -4,8 +4,9 @@
 //! - stderr a terminal (and not `--no-progress`): an indicatif bar, drawn only once there is
 //!   something to show (the data total, or data done), so no `0 B/0 B` flashes by; while the
 //!   total is unknown, a spinner with the bytes done;
-//! - `--progress` and stderr not a terminal (a CI log): a plain line every few seconds, no
-//!   carriage returns or escape codes; the summary line is the last word;
+//! - `--progress` and stderr not a terminal (a CI log): a plain line as soon as there is
+//!   something to show (so that even a short copy's log says what it is doing), then one every
+//!   few seconds, no carriage returns or escape codes; the summary line is the last word;
 //! - otherwise nothing.
 //!
 //! `BLOCKMAP_PROGRESS_INTERVAL_MS` sets the interval of the plain lines: for tests only, which
@@ -29,10 +30,10 @@ pub(crate) enum Display {
         shown: bool,
         known: bool,
     },
-    /// Plain lines: the last one's time and data done.
+    /// Plain lines: the last one's time (`None` before the first) and data done.
     Lines {
         every: Duration,
-        last: Instant,
+        last: Option<Instant>,
         last_done: u64,
     },
 }
@@ -58,7 +59,7 @@ impl Display {
                 .map_or(INTERVAL, Duration::from_millis);
             Display::Lines {
                 every,
-                last: Instant::now(),
+                last: None,
                 last_done: 0,
             }
         } else {
@@ -72,7 +73,7 @@ impl Display {
             Display::Off => {}
             Display::Bar { bar, shown, known } => {
                 if !*shown {
-                    if p.data_done == 0 && p.data_total.is_none_or(|t| t == 0) {
+                    if !something_to_show(p) {
                         return;
                     }
                     *shown = true;
@@ -96,13 +97,18 @@ impl Display {
                 last_done,
             } => {
                 let now = Instant::now();
-                let elapsed = now.duration_since(*last);
-                if elapsed < *every {
-                    return;
-                }
-                let rate = p.data_done.saturating_sub(*last_done) as f64 / elapsed.as_secs_f64();
+                let rate = match *last {
+                    None if !something_to_show(p) => return,
+                    // The first line: no rate yet.
+                    None => None,
+                    Some(at) if now.duration_since(at) < *every => return,
+                    Some(at) => {
+                        let elapsed = now.duration_since(at).as_secs_f64();
+                        Some(p.data_done.saturating_sub(*last_done) as f64 / elapsed)
+                    }
+                };
                 crate::say(format_args!("{}", line(p, rate)));
-                (*last, *last_done) = (now, p.data_done);
+                (*last, *last_done) = (Some(now), p.data_done);
             }
         }
     }
@@ -129,9 +135,14 @@ fn style(known: bool) -> ProgressStyle {
         .progress_chars("=> ")
 }
 
+/// Whether `p` says anything: data done, or a data total that is not zero.
+fn something_to_show(p: Progress) -> bool {
+    p.data_done > 0 || p.data_total.is_some_and(|t| t > 0)
+}
+
 /// A plain progress line: `copied 1.2 GiB of 3.4 GiB data (35%), 12.0 GiB holes skipped,
-/// 210.0 MiB/s` (`rate` in data bytes a second).
-fn line(p: Progress, rate: f64) -> String {
+/// 210.0 MiB/s` (`rate` in data bytes a second since the line before; none on the first).
+fn line(p: Progress, rate: Option<f64>) -> String {
     let mut line = format!("copied {}", human_size(p.data_done));
     match p.data_total {
         Some(total) if total > 0 => {
@@ -144,7 +155,10 @@ fn line(p: Progress, rate: f64) -> String {
     if p.skipped > 0 {
         line += &format!(", {} holes skipped", human_size(p.skipped));
     }
-    line + &format!(", {}/s", human_size(rate as u64))
+    if let Some(rate) = rate {
+        line += &format!(", {}/s", human_size(rate as u64));
+    }
+    line
 }
 
 #[cfg(test)]
@@ -159,7 +173,7 @@ mod tests {
             skipped: 12 << 30,
         };
         assert_eq!(
-            line(p, (210 << 20) as f64),
+            line(p, Some((210 << 20) as f64)),
             "copied 1.5 GiB of 3.0 GiB data (50%), 12.0 GiB holes skipped, 210.0 MiB/s"
         );
         let p = Progress {
@@ -167,12 +181,16 @@ mod tests {
             skipped: 0,
             ..p
         };
-        assert_eq!(line(p, 1024.0), "copied 1.5 GiB of data, 1.0 KiB/s");
+        assert_eq!(line(p, Some(1024.0)), "copied 1.5 GiB of data, 1.0 KiB/s");
+        assert_eq!(line(p, None), "copied 1.5 GiB of data");
         let p = Progress {
             data_done: 999,
             data_total: Some(1000),
             skipped: 0,
         };
-        assert_eq!(line(p, 0.0), "copied 999 B of 1000 B data (99%), 0 B/s");
+        assert_eq!(
+            line(p, Some(0.0)),
+            "copied 999 B of 1000 B data (99%), 0 B/s"
+        );
     }
 }

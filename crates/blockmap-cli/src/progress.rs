@@ -72,16 +72,10 @@ impl Display {
         match self {
             Display::Off => {}
             Display::Bar { bar, shown, known } => {
-                if !*shown {
-                    if !something_to_show(p) {
-                        return;
-                    }
-                    *shown = true;
-                    *known = p.data_total.is_some();
-                    bar.set_style(style(*known));
-                    bar.set_draw_target(ProgressDrawTarget::stderr());
-                    bar.enable_steady_tick(Duration::from_millis(200));
-                } else if *known != p.data_total.is_some() {
+                if !*shown && !something_to_show(p) {
+                    return;
+                }
+                if !*shown || *known != p.data_total.is_some() {
                     *known = p.data_total.is_some();
                     bar.set_style(style(*known));
                 }
@@ -90,6 +84,13 @@ impl Display {
                 }
                 bar.set_length(p.data_total.unwrap_or(0));
                 bar.set_position(p.data_done);
+                if !*shown {
+                    // Drawn only now, with its length and position set: the ticker's first
+                    // draw would otherwise show the hidden bar's `0 B/0 B`.
+                    *shown = true;
+                    bar.set_draw_target(ProgressDrawTarget::stderr());
+                    bar.enable_steady_tick(Duration::from_millis(200));
+                }
             }
             Display::Lines {
                 every,

@@ -219,3 +219,22 @@ fn quiet_keeps_the_progress_asked_for() {
         }
     }
 }
+
+/// The bar's first draw already has the data total: no `0 B/0 B` flashes by, for `copy` nor
+/// for `bmap copy` (whose first report has a total and no data done).
+#[test]
+fn the_first_bar_has_its_total() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path());
+    let bmap = dir.path().join("disk.img.bmap");
+    assert_ok(&blockmap(&["bmap", "create", "-o", s(&bmap), s(&img)]));
+    let dst = dir.path().join("copy.img");
+    for args in [
+        &["copy", s(&img), s(&dst)][..],
+        &["bmap", "copy", "--bmap", s(&bmap), s(&img), s(&dst)],
+    ] {
+        let shown = on_terminal(args, &[]);
+        assert!(shown.contains(" data ("), "{args:?}: no bar: {shown:?}");
+        assert!(!shown.contains("0 B/0 B"), "{args:?}: {shown:?}");
+    }
+}

@@ -6,14 +6,20 @@ use std::os::fd::BorrowedFd;
 
 use blockmap_core::fs::FsKind;
 use linux_raw_sys::general as k;
+use rustix::fs::Stat;
 
 /// configfs's `f_type` (not in linux-raw-sys's `<linux/magic.h>`).
 const CONFIGFS_MAGIC: u32 = 0x6265_6570;
 
+/// DST's filesystem, asked once (one `fstatfs`) for the questions below.
+pub(crate) fn of(dst: BorrowedFd<'_>) -> Option<FsKind> {
+    FsKind::of(dst)
+}
+
 /// Filesystems whose `copy_file_range` shares extents (it calls `remap_file_range` first):
 /// a "copy" there is a reflink in disguise.
-pub(crate) fn copy_may_share(fd: BorrowedFd<'_>) -> bool {
-    FsKind::of(fd).is_some_and(shares_in_copy)
+pub(crate) fn copy_may_share(dst: Option<FsKind>) -> bool {
+    dst.is_some_and(shares_in_copy)
 }
 
 /// [`copy_may_share`] of a kind.
@@ -32,23 +38,20 @@ fn shares_in_copy(kind: FsKind) -> bool {
     }
 }
 
-/// SRC and DST in one btrfs subvolume (one `st_dev`): where the whole-window clone is made
-/// first and settled after (`engine::reflink`). Elsewhere, as across two btrfs filesystems,
-/// the extents are looked at first: a clone that cannot share must not be tried when nothing
-/// whole is there to share.
-pub(crate) fn same_btrfs_subvolume(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> bool {
-    FsKind::of(src) == Some(FsKind::Btrfs)
-        && matches!(
-            (rustix::fs::fstat(src), rustix::fs::fstat(dst)),
-            (Ok(a), Ok(b)) if a.st_dev == b.st_dev
-        )
+/// SRC and DST in one btrfs subvolume: DST on btrfs and one `st_dev` for both (each subvolume
+/// has its own, so SRC is on it too). There the whole-window clone is made first and settled
+/// after (`engine::reflink`). Elsewhere, as across two btrfs filesystems, the extents are
+/// looked at first: a clone that cannot share must not be tried when nothing whole is there
+/// to share.
+pub(crate) fn same_btrfs_subvolume(dst: Option<FsKind>, src_stat: &Stat, dst_stat: &Stat) -> bool {
+    dst == Some(FsKind::Btrfs) && src_stat.st_dev == dst_stat.st_dev
 }
 
 /// Whether DST is on xfs. xfs reflinks small extents more slowly than it copies them
-/// (benches/RESULTS.md, "Measurements behind design choices"; btrfs is the other way round), and it shares only
-/// written blocks.
-pub(crate) fn is_xfs(dst: BorrowedFd<'_>) -> bool {
-    FsKind::of(dst) == Some(FsKind::Xfs)
+/// (benches/RESULTS.md, "Measurements behind design choices"; btrfs is the other way round),
+/// and it shares only written blocks.
+pub(crate) fn is_xfs(dst: Option<FsKind>) -> bool {
+    dst == Some(FsKind::Xfs)
 }
 
 /// Filesystems whose files are made up as they are read: their sizes say nothing (procfs

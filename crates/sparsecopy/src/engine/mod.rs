@@ -154,6 +154,7 @@ fn gather(job: &Job<'_, '_>, dest: &Dest) -> Facts {
     let dst_device = dest.kind == Kind::BlockDevice;
     // Filesystems are asked only about two regular files, the only ones that share.
     let regular = src_map.is_regular() && !dst_device && !job.stream;
+    let dst_fs = if regular { filesystem::of(dst) } else { None };
     Facts {
         options: job.options.clone(),
         window: job.window,
@@ -167,9 +168,9 @@ fn gather(job: &Job<'_, '_>, dest: &Dest) -> Facts {
         dst_size: dest.size,
         dst_created: job.created,
         block_size: u64::from(blockmap_core::fs::block_size_of(dst)),
-        dst_copy_shares: regular && filesystem::copy_may_share(dst),
-        same_btrfs_subvolume: regular && filesystem::same_btrfs_subvolume(*src_map.file(), dst),
-        dst_xfs: regular && filesystem::is_xfs(dst),
+        dst_copy_shares: filesystem::copy_may_share(dst_fs),
+        same_btrfs_subvolume: filesystem::same_btrfs_subvolume(dst_fs, job.src_stat, &dest.stat),
+        dst_xfs: filesystem::is_xfs(dst_fs),
     }
 }
 

@@ -13,7 +13,8 @@ pub(super) fn proxy_for(url: &Url) -> Option<String> {
             .iter()
             .find_map(|n| std::env::var(n).ok().filter(|v| !v.trim().is_empty()))
     };
-    let https = url.raw[..8].eq_ignore_ascii_case("https://");
+    // `get`: `http://` is shorter than 8 bytes, and byte 8 may be inside a character.
+    let https = url.raw.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://"));
     let proxy = if https {
         var(&["https_proxy", "HTTPS_PROXY"])
     } else {
@@ -69,6 +70,16 @@ pub(super) fn no_proxy_matches(entry: &str, host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// URLs shorter than `https://`, or with a character across its eighth byte, are asked
+    /// for their proxy without a panic.
+    #[test]
+    fn short_and_multibyte_urls_have_a_proxy_or_none() {
+        for raw in ["http://", "HTTP://", "http://é/x", "https://h"] {
+            let url = Url::of(std::path::Path::new(raw)).expect(raw);
+            let _ = proxy_for(&url);
+        }
+    }
 
     #[test]
     fn no_proxy_entries_match_as_curl_matches() {

@@ -1,7 +1,7 @@
 //! The copy of an image at a URL: the source it is read from, joined to the local copy.
 
 use std::fs::File;
-use std::io::{self, BufReader, PipeWriter};
+use std::io::{self, PipeWriter};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +15,7 @@ use super::counted::Counted;
 use super::ranged::Ranged;
 use super::spans::plan_spans;
 use super::url::Url;
-use super::{BUFFER, Failure, take};
+use super::{Failure, take};
 use crate::copy::{Copier, CopyReport};
 use crate::error::{Error, Result};
 use crate::input::{Input, Opened};
@@ -38,11 +38,7 @@ pub(crate) fn copy(copier: Copier<'_>, image: &Url, dest: &Path) -> Result<CopyR
         let (spans, count) = plan_spans(ranges, image)?;
         debug!(url = %image.shown, spans = count, "fetching the mapped ranges");
         let ranged = Ranged::open(image, bmap_path, size, spans, &network, &failure)?;
-        let source = Source::Stream {
-            reader: BufReader::with_capacity(BUFFER, Box::new(ranged)),
-            pos: 0,
-            compression,
-        };
+        let source = Source::stream(Box::new(ranged), compression);
         (source, None)
     } else {
         drop(ranges);

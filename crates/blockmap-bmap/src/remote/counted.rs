@@ -40,9 +40,6 @@ impl Read for Counted {
             Some(left) => buf.len().min(usize::try_from(left).unwrap_or(usize::MAX)),
             None => buf.len(),
         };
-        let expected = self
-            .left
-            .map_or(String::new(), |l| format!(" of {}", self.got + l));
         let got = loop {
             match self.reader.read(&mut buf[..n]) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -51,6 +48,9 @@ impl Read for Counted {
                     break 0;
                 }
                 Err(e) => {
+                    let expected = self
+                        .left
+                        .map_or(String::new(), |l| format!(" of {}", self.got + l));
                     return Err(io::Error::new(
                         e.kind(),
                         format!(

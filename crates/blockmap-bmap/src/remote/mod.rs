@@ -54,8 +54,6 @@ pub(crate) use url::{Url, is_url_path};
 /// carry 0.1–12 MiB: 1 MiB is near the middle of that span, wastes at most 1 MiB per request
 /// saved, and bounds the requests to one per MiB of image.
 pub const COALESCE: u64 = 1 << 20;
-/// Read buffer of a response body.
-const BUFFER: usize = 256 << 10;
 
 /// The bmap beside the image at `image` as [`find_bmap`](crate::find_bmap) finds it beside a
 /// file: `IMAGE.bmap`, then each extension dropped and `.bmap` added. The URL found, as given

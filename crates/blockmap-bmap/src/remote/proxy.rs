@@ -14,7 +14,10 @@ pub(super) fn proxy_for(url: &Url) -> Option<String> {
             .find_map(|n| std::env::var(n).ok().filter(|v| !v.trim().is_empty()))
     };
     // `get`: `http://` is shorter than 8 bytes, and byte 8 may be inside a character.
-    let https = url.raw.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://"));
+    let https = url
+        .raw
+        .get(..8)
+        .is_some_and(|s| s.eq_ignore_ascii_case("https://"));
     let proxy = if https {
         var(&["https_proxy", "HTTPS_PROXY"])
     } else {

@@ -205,7 +205,9 @@ impl<'a> Copier<'a> {
         self
     }
 
-    /// Called as data is written: [`Progress::data_done`] is the mapped bytes written so far,
+    /// Called as the copy goes (every 50 ms for a plain image, else about once per MiB of the
+    /// image): [`Progress::data_done`] is the mapped bytes copied so far (for a stream, read
+    /// and handed to the writing thread),
     /// [`Progress::data_total`] the mapped bytes in all (the bmap's), [`Progress::skipped`]
     /// the unmapped bytes passed. For [`Copier::whole_image`] every byte is data, and the total
     /// is the image's size where a plain file tells it, else unknown (`None`) until the end.
@@ -633,5 +635,44 @@ fn too_short(image: &Path, range: &BlockRange, at: u64) -> Error {
         first: range.first,
         last: range.last,
         at,
+    }
+}
+
+/// Bytes of the image between two reports of a data path that reports piece by piece.
+const PROGRESS_EVERY: u64 = 1 << 20;
+
+/// The progress callback of a data path that reports piece by piece (the stream, the parallel
+/// decoders), passed on at most once per [`PROGRESS_EVERY`] bytes of the image, or per
+/// hundredth of its data where that is less: a bmap of small ranges would otherwise call it
+/// per range. The copy's last report comes from
+/// `Copier::transfer` in any case.
+pub(super) struct Throttled<'f, 'p> {
+    callback: Option<&'f mut (dyn FnMut(Progress) + 'p)>,
+    /// The image bytes (data and skipped) of the last report passed on.
+    told: Option<u64>,
+}
+
+impl<'f, 'p> Throttled<'f, 'p> {
+    pub(super) fn new(callback: Option<&'f mut (dyn FnMut(Progress) + 'p)>) -> Self {
+        Throttled {
+            callback,
+            told: None,
+        }
+    }
+
+    pub(super) fn tell(&mut self, p: Progress) {
+        let Some(f) = self.callback.as_mut() else {
+            return;
+        };
+        let at = p.data_done + p.skipped;
+        // A hundredth of the data where that is less: every percent is heard (psplash).
+        let step = p
+            .data_total
+            .map_or(PROGRESS_EVERY, |t| (t / 100).clamp(1, PROGRESS_EVERY));
+        if self.told.is_some_and(|t| at < t.saturating_add(step)) {
+            return;
+        }
+        self.told = Some(at);
+        f(p);
     }
 }

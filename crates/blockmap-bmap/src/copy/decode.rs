@@ -18,8 +18,8 @@ use std::sync::{Condvar, Mutex};
 use tracing::debug;
 
 use super::{
-    Copier, CopyReport, Progress, Writeback, Written, check, interrupted, stream_error, too_short,
-    write_piece,
+    Copier, CopyReport, Progress, Throttled, Writeback, Written, check, interrupted, stream_error,
+    too_short, write_piece,
 };
 use crate::checksum::{ChecksumType, Hasher};
 use crate::error::{Error, Result};
@@ -69,7 +69,7 @@ struct Sink<'s, 'p> {
     dest: &'s Path,
     written: &'s Written,
     writeback: Option<Writeback<'s>>,
-    progress: Option<&'s mut (dyn FnMut(Progress) + 'p)>,
+    progress: Throttled<'s, 'p>,
     report: CopyReport,
 }
 
@@ -173,7 +173,7 @@ impl Copier<'_> {
             dest,
             written,
             writeback: self.options.sync.then(|| Writeback::new(out, dest)),
-            progress: self.progress.as_deref_mut(),
+            progress: Throttled::new(self.progress.as_deref_mut()),
             report: CopyReport::new(info.image_size, kind),
         };
         let interrupt = self.interrupt.clone();
@@ -395,14 +395,12 @@ impl Sink<'_, '_> {
             }
             self.report.mapped_bytes += end - cur.at;
             cur.at = end;
-            if let Some(p) = self.progress.as_mut() {
-                // The image's bytes before `cur.at` are mapped and written, or unmapped.
-                p(Progress {
-                    data_done: self.report.mapped_bytes,
-                    data_total: Some(self.info.mapped_bytes),
-                    skipped: cur.at - self.report.mapped_bytes,
-                });
-            }
+            // The image's bytes before `cur.at` are mapped and written, or unmapped.
+            self.progress.tell(Progress {
+                data_done: self.report.mapped_bytes,
+                data_total: Some(self.info.mapped_bytes),
+                skipped: cur.at - self.report.mapped_bytes,
+            });
             if cur.at < cur.bytes.end {
                 return Ok(());
             }

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use super::{
-    CHUNK, Copier, CopyReport, Progress, RangeIter, Writeback, Written, check, interrupted,
-    stream_error, too_short, write_piece,
+    CHUNK, Copier, CopyReport, Progress, RangeIter, Throttled, Writeback, Written, check,
+    interrupted, stream_error, too_short, write_piece,
 };
 use crate::checksum::ChecksumType;
 use crate::error::Result;
@@ -56,7 +56,7 @@ impl Copier<'_> {
             kind,
             interrupt: self.interrupt.as_deref(),
             mismatch: &mismatch,
-            progress: self.progress.as_deref_mut(),
+            progress: Throttled::new(self.progress.as_deref_mut()),
             batch: Batch {
                 buf: free_rx.recv().expect("the pool is full"),
                 pieces: Vec::new(),
@@ -99,7 +99,7 @@ struct Feed<'f, 'p> {
     interrupt: Option<&'f AtomicBool>,
     /// Raised by the hasher at a checksum mismatch or a failed write.
     mismatch: &'f AtomicBool,
-    progress: Option<&'f mut (dyn FnMut(Progress) + 'p)>,
+    progress: Throttled<'f, 'p>,
     /// Small ranges share a buffer: one hand-over to the hasher per buffer, not per range (a
     /// file of 131072 small extents would otherwise be all hand-overs).
     batch: Batch,
@@ -159,13 +159,11 @@ impl Feed<'_, '_> {
             self.streamed_to = pos + n as u64;
             pos += n as u64;
             self.report.mapped_bytes += n as u64;
-            if let Some(p) = self.progress.as_mut() {
-                p(Progress {
-                    data_done: self.report.mapped_bytes,
-                    data_total: Some(self.info.mapped_bytes),
-                    skipped: self.report.skipped_bytes,
-                });
-            }
+            self.progress.tell(Progress {
+                data_done: self.report.mapped_bytes,
+                data_total: Some(self.info.mapped_bytes),
+                skipped: self.report.skipped_bytes,
+            });
             if self.mismatch.load(Ordering::Relaxed) {
                 return Ok(false);
             }

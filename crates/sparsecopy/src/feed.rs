@@ -243,7 +243,8 @@ impl<'a> Feed<'a> {
                 }
             }
         }
-        if !told && steps.ended {
+        // The loop ends only once the walk has.
+        if !told {
             self.send(Item::Walked(steps.data))?;
         }
         self.flush()
@@ -470,9 +471,6 @@ mod tests {
     use super::*;
     use crate::plan::Steps;
 
-    /// Small extents too far apart to share a read are read each on its own, and still reach
-    /// the engine a buffer at a time: a handoff between the threads per extent cost a context
-    /// switch per extent.
     /// In user space, ranges that reflinks take are still not read here: the engine reflinks
     /// them (a `--method read-write --reflink always` copy once read and rewrote them after
     /// the probe had shown that reflinks work, and shared nothing).
@@ -498,6 +496,9 @@ mod tests {
         assert!(!policy(0, false).reads_ahead((1 << 20) + 1));
     }
 
+    /// Small extents too far apart to share a read are read each on its own, and still reach
+    /// the engine a buffer at a time: a handoff between the threads per extent cost a context
+    /// switch per extent.
     #[test]
     fn far_apart_small_extents_share_handoffs() {
         const N: u64 = 1024;

@@ -7,6 +7,7 @@ use std::os::fd::BorrowedFd;
 
 use blockmap_core::BlockMap;
 use blockmap_core::fs::btrfs_extent_items;
+use blockmap_core::ranges::clip;
 use rustix::fs::FallocateFlags;
 use rustix::io::Errno;
 use tracing::{debug, trace};
@@ -37,10 +38,9 @@ fn settled_extents(
     let mut unwritten = Vec::new();
     for e in src_map.extents(span.clone()) {
         let e = e?;
-        let r = e.logical.start.max(span.start)..e.logical.end.min(span.end);
-        if r.is_empty() {
+        let Some(r) = clip(e.logical.clone(), span) else {
             continue;
-        }
+        };
         if e.is_unwritten() {
             unwritten.push(r);
         } else {

@@ -116,12 +116,12 @@ impl Batch {
 pub(crate) struct Policy<'a> {
     /// Ranges up to this length are read ahead (0: none).
     pub read_max: u64,
-    /// Set by the engine once the kernel's copy turned out unusable: from then on every range
-    /// up to the buffer's length goes through user space, so it is read ahead.
+    /// Set by the engine once the kernel's copy turned out unusable: from then on ranges go
+    /// through user space, and those up to `user_space_max` are read ahead.
     pub user_space: &'a AtomicBool,
-    /// Reflinks work here: a range longer than `read_max` is left to the engine to reflink,
-    /// and is not read here even once ranges go through user space.
-    pub reflink: bool,
+    /// What is read ahead once ranges go through user space: the buffer's length, or where
+    /// reflinks work, `read_max` still (the engine reflinks the longer ones).
+    pub user_space_max: u64,
     /// The buffers' length.
     pub buf_len: usize,
     /// Settled data goes through user space, its all-zero blocks left out; otherwise it is
@@ -147,7 +147,8 @@ impl Policy<'_> {
     fn reads_ahead(&self, len: u64) -> bool {
         // A range is read whole into one buffer.
         len <= self.buf_len as u64
-            && (len <= self.read_max || (!self.reflink && self.user_space.load(Ordering::Relaxed)))
+            && (len <= self.read_max
+                || (len <= self.user_space_max && self.user_space.load(Ordering::Relaxed)))
     }
 }
 
@@ -477,10 +478,10 @@ mod tests {
     #[test]
     fn reflinked_ranges_are_not_read_ahead_in_user_space() {
         let user_space = AtomicBool::new(true);
-        let policy = |read_max, reflink| Policy {
+        let policy = |read_max, reflink: bool| Policy {
             read_max,
             user_space: &user_space,
-            reflink,
+            user_space_max: if reflink { read_max } else { 1 << 20 },
             buf_len: 1 << 20,
             settled_zeros: true,
             large_reads: false,
@@ -516,7 +517,7 @@ mod tests {
         let policy = Policy {
             read_max: 1 << 20,
             user_space: &user_space,
-            reflink: false,
+            user_space_max: 1 << 20,
             buf_len: 1 << 20,
             settled_zeros: true,
             large_reads: true,

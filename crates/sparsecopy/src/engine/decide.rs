@@ -171,6 +171,9 @@ fn refusal(f: &Facts) -> Option<Refusal> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct FeedPlan {
     pub read_max: u64,
+    /// Once ranges go through user space, those up to this length are read ahead: every one
+    /// that fits a buffer, but where reflinks work, what they take is still left to them.
+    pub user_space_max: u64,
     pub settled_zeros: bool,
     pub large_reads: bool,
 }
@@ -197,6 +200,7 @@ pub(super) fn feed_plan(
     };
     FeedPlan {
         read_max,
+        user_space_max: if reflink { read_max } else { buf_len as u64 },
         settled_zeros: options.method != Method::CopyFileRange
             && options.reflink != Reflink::Always,
         large_reads: !reflink && !options.detect_zeros && options.method != Method::CopyFileRange,

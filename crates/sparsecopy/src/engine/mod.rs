@@ -274,7 +274,7 @@ impl<'a> Engine<'a, '_> {
             let policy = Policy {
                 read_max: feed.read_max,
                 user_space: self.user_space,
-                reflink: self.working.reflink,
+                user_space_max: feed.user_space_max,
                 buf_len: self.buf_len,
                 settled_zeros: feed.settled_zeros,
                 large_reads: feed.large_reads,

@@ -23,7 +23,7 @@
 use std::fs;
 use std::path::Path;
 
-use proc_macro2::{Delimiter, TokenStream, TokenTree};
+use proc_macro2::{Delimiter, Group, TokenStream, TokenTree};
 use walkdir::WalkDir;
 
 mod package;
@@ -165,12 +165,16 @@ fn visit(stream: TokenStream, skip_test_items: bool, f: &mut impl FnMut(&TokenTr
 fn is_cfg_test(tokens: &[TokenTree]) -> bool {
     match tokens {
         [TokenTree::Punct(hash), TokenTree::Group(attr), ..] => {
-            hash.as_char() == '#'
-                && attr.delimiter() == Delimiter::Bracket
-                && attr.stream().to_string().replace(' ', "") == "cfg(test)"
+            hash.as_char() == '#' && is_cfg_test_attr(attr)
         }
         _ => false,
     }
+}
+
+/// Whether `attr` is the `[cfg(test)]` of an attribute.
+fn is_cfg_test_attr(attr: &Group) -> bool {
+    attr.delimiter() == Delimiter::Bracket
+        && attr.stream().to_string().replace(' ', "") == "cfg(test)"
 }
 
 fn is_ident(token: &TokenTree, name: &str) -> bool {
@@ -265,8 +269,7 @@ fn unsafe_allowed(path: &str) -> Option<&'static UnsafeCrate> {
 
 /// Whether `path` is under some `crates/<name>/src/`.
 fn is_crate_src(path: &str) -> bool {
-    let mut parts = path.split('/');
-    parts.next() == Some("crates") && parts.next().is_some() && parts.next() == Some("src")
+    matches!(crate_and_part(path), Some((dir, "src")) if dir.starts_with("crates/"))
 }
 
 /// Lines (1-based) and names of the printing macros used outside `#[cfg(test)]` items.

@@ -10,9 +10,11 @@
 
 use std::collections::BTreeSet;
 
-use proc_macro2::{Delimiter, TokenTree};
+use proc_macro2::{Delimiter, Group, TokenTree};
 
-use super::{Source, is_cfg_test, is_crate_src, is_ident, line_of, report, sources, visit};
+use super::{
+    Source, is_cfg_test, is_cfg_test_attr, is_crate_src, is_ident, line_of, report, sources, visit,
+};
 
 /// The most lines a library function may have.
 const MAX_FN_LINES: usize = 100;
@@ -62,7 +64,7 @@ fn test_only_files(sources: &[Source]) -> BTreeSet<String> {
     let mut files = BTreeSet::new();
     for source in sources {
         let tokens: Vec<TokenTree> = source.tokens().into_iter().collect();
-        if inner_attributes(&tokens).any(|attr| is_cfg_test(&[tokens[0].clone(), attr.clone()])) {
+        if inner_attributes(&tokens).any(is_cfg_test_attr) {
             files.insert(source.path.clone());
         }
         for name in test_modules(&tokens) {
@@ -80,12 +82,12 @@ fn test_only_files(sources: &[Source]) -> BTreeSet<String> {
 }
 
 /// The groups of the inner attributes (`#![…]`, `//!` comments included) that start `tokens`.
-fn inner_attributes(tokens: &[TokenTree]) -> impl Iterator<Item = &TokenTree> {
+fn inner_attributes(tokens: &[TokenTree]) -> impl Iterator<Item = &Group> {
     tokens.chunks(3).map_while(|chunk| match chunk {
         [
             TokenTree::Punct(hash),
             TokenTree::Punct(bang),
-            attr @ TokenTree::Group(_),
+            TokenTree::Group(attr),
         ] if hash.as_char() == '#' && bang.as_char() == '!' => Some(attr),
         _ => None,
     })

@@ -10,8 +10,6 @@
 //! The last line is a plain tally of the steps, `ci: 5 passed, 0 failed` (`, 1 skipped` when
 //! fs-test could not run), so that a log reader sees at once what ran.
 
-use std::process::Command;
-
 use anyhow::{Result, bail};
 
 use crate::cmd;
@@ -36,13 +34,8 @@ const CARGO_STEPS: &[&[&str]] = &[
 pub fn run() -> Result<()> {
     let steps = CARGO_STEPS.len() + 1;
     for (i, args) in CARGO_STEPS.iter().enumerate() {
-        let mut step = Command::new(crate::cargo());
-        // `cargo xtask` runs this program with its own package's variables set; cargo-machete
-        // takes `CARGO_PKG_NAME` as the sign that it is not run as `cargo machete`, and then
-        // reads its `machete` argument as a path.
-        step.current_dir(crate::project_root())
-            .args(*args)
-            .env_remove("CARGO_PKG_NAME");
+        let mut step = crate::cargo_command();
+        step.args(*args);
         let name = format!("cargo {}", args.join(" "));
         println!("ci: [{}/{steps}] {name}", i + 1);
         let status = step.status();

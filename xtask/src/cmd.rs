@@ -57,18 +57,23 @@ pub fn run_captured(cmd: &mut Command, interruptible: Interruptible) -> Result<S
 
 /// Runs `cmd` with output captured and returns it whatever the exit status.
 pub fn output(cmd: &mut Command, interruptible: Interruptible) -> Result<Output> {
+    cmd.stderr(Stdio::piped());
+    wait_with_stdout(cmd, interruptible)
+}
+
+/// Runs `cmd` in its own process group with stdin empty and stdout captured (stderr as the
+/// caller set it), tracked for Ctrl-C if `interruptible`, and waits for it.
+fn wait_with_stdout(cmd: &mut Command, interruptible: Interruptible) -> Result<Output> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .process_group(0);
     let child = cmd
         .spawn()
         .with_context(|| format!("cannot run `{}`", describe(cmd)))?;
     let _tracked = (interruptible == Interruptible::Yes).then(|| cleanup::track_child(&child));
-    let output = child
+    child
         .wait_with_output()
-        .with_context(|| format!("waiting for `{}`", describe(cmd)))?;
-    Ok(output)
+        .with_context(|| format!("waiting for `{}`", describe(cmd)))
 }
 
 /// `"`cmd` failed (exit status: 1): <its stderr and stdout>"`.
@@ -99,16 +104,7 @@ pub fn run_inherited(cmd: &mut Command) -> Result<ExitStatus> {
 /// Runs `cmd` interruptibly with its stdout captured and its stderr on the terminal (cargo's
 /// progress), and returns its status and stdout.
 pub fn run_stdout_captured(cmd: &mut Command) -> Result<(ExitStatus, String)> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .process_group(0);
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("cannot run `{}`", describe(cmd)))?;
-    let _tracked = cleanup::track_child(&child);
-    let output = child
-        .wait_with_output()
-        .with_context(|| format!("waiting for `{}`", describe(cmd)))?;
+    let output = wait_with_stdout(cmd, Interruptible::Yes)?;
     Ok((
         output.status,
         String::from_utf8_lossy(&output.stdout).into_owned(),

@@ -221,10 +221,8 @@ fn release_build() -> Result<(Command, PathBuf)> {
         .lines()
         .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
         .context("`rustc -vV` names no host")?;
-    let mut build = Command::new(crate::cargo());
-    build
-        .current_dir(crate::project_root())
-        .args(["build", "--release", "-p", "blockmap-cli"]);
+    let mut build = crate::cargo_command();
+    build.args(["build", "--release", "-p", "blockmap-cli"]);
     if host.ends_with("-linux-gnu") {
         build.args(["--target", &host, "--config"]).arg(format!(
             "target.{host}.rustflags=[\"-C\", \"target-feature=+crt-static\"]"

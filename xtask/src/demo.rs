@@ -15,16 +15,15 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cargo, target_dir};
+use crate::target_dir;
 
 const MIB: u64 = 1 << 20;
 
 pub fn run() -> Result<()> {
     // Cargo's own progress, not --quiet: the first release build takes minutes.
     println!("demo: building blockmap (cargo build --release -p blockmap-cli)");
-    let status = Command::new(cargo())
+    let status = crate::cargo_command()
         .args(["build", "--release", "-p", "blockmap-cli"])
-        .current_dir(crate::project_root())
         .status()
         .context("running cargo build")?;
     if !status.success() {

@@ -112,3 +112,15 @@ fn target_dir() -> PathBuf {
 fn cargo() -> std::ffi::OsString {
     std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
 }
+
+/// A `cargo` command run in the workspace root. `cargo xtask` runs this program with its own
+/// package's variables set, which are not the workspace's: `CARGO_PKG_NAME` is removed
+/// (cargo-machete takes it as the sign that it is not run as `cargo machete`, and then reads
+/// its `machete` argument as a path; cargo sets it anew for each unit it builds).
+fn cargo_command() -> std::process::Command {
+    let mut command = std::process::Command::new(cargo());
+    command
+        .current_dir(project_root())
+        .env_remove("CARGO_PKG_NAME");
+    command
+}

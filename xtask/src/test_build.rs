@@ -11,7 +11,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{Context, Result, anyhow, bail};
 
@@ -62,9 +61,8 @@ impl Built {
 /// Builds every test of the workspace, as `cargo test --workspace` does (cargo's progress on
 /// the terminal), and returns the executables.
 pub fn build() -> Result<Built> {
-    let mut command = Command::new(crate::cargo());
+    let mut command = crate::cargo_command();
     command
-        .current_dir(crate::project_root())
         .args(CARGO_TEST_WORKSPACE)
         .args(["--no-run", "--message-format=json-render-diagnostics"]);
     let (status, stdout) = cmd::run_stdout_captured(&mut command)?;

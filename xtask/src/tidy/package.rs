@@ -7,9 +7,9 @@
 //! which cargo packages as the text itself; a copy that no longer equals the root's is
 //! reported too.
 
+use crate::cmd::Interruptible;
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::Value;
 
@@ -31,21 +31,8 @@ const METADATA: &[&str] = &[
 
 /// Runs cargo in the workspace root: its standard output, or why it failed.
 fn cargo(args: &[&str]) -> Result<String, String> {
-    let command = format!("cargo {}", args.join(" "));
-    let output = Command::new(crate::cargo())
-        .current_dir(project_root())
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run {command}: {e}"))?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        return Err(format!(
-            "{command} failed ({}): {}",
-            output.status,
-            stderr.trim()
-        ));
-    }
-    String::from_utf8(output.stdout).map_err(|e| format!("{command}: {e}"))
+    crate::cmd::run_captured(crate::cargo_command().args(args), Interruptible::No)
+        .map_err(|e| format!("{e:#}"))
 }
 
 /// The workspace's packages, as `cargo metadata --no-deps` describes them.

@@ -16,21 +16,9 @@ use blockmap_bmap::{
     BlockRange, Bmap, BmapFile, ChecksumType, Copier, CopyOptions, CreateOptions, Error, Progress,
 };
 use proptest::prelude::*;
+use testkit::noise;
 
 const BLOCK: u64 = 4096;
-
-/// `len` pseudo-random (incompressible) bytes.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 fn mkfifo(path: &Path) {
     let ok = Command::new("mkfifo").arg(path).status().unwrap().success();
@@ -92,7 +80,7 @@ fn bmap_streams_and_non_bmaps() {
     let err = BmapFile::open(&comment).unwrap_err().to_string();
     assert!(err.contains("not a bmap file"), "{err}");
     let binary = dir.path().join("binary.bmap");
-    std::fs::write(&binary, noise(1 << 20, 3)).unwrap();
+    std::fs::write(&binary, noise(3, 1 << 20)).unwrap();
     let err = BmapFile::open(&binary).unwrap_err().to_string();
     assert!(err.contains("binary.bmap"), "{err}");
 }
@@ -116,7 +104,7 @@ fn make_image(path: &Path, size: u64, extents: &[(u64, u64)], seed: u64) {
     let file = File::create(path).unwrap();
     file.set_len(size).unwrap();
     for (i, &(at, len)) in extents.iter().enumerate() {
-        file.write_all_at(&noise((len * BLOCK) as usize, seed + i as u64), at * BLOCK)
+        file.write_all_at(&noise(seed + i as u64, (len * BLOCK) as usize), at * BLOCK)
             .unwrap();
     }
     file.sync_all().unwrap();
@@ -153,8 +141,8 @@ proptest! {
 /// An image whose bmap maps its first 64 KiB only, followed by 1 MiB of noise that no range
 /// covers: what a decoder that stops at the last mapped byte never reads.
 fn head_and_unmapped_tail(dir: &Path) -> (Vec<u8>, Bmap) {
-    let mut bytes = noise(64 << 10, 1);
-    bytes.extend(noise(1 << 20, 2));
+    let mut bytes = noise(1, 64 << 10);
+    bytes.extend(noise(2, 1 << 20));
     let mut bmap = Bmap::new(bytes.len() as u64, BLOCK);
     bmap.push(BlockRange {
         first: 0,
@@ -270,7 +258,7 @@ fn gzip_trailer_damaged_or_cut() {
 fn interrupted_copies() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("disk.img");
-    let data = noise(8 << 20, 9);
+    let data = noise(9, 8 << 20);
     std::fs::write(&image, &data).unwrap();
     let bmap = blockmap_bmap::create(&image, &CreateOptions::default()).unwrap();
     let gz = dir.path().join("disk.img.gz");
@@ -378,7 +366,7 @@ fn early_failures_leave_the_destination_untouched() {
     make_image(&image, 100 * BLOCK, &[(0, 3), (50, 10)], 5);
     let bmap = blockmap_bmap::create(&image, &CreateOptions::default()).unwrap();
     let dest = dir.path().join("good.img");
-    let old = noise(300 << 10, 77);
+    let old = noise(77, 300 << 10);
     let check = |image: PathBuf, what: &str| {
         std::fs::write(&dest, &old).unwrap();
         let dest2 = dest.clone();
@@ -396,7 +384,7 @@ fn early_failures_leave_the_destination_untouched() {
     check(short, "wrong size");
     for kind in ["gz", "xz", "zst", "bz2", "lz4"] {
         let fake = dir.path().join(format!("fake.img.{kind}"));
-        std::fs::write(&fake, noise(10000, 4)).unwrap();
+        std::fs::write(&fake, noise(4, 10000)).unwrap();
         check(fake, kind);
     }
     let fifo = dir.path().join("empty-pipe");

@@ -10,16 +10,11 @@ use rustix::fs::FallocateFlags;
 use sparsecopy::{Copier, Method, Options, Progress, Reflink, Transfer, Window};
 use testkit::*;
 
-const KIB: u64 = 1024;
-const MIB: u64 = 1 << 20;
-
 /// The data segments of a file by the kernel's own SEEK_DATA walk.
 fn kernel_data(path: &Path) -> Vec<Range<u64>> {
-    let f = File::open(path).unwrap();
-    let size = f.metadata().unwrap().len();
-    seekmap::DataSegments::new(&f, 0..size)
-        .collect::<Result<_, _>>()
+    kernel_walk(&File::open(path).unwrap())
         .unwrap()
+        .expect("SEEK_DATA")
 }
 
 /// A file of `n` data extents of 4 KiB, one every 8 KiB, after 1 MiB of hole.

@@ -17,7 +17,9 @@
 //!   See [`ci`].
 //!
 //! The tidy checks (a `//!` header on every file, `unsafe` only where it belongs and always with
-//! a `// SAFETY:` comment, no printing in libraries) are ordinary tests of this crate, so
+//! a `// SAFETY:` comment, no printing in libraries, library functions of at most 100 lines and
+//! files of at most 700 (`tidy/size.rs`), every crate of `crates/` publishable with its licences
+//! and README (`tidy/package.rs`)) are ordinary tests of this crate, so
 //! `cargo test --workspace` runs them.
 
 // xtask is a command-line tool for developers and CI: what it prints is its whole interface.

@@ -36,15 +36,17 @@ pub use self::report::CopyReport;
 use self::stream::drain;
 
 /// Size of one chunk of data on its way from the image to the destination and the hasher:
-/// small enough to stay in a core's L2 cache (1 MiB here) between the `pread` that fills it
+/// small enough to stay in a core's L2 cache (1 MiB on this workspace's machines) between the `pread` that fills it
 /// and the `pwrite` that empties it, large enough that the syscalls cost nothing.
 const CHUNK: usize = 256 << 10;
 
 /// Copies an image by its bmap: only the mapped ranges are read and written, each range's
 /// checksum is verified as its bytes pass. A plain image is copied by one thread per core,
 /// each taking the next range and reading, writing and hashing it chunk by chunk; a
-/// compressed one, or one that cannot seek (a pipe), is read in order by one thread while a
-/// second hashes, and read to its end, where the compressed format's own checksum is checked.
+/// local multi-block `.xz`, multi-stream `.bz2` or multi-frame `.zst` is decoded on every
+/// core (`copy/decode`); any other compressed one, or one that cannot seek (a pipe), is read
+/// in order by one thread while a second writes and hashes, and read to its end, where the
+/// compressed format's own checksum is checked.
 ///
 /// The ranges come from a [`Bmap`] in memory ([`Copier::new`]) or are read from a
 /// [`BmapFile`] as the copy goes ([`Copier::from_file`]: memory stays small whatever the

@@ -23,7 +23,8 @@
 //!   `.bz2` of several streams or `.zst` of several frames is decoded on every core instead,
 //!   xz blocks and sized zstd frames only where a range is mapped. An interrupt flag stops it
 //!   between two chunks. As `sparsecopy`'s copier: what to copy goes to the constructor with
-//!   [`CopyOptions`], and the progress callback hears a [`Progress`].
+//!   [`CopyOptions`], and the progress callback hears a [`Progress`] (sparsecopy's type; here
+//!   `skipped` counts the unmapped bytes passed, which a stream reads and drops).
 //! - [`Input`]: what an image is, by its first bytes whatever its name: a plain file or
 //!   device, or a stream (`-` for standard input, a pipe, any reader through
 //!   [`Input::from_reader`]) compressed or not, or a tar (also compressed) or zip archive

@@ -871,7 +871,7 @@ fn fiemap_view(file: &File, span: &Range<u64>) -> Result<FiemapView, String> {
     Ok((clipped(false), clipped(true), inline))
 }
 
-/// `blockmap_core::btrfs_extent_items` (the tree search the copy engine asks after its
+/// `blockmap_core::fs::btrfs_extent_items` (the tree search the copy engine asks after its
 /// whole-window clone on btrfs: what it shared as data, and what preallocated space it must
 /// punch out again) against FIEMAP, on random files on every btrfs. Before any write-back the
 /// items may lack data still in dirty pages, but never name as written what is not data

@@ -1,5 +1,4 @@
-//! The filesystem toolkit of the crates above (`sparsecopy`, `blockmap-bmap`, the CLI):
-//! opening a file to map, its block size, its filesystem, btrfs's own extent items, and which
+//! The filesystem toolkit for crates built on this one: opening a file to map, its block size, its filesystem, btrfs's own extent items, and which
 //! errnos mean "not supported here". The map itself is [`crate::BlockMap`].
 
 use std::fs::File;
@@ -46,8 +45,8 @@ pub fn block_size_of(fd: impl AsFd) -> u32 {
     }
 }
 
-/// A filesystem as `statfs(2)` tells it (`f_type`): the ones this workspace treats apart by
-/// name, any other by its magic number (`<linux/magic.h>`, as `linux_raw_sys::general` spells
+/// A filesystem as `statfs(2)` tells it (`f_type`): the common local ones by name, any other
+/// by its magic number (`<linux/magic.h>`, as `linux_raw_sys::general` spells
 /// them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FsKind {

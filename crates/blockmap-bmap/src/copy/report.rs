@@ -19,14 +19,15 @@ pub struct CopyReport {
     pub image_size: u64,
     /// Bytes read from the image and written (the mapped ranges).
     pub mapped_bytes: u64,
-    /// Bytes of a stream read and dropped (unmapped ranges, to the stream's end); 0 for a
-    /// plain image read where the ranges are.
+    /// Bytes of a stream passed over (unmapped ranges, to the stream's end: read and dropped,
+    /// or for an uncompressed URL, never fetched; for parallel decoding, those of the units
+    /// decoded); 0 for a plain image read where the ranges are.
     pub skipped_bytes: u64,
     /// Ranges written.
     pub ranges: u64,
     /// Ranges whose checksum was verified.
     pub verified_ranges: u64,
-    /// The checksum type verified, if any range was.
+    /// The checksum type the ranges are verified by (`None`: not verified).
     #[serde(serialize_with = "serialize_checksum_type")]
     pub checksum_type: Option<ChecksumType>,
     /// How the image was compressed.
